@@ -1,0 +1,270 @@
+"""Command-line interface: ``ssfeat {train,export,benchmark,show,demo}``.
+
+Each subcommand is a thin wrapper around an importable function. Bad input ends with a one-line
+``ssfeat: error: ...`` message and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from importlib import resources
+from pathlib import Path
+
+logger = logging.getLogger("ssfeat")
+
+
+def samples_dir() -> Path:
+    """The sample photos shipped with the package (BSDS500 test images, never used in training)."""
+    return Path(str(resources.files("ssfeat") / "assets" / "samples"))
+
+
+def _add_train(sub) -> None:
+    from .data.synthesis import PairConfig
+    from .models.patch_pose import PatchPoseConfig
+    from .training import TrainConfig
+
+    d, m, pc = TrainConfig(), PatchPoseConfig(), PairConfig()
+    tr = sub.add_parser("train", help="self-supervised training").add_subparsers(dest="model", required=True)
+    p = tr.add_parser("pose", help="train PatchPoseNet on a folder of unlabeled photos")
+    p.add_argument("--images", required=True, help="folder of training photos (recursive)")
+    p.add_argument("--out", required=True, help="run folder (checkpoints, log.jsonl)")
+    p.add_argument("--val-images", default=None, help="image-disjoint validation folder (default: hold out images)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--steps", type=int, default=d.steps)
+    g.add_argument("--time-budget", type=float, default=None, metavar="MIN", help="fit the schedule into MIN minutes")
+    p.add_argument("--resume", action="store_true", help="continue from RUN/last.pt (its stored config is used)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="pairs of each kind per step, all processes")
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--backbone", default=m.backbone, help="fast | small | resnet18")
+    p.add_argument("--c4", action="store_true", help="exactly 90-degree-equivariant model (4x slower)")
+    p.add_argument("--support", type=float, default=pc.support, help="reference window side in pixels")
+    p.add_argument("--workers", type=int, default=d.workers)
+    p.add_argument("--val-every", type=int, default=d.val_every)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _add_benchmark(sub) -> None:
+    from .evaluation.benchmarks import BenchmarkConfig
+
+    d = BenchmarkConfig()
+    bm = sub.add_parser("benchmark", help="benchmarks (JSON + table), baselines measured in the same run")
+    bsub = bm.add_subparsers(dest="bench", required=True)
+    for name, helptext in (
+        ("patchpose", "synthetic pairs from a photo folder"),
+        ("sequences", "real pairs with homographies"),
+    ):
+        p = bsub.add_parser(name, help=helptext)
+        if name == "patchpose":
+            p.add_argument("--images", required=True, help="image-disjoint test photos")
+            p.add_argument("--n-pairs", type=int, default=d.n_pairs, help="pairs of each kind")
+        else:
+            p.add_argument("--root", required=True, help="folder holding Oxford / HPatches / EVD sequences")
+            p.add_argument("--max-keypoints", type=int, default=d.max_keypoints, help="per image pair")
+        p.add_argument("--weights", default=None, help="ssfeat weights/run (default: bundled model)")
+        p.add_argument(
+            "--extra",
+            action="append",
+            default=[],
+            metavar="NAME=PATH",
+            help="another learned model to compare, e.g. resnet18=runs/r18 (repeatable)",
+        )
+        p.add_argument("--support", type=float, default=d.support)
+        p.add_argument("--seed", type=int, default=d.seed)
+        p.add_argument("--json", required=True, help="output JSON path")
+        p.add_argument("--threads", type=int, default=0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ssfeat", description="Self-supervised local feature geometry.")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    _add_train(sub)
+    p = sub.add_parser("export", help="export a training run to a .safetensors weights file")
+    p.add_argument("run", help="run folder or checkpoint (.pt)")
+    p.add_argument("--out", required=True)
+    _add_benchmark(sub)
+    p = sub.add_parser("show", help="draw learned scale and orientation at SIFT keypoints (paper Fig. 1)")
+    p.add_argument("image")
+    p.add_argument("--out", required=True, help="PNG path")
+    p.add_argument("--weights", default=None)
+    p.add_argument("--n", type=int, default=60, help="number of keypoints")
+    p.add_argument("--support", type=float, default=32.0)
+    p.add_argument("--histograms", action="store_true", help="also draw histograms (paper Fig. 4)")
+    p = sub.add_parser("demo", help="bundled model on bundled photos: accuracy table vs baselines and a figure")
+    p.add_argument("--images", default=None, help="your own photo folder (default: bundled samples)")
+    p.add_argument("--out", default="ssfeat_demo", help="output folder")
+    p.add_argument("--weights", default=None)
+    p.add_argument("--n-pairs", type=int, default=400)
+    return parser
+
+
+def _set_threads(n: int) -> None:
+    if n > 0:
+        import torch
+
+        torch.set_num_threads(n)
+
+
+def cmd_train(args) -> int:
+    from .data.synthesis import PairConfig
+    from .models.patch_pose import PatchPoseConfig
+    from .training import TrainConfig, fit
+
+    _set_threads(args.threads)
+    cfg = TrainConfig(
+        images=args.images,
+        val_images=args.val_images,
+        steps=args.steps,
+        time_budget_min=args.time_budget,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        workers=args.workers,
+        val_every=args.val_every,
+        seed=args.seed,
+        model=PatchPoseConfig(backbone=args.backbone, c4_symmetric=args.c4),
+        pairs=PairConfig(support=args.support, seed=args.seed),
+    )
+    last = fit(cfg, args.out, resume=args.resume, progress=not args.no_progress)
+    print(f"checkpoint: {last}")
+    return 0
+
+
+def _extra(items: list[str]) -> dict[str, str]:
+    out = {}
+    for it in items:
+        if "=" not in it:
+            raise ValueError(f"--extra expects NAME=PATH, got {it!r}")
+        k, v = it.split("=", 1)
+        out[k] = v
+    return out
+
+
+def cmd_benchmark(args) -> int:
+    from .evaluation.benchmarks import (
+        BenchmarkConfig,
+        build_methods,
+        format_table,
+        run_patchpose,
+        run_sequences,
+        write_json,
+    )
+
+    _set_threads(args.threads)
+    methods = build_methods(args.weights, _extra(args.extra))
+    if args.bench == "patchpose":
+        cfg = BenchmarkConfig(n_pairs=args.n_pairs, support=args.support, seed=args.seed)
+        result = run_patchpose(args.images, methods, cfg)
+    else:
+        cfg = BenchmarkConfig(max_keypoints=args.max_keypoints, support=args.support, seed=args.seed)
+        result = run_sequences(args.root, methods, cfg)
+    print(f"{args.bench}: {result['n_pairs']} pairs")
+    print(format_table(result))
+    print(f"results: {write_json(result, args.json)}")
+    return 0
+
+
+def show(
+    image: str | Path,
+    out: str | Path,
+    weights: str | None = None,
+    n: int = 60,
+    support: float = 32.0,
+    histograms: bool = False,
+    estimator=None,
+) -> Path:
+    """Estimate poses at the ``n`` strongest SIFT keypoints of ``image`` and draw them."""
+    import numpy as np
+
+    from .data.images import read_image
+    from .estimator import PatchPoseEstimator, detect_sift
+    from .viz import draw_poses
+
+    img = read_image(image)
+    est = estimator or PatchPoseEstimator.from_pretrained(weights or "patchpose")
+    m = support / np.sqrt(2)
+    H, W = img.shape
+    kps = [k for k in detect_sift(img, 4 * n) if m <= k.pt[0] <= W - 1 - m and m <= k.pt[1] <= H - 1 - m][:n]
+    xy = np.array([k.pt for k in kps]).reshape(-1, 2)
+    out_pose = est(est.extract(img, xy, support))
+    size = support * np.exp2(out_pose.log2_scale.numpy())
+    return draw_poses(
+        img,
+        xy,
+        out_pose.orientation.numpy(),
+        size,
+        out,
+        out_pose.ori_hist.numpy() if histograms else None,
+        out_pose.scale_hist.numpy() if histograms else None,
+        title=f"{Path(image).name}: ssfeat scale (circle) and orientation (arrow) at {len(kps)} SIFT keypoints",
+    )
+
+
+def demo(
+    images: str | Path | None = None, out: str | Path = "ssfeat_demo", weights: str | None = None, n_pairs: int = 400
+) -> dict:
+    """The main job: poses with the bundled model on sample photos, the accuracy table against the
+    baselines on pairs made from those photos, and a Figure-1 style PNG per photo (at most 4)."""
+    from .data.images import list_images
+    from .evaluation.benchmarks import BenchmarkConfig, build_methods, format_table, run_patchpose, write_json
+
+    images = Path(images) if images else samples_dir()
+    out = Path(out)
+    methods = build_methods(weights)
+    paths = list_images(images)
+    if not paths:
+        raise ValueError(f"no images under {images}")
+    print(f"ssfeat demo: {len(paths)} photos from {images}")
+    result = run_patchpose(images, methods, BenchmarkConfig(n_pairs=n_pairs))
+    print(f"\nsynthetic pairs from these photos ({n_pairs} orientation + {n_pairs} scale pairs), accuracy in %:")
+    print(format_table(result))
+    write_json(result, out / "demo_benchmark.json")
+    figs = []
+    for p in paths[:4]:
+        try:
+            figs.append(show(p, out / f"{p.stem}_poses.png", histograms=True, estimator=methods[0].estimator))
+        except ValueError as e:
+            print(f"skipped {p}: {e}")
+    print("\nfigures: " + ", ".join(str(f) for f in figs))
+    print(f"results: {out / 'demo_benchmark.json'}")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    from .data.images import ImageReadError
+
+    try:
+        if args.cmd == "train":
+            return cmd_train(args)
+        if args.cmd == "export":
+            from .hub import export
+
+            print(f"weights: {export(args.run, args.out)}")
+            return 0
+        if args.cmd == "benchmark":
+            return cmd_benchmark(args)
+        if args.cmd == "show":
+            print(f"figure: {show(args.image, args.out, args.weights, args.n, args.support, args.histograms)}")
+            return 0
+        if args.cmd == "demo":
+            demo(args.images, args.out, args.weights, args.n_pairs)
+            return 0
+    except (ValueError, FileNotFoundError, ImageReadError, FloatingPointError) as e:
+        print(f"ssfeat: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ssfeat: interrupted", file=sys.stderr)
+        return 130
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

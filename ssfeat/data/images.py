@@ -1,0 +1,115 @@
+"""Reading images from disk robustly: any depth (8/16 bit, float), gray, RGB or RGBA."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".pbm", ".tif", ".tiff", ".bmp", ".webp")
+
+
+class ImageReadError(ValueError):
+    """An image file could not be decoded (missing, truncated, not an image)."""
+
+
+def to_gray_float(image: np.ndarray) -> np.ndarray:
+    """Convert an image array to single-channel float32 in ``[0, 1]``.
+
+    Accepts ``(H, W)``, ``(H, W, 1)``, ``(H, W, 3)`` (BGR as OpenCV reads it, or RGB: the gray
+    weights differ negligibly for our use) and ``(H, W, 4)`` (alpha is dropped); uint8, uint16 and
+    float inputs (float must already be in ``[0, 1]``).
+
+    Raises:
+        ValueError: unsupported shape or dtype, or non-finite values.
+    """
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"expected a numpy array, got {type(image).__name__}")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 3 and image.shape[2] == 4:
+        image = image[:, :, :3]
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3):
+        raise ValueError(f"expected an (H, W), (H, W, 3) or (H, W, 4) image, got shape {image.shape}")
+    if image.dtype == np.uint8:
+        img = image.astype(np.float32) / 255.0
+    elif image.dtype == np.uint16:
+        img = image.astype(np.float32) / 65535.0
+    elif np.issubdtype(image.dtype, np.floating):
+        img = image.astype(np.float32)
+        if not np.isfinite(img).all():
+            raise ValueError("image contains NaN or Inf values")
+    else:
+        raise ValueError(f"unsupported image dtype {image.dtype}")
+    if img.ndim == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+    return np.ascontiguousarray(img)
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image file as a ``(H, W)`` float32 gray image in ``[0, 1]``.
+
+    Raises:
+        ImageReadError: the file is missing or cannot be decoded as an image.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"{path}: no such file")
+    data = np.fromfile(str(path), dtype=np.uint8)
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if image is None:
+        raise ImageReadError(f"{path}: not a readable image (empty, truncated or unknown format)")
+    try:
+        return to_gray_float(image)
+    except ValueError as e:
+        raise ImageReadError(f"{path}: {e}") from e
+
+
+def list_images(root: str | Path) -> list[Path]:
+    """Image files below ``root`` (recursive, sorted), chosen by extension (case-insensitive).
+
+    Raises:
+        FileNotFoundError: ``root`` does not exist.
+    """
+    root = Path(root)
+    if root.is_file():
+        return [root]
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such file or directory")
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def load_folder(
+    root: str | Path, min_size: int = 0, as_uint8: bool = False
+) -> tuple[list[Path], list[np.ndarray], list[str]]:
+    """Read every image below ``root``; unreadable or too-small files are skipped and reported.
+
+    Args:
+        root: folder (or a single file).
+        min_size: images whose height or width is below this are skipped.
+        as_uint8: store images as uint8 (saves memory for training).
+
+    Returns:
+        ``(paths, images, skipped)`` where ``skipped`` lists ``"path: reason"`` strings.
+    """
+    paths, images, skipped = [], [], []
+    for p in list_images(root):
+        try:
+            img = read_image(p)
+        except ImageReadError as e:
+            skipped.append(str(e))
+            continue
+        if min(img.shape) < min_size:
+            skipped.append(f"{p}: {img.shape[1]}x{img.shape[0]} is smaller than {min_size} px")
+            continue
+        paths.append(p)
+        images.append(np.round(img * 255).astype(np.uint8) if as_uint8 else img)
+    if skipped:
+        logger.warning("skipped %d of %d files under %s", len(skipped), len(skipped) + len(paths), root)
+        for s in skipped[:20]:
+            logger.warning("  skipped %s", s)
+    return paths, images, skipped

@@ -1,0 +1,96 @@
+"""Image sequences with ground-truth homographies: Oxford affine layout (``img1.png`` ...,
+``H1to{k}p.xml`` in OpenCV FileStorage XML) and HPatches layout (``1.ppm`` ..., ``H_1_k`` text),
+detected automatically; and EVD-style pair folders (``1/NAME.png``, ``2/NAME.png``, ``h/NAME.txt``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .images import IMAGE_EXTENSIONS
+
+
+@dataclass
+class Sequence:
+    """A reference image and targets with ``H_0to1`` homographies (reference -> target)."""
+
+    name: str
+    layout: str  # "oxford" | "hpatches" | "evd"
+    reference: Path
+    targets: list[Path] = field(default_factory=list)
+    H: list[np.ndarray] = field(default_factory=list)  # (3, 3) float64 each
+
+
+def read_homography(path: Path) -> np.ndarray:
+    """A 3x3 homography from OpenCV XML/YAML FileStorage or whitespace-separated text.
+
+    Raises:
+        ValueError: the file does not hold a finite, invertible 3x3 matrix.
+    """
+    path = Path(path)
+    if path.suffix.lower() in (".xml", ".yml", ".yaml"):
+        fs = cv2.FileStorage(str(path), cv2.FILE_STORAGE_READ)
+        node = fs.root()
+        keys = node.keys()
+        H = node.getNode(keys[0]).mat() if keys else None
+        fs.release()
+    else:
+        try:
+            H = np.loadtxt(path, dtype=np.float64)
+        except ValueError as e:
+            raise ValueError(f"{path}: not a 3x3 text matrix ({e})") from e
+    H = None if H is None else np.asarray(H, dtype=np.float64)
+    if H is None or H.shape != (3, 3) or not np.isfinite(H).all() or abs(np.linalg.det(H)) < 1e-12:
+        raise ValueError(f"{path}: not a finite invertible 3x3 homography")
+    return H / H[2, 2]
+
+
+def _find_image(folder: Path, stem: str) -> Path | None:
+    for ext in IMAGE_EXTENSIONS:
+        for cand in (folder / f"{stem}{ext}", folder / f"{stem}{ext.upper()}"):
+            if cand.is_file():
+                return cand
+    return None
+
+
+def find_sequences(root: str | Path) -> list[Sequence]:
+    """All Oxford-, HPatches- and EVD-layout sequences at or below ``root`` (sorted by name)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such directory")
+    seqs = []
+    for d in sorted([root, *[p for p in root.rglob("*") if p.is_dir()]]):
+        name = str(d.relative_to(root)) if d != root else d.name
+        if (d / "H1to2p.xml").is_file() or (d / "H1to2p").is_file():
+            ref = _find_image(d, "img1")
+            seq = Sequence(name, "oxford", ref) if ref else None
+            for k in range(2, 100):
+                h = d / f"H1to{k}p.xml" if (d / f"H1to{k}p.xml").is_file() else d / f"H1to{k}p"
+                img = _find_image(d, f"img{k}")
+                if not h.is_file() or img is None:
+                    break
+                seq.targets.append(img)
+                seq.H.append(read_homography(h))
+            if seq and seq.targets:
+                seqs.append(seq)
+        elif (d / "H_1_2").is_file():
+            ref = _find_image(d, "1")
+            seq = Sequence(name, "hpatches", ref) if ref else None
+            for k in range(2, 100):
+                img = _find_image(d, str(k))
+                if not (d / f"H_1_{k}").is_file() or img is None:
+                    break
+                seq.targets.append(img)
+                seq.H.append(read_homography(d / f"H_1_{k}"))
+            if seq and seq.targets:
+                seqs.append(seq)
+        elif (d / "1").is_dir() and (d / "2").is_dir() and (d / "h").is_dir():
+            for h in sorted((d / "h").glob("*.txt")):
+                a, b = _find_image(d / "1", h.stem), _find_image(d / "2", h.stem)
+                if a and b:
+                    prefix = f"{name}/" if d != root else ""
+                    seqs.append(Sequence(f"{prefix}{h.stem}", "evd", a, [b], [read_homography(h)]))
+    return seqs

@@ -1,0 +1,181 @@
+"""On-the-fly PatchPose pair synthesis from any folder of unlabeled photos.
+
+A pair is a reference patch and a target patch showing the same content rotated
+counter-clockwise by ``rotation`` (radians) and magnified by ``2**log2_scale``. Ground truth is
+continuous. Every sample is a pure function of ``(seed, kind, index)``, so training is reproducible
+and resumable, whatever the number of workers or processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from ..geometry import TWO_PI
+from ..patches import extract_patches
+from .images import load_folder
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("ori", "scale")
+
+
+@dataclass
+class PairConfig:
+    """How patch pairs are synthesised."""
+
+    patch_size: int = 32  # output patch size P
+    support: float = 32.0  # side of the reference window in image pixels (log2 scale 0)
+    max_log2_scale: float = 2.0  # scale pairs: log2 magnification uniform in [-max, max]
+    ori_log2_jitter: float = 0.25  # orientation pairs: log2 magnification uniform in [-j, j]
+    ref_random_pose: bool = True  # reference patch gets a random rotation and a small scale jitter
+    ref_log2_jitter: float = 0.5  # uniform jitter of the reference scale when ref_random_pose
+    photometric: bool = True  # independent brightness/contrast/gamma/noise on both patches
+    n_sift: int = 150  # keypoint candidates per image: SIFT,
+    n_harris: int = 150  # Harris corners,
+    n_random: int = 100  # and uniformly random points
+    seed: int = 0
+
+    def margin(self) -> int:
+        """Distance from the image border a keypoint needs so that no patch leaves the image."""
+        jitter = self.ref_log2_jitter if self.ref_random_pose else 0.0
+        zoom_out = 2.0 ** (self.max_log2_scale + jitter)
+        return int(math.ceil(self.support / 2 * math.sqrt(2) * zoom_out)) + 2
+
+
+def split_by_image(paths: list[Path], val_fraction: float, root: Path | None = None) -> tuple[list[int], list[int]]:
+    """Deterministic image-level split from a hash of each file's path relative to ``root``.
+
+    Returns:
+        ``(train_indices, val_indices)``.
+    """
+    train, val = [], []
+    for i, p in enumerate(paths):
+        name = str(p.relative_to(root)) if root is not None else p.name
+        h = int(hashlib.sha1(name.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+        (val if h < val_fraction else train).append(i)
+    return train, val
+
+
+def candidate_keypoints(image: np.ndarray, margin: int, cfg: PairConfig, rng: np.random.Generator) -> np.ndarray:
+    """SIFT, Harris and random candidate centres ``(N, 2)`` at least ``margin`` px from the border."""
+    H, W = image.shape
+    if H <= 2 * margin or W <= 2 * margin:
+        return np.zeros((0, 2), np.float32)
+    u8 = image if image.dtype == np.uint8 else np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
+    pts = [np.zeros((0, 2), np.float32)]
+    if cfg.n_sift > 0:
+        kps = cv2.SIFT_create(nfeatures=cfg.n_sift).detect(u8, None)
+        if kps:
+            pts.append(np.array([k.pt for k in kps], np.float32))
+    if cfg.n_harris > 0:
+        c = cv2.goodFeaturesToTrack(u8, cfg.n_harris, 0.01, 5, useHarrisDetector=True)
+        if c is not None:
+            pts.append(c.reshape(-1, 2).astype(np.float32))
+    if cfg.n_random > 0:
+        pts.append(
+            rng.uniform([margin, margin], [W - 1 - margin, H - 1 - margin], (cfg.n_random, 2)).astype(np.float32)
+        )
+    pts = np.concatenate(pts)
+    keep = (pts[:, 0] >= margin) & (pts[:, 1] >= margin) & (pts[:, 0] <= W - 1 - margin) & (pts[:, 1] <= H - 1 - margin)
+    return pts[keep]
+
+
+class PairSynthesizer:
+    """Synthesise PatchPose pairs from a list of images.
+
+    Args:
+        images: list of ``(H, W)`` gray images (uint8 or float in ``[0, 1]``).
+        cfg: synthesis settings.
+        names: optional names used in messages.
+    """
+
+    def __init__(self, images: list[np.ndarray], cfg: PairConfig | None = None, names: list[str] | None = None):
+        self.cfg = cfg = cfg or PairConfig()
+        margin = cfg.margin()
+        self.images, self.keypoints, self.skipped = [], [], []
+        for i, img in enumerate(images):
+            kps = candidate_keypoints(img, margin, cfg, np.random.default_rng([cfg.seed, i]))
+            if len(kps) == 0:
+                self.skipped.append(names[i] if names else str(i))
+                continue
+            self.images.append(img)
+            self.keypoints.append(kps)
+        if self.skipped:
+            logger.warning("%d images are too small for %d px margins and are skipped", len(self.skipped), margin)
+        if not self.images:
+            raise ValueError(f"no usable images: every image is smaller than {2 * margin + 1} px in some dimension")
+
+    @classmethod
+    def from_folder(cls, root: str | Path, cfg: PairConfig | None = None, indices: list[int] | None = None):
+        """Build from the images under ``root`` (optionally only ``indices`` of the sorted listing)."""
+        paths, images, _ = load_folder(root, as_uint8=True)
+        if indices is not None:
+            paths, images = [paths[i] for i in indices], [images[i] for i in indices]
+        return cls(images, cfg, [str(p) for p in paths])
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def sample(self, kind: str, index: int) -> tuple[np.ndarray, np.ndarray, float, float]:
+        """One pair: ``(patch0 (P, P), patch1 (P, P), rotation, log2_scale)`` with float32 patches."""
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        cfg = self.cfg
+        rng = np.random.default_rng([cfg.seed, KINDS.index(kind), index])
+        i = int(rng.integers(len(self.images)))
+        img, kps = self.images[i], self.keypoints[i]
+        center = kps[int(rng.integers(len(kps)))]
+        if kind == "ori":
+            rot = float(rng.uniform(0.0, TWO_PI))
+            lsc = float(rng.uniform(-cfg.ori_log2_jitter, cfg.ori_log2_jitter))
+        else:
+            rot = float(rng.uniform(0.0, TWO_PI)) if cfg.ref_random_pose else 0.0
+            lsc = float(rng.uniform(-cfg.max_log2_scale, cfg.max_log2_scale))
+        if cfg.ref_random_pose:
+            rot0 = float(rng.uniform(0.0, TWO_PI))
+            lsc0 = float(rng.uniform(-cfg.ref_log2_jitter, cfg.ref_log2_jitter))
+        else:
+            rot0, lsc0 = 0.0, 0.0
+        if kind == "scale" and not cfg.ref_random_pose:
+            rot = 0.0
+        a = cfg.support / cfg.patch_size
+        A = np.stack([_inverse_similarity(rot0, lsc0) * a, _inverse_similarity(rot0 + rot, lsc0 + lsc) * a])
+        src = img.astype(np.float32) / 255.0 if img.dtype == np.uint8 else img
+        patches = extract_patches(src, np.stack([center, center]), A, cfg.patch_size)
+        if cfg.photometric:
+            patches = np.stack([_photometric(p, rng) for p in patches])
+        return patches[0], patches[1], rot, lsc
+
+    def batch(self, kind: str, indices) -> dict[str, torch.Tensor]:
+        """Stack pairs ``indices`` of ``kind`` into ``patch0, patch1`` ``(B, 1, P, P)`` and
+        ``rotation, log2_scale`` ``(B,)`` tensors."""
+        items = [self.sample(kind, int(i)) for i in indices]
+        return {
+            "patch0": torch.from_numpy(np.stack([t[0] for t in items]))[:, None],
+            "patch1": torch.from_numpy(np.stack([t[1] for t in items]))[:, None],
+            "rotation": torch.tensor([t[2] for t in items], dtype=torch.float32),
+            "log2_scale": torch.tensor([t[3] for t in items], dtype=torch.float32),
+        }
+
+
+def _inverse_similarity(rot: float, log2_scale: float) -> np.ndarray:
+    """Patch-to-image map of a view whose content is rotated CCW by ``rot`` and magnified by
+    ``2**log2_scale``: the inverse of :func:`ssfeat.geometry.similarity_matrix`."""
+    c, s = math.cos(rot), math.sin(rot)
+    return np.array([[c, -s], [s, c]]) * 2.0 ** (-log2_scale)
+
+
+def _photometric(p: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    gamma = math.exp(rng.uniform(-0.4, 0.4))
+    p = np.clip(p, 0, 1) ** gamma
+    p = p * rng.uniform(0.6, 1.4) + rng.uniform(-0.2, 0.2)
+    p = p + rng.normal(0, rng.uniform(0, 0.03), p.shape)
+    return np.clip(p, 0, 1).astype(np.float32)

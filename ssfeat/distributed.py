@@ -1,0 +1,56 @@
+"""torch.distributed helpers: every function is a single-process no-op when no group exists."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def is_dist() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if is_dist() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_dist() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def init_from_env() -> torch.device:
+    """Initialise the process group if ``torchrun`` set ``WORLD_SIZE > 1`` (NCCL with CUDA, gloo
+    otherwise) and return this process's device."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not is_dist():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return torch.device("cuda", local)
+    return torch.device("cpu")
+
+
+def cleanup() -> None:
+    if is_dist():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if is_dist():
+        dist.barrier()
+
+
+def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean of ``x`` over processes (a copy; ``x`` is unchanged)."""
+    if not is_dist():
+        return x
+    y = x.detach().clone()
+    dist.all_reduce(y)
+    return y / world_size()

@@ -1,0 +1,244 @@
+"""Benchmark runners: every method on the same pairs in one run, JSON results and a printed table.
+
+* ``patchpose``: synthetic pairs from an image folder (paper protocol: orientation pairs are pure
+  rotations, scale pairs pure magnifications of an axis-aligned reference patch); continuous GT.
+* ``sequences``: real image pairs with homographies; patches at SIFT keypoints of image 1 and at
+  their projections in image k, both axis-aligned windows of the same size; GT is the local
+  rotation and scale of the homography at the keypoint (:func:`ssfeat.geometry.local_rotation_scale`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..data.images import read_image
+from ..data.sequences import find_sequences
+from ..data.synthesis import PairConfig, PairSynthesizer
+from ..estimator import PatchPoseEstimator, detect_sift
+from ..geometry import local_rotation_scale, warp_points
+from ..patches import extract_patches
+from .baselines import KorniaGradientOrientation, LearnedPose, LoGScale, PoseMethod
+from .metrics import ORI_THRESHOLDS_DEG, SCALE_THRESHOLDS, pose_accuracies, topk_recall
+
+logger = logging.getLogger(__name__)
+
+TOPK = (1, 2, 3, 4)
+
+
+@dataclass
+class BenchmarkConfig:
+    """Settings shared by the patch-pose benchmarks (stored in the JSON output)."""
+
+    n_pairs: int = 2000  # pairs per kind (patchpose) / at most per image pair / 10 (sequences)
+    patch_size: int = 32
+    support: float = 32.0  # window side in pixels around each keypoint (log2 scale 0)
+    seed: int = 1234
+    max_keypoints: int = 300  # sequences: SIFT keypoints sampled per image pair
+
+
+def build_methods(
+    weights: str | None = None, extra_weights: dict[str, str] | None = None, patch_size: int = 32
+) -> list[PoseMethod]:
+    """ssfeat (bundled or ``weights``), any extra learned models by name, and the hand-made baselines."""
+    methods: list[PoseMethod] = [LearnedPose(PatchPoseEstimator.from_pretrained(weights or "patchpose"), "ssfeat")]
+    for name, path in (extra_weights or {}).items():
+        methods.append(LearnedPose(PatchPoseEstimator.from_pretrained(path), name))
+    methods += [KorniaGradientOrientation(patch_size), LoGScale(patch_size)]
+    return methods
+
+
+def _predict(method: PoseMethod, patches: torch.Tensor, k: int, chunk: int = 1024) -> dict[str, torch.Tensor]:
+    outs = [method(patches[i : i + chunk], k) for i in range(0, len(patches), chunk)]
+    return {key: torch.cat([o[key] for o in outs]) for key in outs[0]} if outs else {}
+
+
+def score_method(method: PoseMethod, ori_pairs: dict, scale_pairs: dict) -> dict:
+    """Accuracies, top-k recall and throughput of one method on orientation and scale pairs."""
+    res: dict = {}
+    ks = [k for k in TOPK if k <= method.max_k]
+    has_o, has_s = "orientation" in method.predicts, "log2_scale" in method.predicts
+    preds = {}
+    for kind, pairs in (("ori", ori_pairs), ("scale", scale_pairs)):
+        if (kind == "ori" and not has_o) or (kind == "scale" and not has_s):
+            continue
+        both = torch.cat([pairs["patch0"], pairs["patch1"]])
+        n = len(pairs["patch0"])
+        p = _predict(method, both, max(ks))
+        preds[kind] = {key: (v[:n], v[n:]) for key, v in p.items()}
+    o = preds.get("ori", {}).get("orientation")
+    s = preds.get("scale", {}).get("log2_scale")
+    res.update(
+        pose_accuracies(
+            o[0][:, 0] if o else None,
+            o[1][:, 0] if o else None,
+            ori_pairs["rotation"],
+            s[0][:, 0] if s else None,
+            s[1][:, 0] if s else None,
+            scale_pairs["log2_scale"],
+        )
+    )
+    if len(ks) > 1:
+        rec = {}
+        if o:
+            for t in ORI_THRESHOLDS_DEG:
+                rec[f"ori_acc@{t:g}deg"] = [
+                    topk_recall(o[0][:, :k], o[1][:, :k], ori_pairs["rotation"], math.radians(t), True) for k in ks
+                ]
+        if s:
+            for t in SCALE_THRESHOLDS:
+                rec[f"scale_acc@{t:.3f}"] = [
+                    topk_recall(s[0][:, :k], s[1][:, :k], scale_pairs["log2_scale"], t, False) for k in ks
+                ]
+        res["topk_recall"] = {"k": ks, **rec}
+    # throughput on the orientation-pair patches (or scale-pair ones), after one warm-up call
+    x = torch.cat(
+        [ori_pairs["patch0"], ori_pairs["patch1"]] if has_o else [scale_pairs["patch0"], scale_pairs["patch1"]]
+    )
+    _predict(method, x[:256], 1)
+    t0 = time.perf_counter()
+    _predict(method, x, 1)
+    res["patches_per_s"] = len(x) / max(time.perf_counter() - t0, 1e-9)
+    return res
+
+
+def _meta(cfg: BenchmarkConfig, name: str, **extra) -> dict:
+    import cv2
+    import kornia
+
+    return {
+        "benchmark": name,
+        "config": dataclasses.asdict(cfg),
+        "versions": {
+            "ssfeat": __version__,
+            "torch": torch.__version__,
+            "kornia": kornia.__version__,
+            "opencv": cv2.__version__,
+            "python": platform.python_version(),
+        },
+        "torch_threads": torch.get_num_threads(),
+        **extra,
+    }
+
+
+def run_patchpose(images: str | Path, methods: list[PoseMethod], cfg: BenchmarkConfig | None = None) -> dict:
+    """Synthetic-pair benchmark on an (image-disjoint) folder of photos."""
+    cfg = cfg or BenchmarkConfig()
+    # paper protocol: orientation pairs at scale 1, scale pairs at rotation 0, no photometric change
+    pcfg = PairConfig(
+        patch_size=cfg.patch_size,
+        support=cfg.support,
+        ref_random_pose=False,
+        photometric=False,
+        ori_log2_jitter=0.0,
+        seed=cfg.seed,
+    )
+    synth = PairSynthesizer.from_folder(images, pcfg)
+    ori = synth.batch("ori", range(cfg.n_pairs))
+    sca = synth.batch("scale", range(cfg.n_pairs))
+    out = _meta(
+        cfg, "patchpose", images=str(images), n_images=len(synth), n_pairs={"ori": cfg.n_pairs, "scale": cfg.n_pairs}
+    )
+    out["methods"] = {m.name: score_method(m, ori, sca) for m in methods}
+    return out
+
+
+def sequence_pairs(root: str | Path, cfg: BenchmarkConfig) -> tuple[dict, list[dict]]:
+    """Patch pairs from every sequence under ``root``; returns all pairs and per-image-pair info."""
+    rng = np.random.default_rng(cfg.seed)
+    P, margin = cfg.patch_size, cfg.support / math.sqrt(2) + 2
+    A = np.eye(2) * (cfg.support / P)
+    p0s, p1s, rots, scales, info = [], [], [], [], []
+    for seq in find_sequences(root):
+        img0 = read_image(seq.reference)
+        kps = detect_sift(img0, 2000)
+        xy0_all = np.array([k.pt for k in kps], np.float64).reshape(-1, 2)
+        for target, H in zip(seq.targets, seq.H):
+            img1 = read_image(target)
+            Ht = torch.from_numpy(H)
+            xy1_all = warp_points(torch.from_numpy(xy0_all), Ht).numpy()
+            ok = _inside(xy0_all, img0.shape, margin) & _inside(xy1_all, img1.shape, margin)
+            idx = np.flatnonzero(ok)
+            if len(idx) > cfg.max_keypoints:
+                idx = np.sort(rng.choice(idx, cfg.max_keypoints, replace=False))
+            if len(idx) == 0:
+                logger.warning("%s -> %s: no keypoint visible in both images, skipped", seq.reference, target)
+                continue
+            rot, lsc = local_rotation_scale(torch.from_numpy(xy0_all[idx]), Ht)
+            p0s.append(extract_patches(img0, xy0_all[idx], A, P))
+            p1s.append(extract_patches(img1, xy1_all[idx], A, P))
+            rots.append(rot.float())
+            scales.append(lsc.float())
+            info.append({"sequence": seq.name, "layout": seq.layout, "target": target.name, "n": len(idx)})
+    if not info:
+        raise ValueError(f"no usable sequences (Oxford, HPatches or EVD layout) under {root}")
+    pairs = {
+        "patch0": torch.from_numpy(np.concatenate(p0s))[:, None],
+        "patch1": torch.from_numpy(np.concatenate(p1s))[:, None],
+        "rotation": torch.cat(rots),
+        "log2_scale": torch.cat(scales),
+    }
+    return pairs, info
+
+
+def _inside(xy: np.ndarray, shape: tuple[int, int], margin: float) -> np.ndarray:
+    H, W = shape
+    return (xy[:, 0] >= margin) & (xy[:, 1] >= margin) & (xy[:, 0] <= W - 1 - margin) & (xy[:, 1] <= H - 1 - margin)
+
+
+def run_sequences(root: str | Path, methods: list[PoseMethod], cfg: BenchmarkConfig | None = None) -> dict:
+    """Real-pair benchmark: overall and per sequence, every method on the same patches."""
+    cfg = cfg or BenchmarkConfig()
+    pairs, info = sequence_pairs(root, cfg)
+    out = _meta(cfg, "sequences", root=str(root), n_pairs=len(pairs["rotation"]), image_pairs=info)
+    out["methods"] = {m.name: score_method(m, pairs, pairs) for m in methods}
+    per_seq: dict[str, dict] = {}
+    start = 0
+    bounds: dict[str, list[tuple[int, int]]] = {}
+    for it in info:
+        bounds.setdefault(it["sequence"], []).append((start, start + it["n"]))
+        start += it["n"]
+    for name, spans in bounds.items():
+        idx = torch.cat([torch.arange(a, b) for a, b in spans])
+        sub = {k: v[idx] for k, v in pairs.items()}
+        per_seq[name] = {
+            m.name: {k: v for k, v in score_method(m, sub, sub).items() if k != "patches_per_s"} for m in methods
+        }
+    out["per_sequence"] = per_seq
+    return out
+
+
+def format_table(result: dict) -> str:
+    """Methods side by side: accuracies (%), top-4 recall where available, and patches/s."""
+    cols = ["scale_acc@0.167", "scale_acc@0.333", "ori_acc@5deg", "ori_acc@10deg"]
+    head = ["method", "sca±1/6", "sca±1/3", "ori±5°", "ori±10°", "top4 sca±1/3", "top4 ori±10°", "patches/s"]
+    rows = [head]
+    for name, r in result["methods"].items():
+        tk = r.get("topk_recall", {})
+        rows.append(
+            [name]
+            + [f"{r[c]:.1f}" if c in r else "-" for c in cols]
+            + [f"{tk[c][-1]:.1f}" if c in tk else "-" for c in ("scale_acc@0.333", "ori_acc@10deg")]
+            + [f"{r['patches_per_s']:.0f}"]
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)
+
+
+def write_json(result: dict, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2))
+    return path

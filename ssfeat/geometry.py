@@ -1,0 +1,128 @@
+"""Geometric conventions of ssfeat, defined once here and tested in ``tests/test_geometry.py``.
+
+Conventions
+-----------
+* Pixel coordinates are ``(x, y)`` with ``x`` to the right and ``y`` down; the centre of pixel
+  ``(column i, row j)`` is at ``(i, j)`` (OpenCV / kornia convention).
+* **Angles are radians**, positive = **counter-clockwise as displayed on screen**. Orientations
+  live in ``[0, 2*pi)``. Names ending in ``_deg`` are in degrees.
+* In ``y``-down pixel coordinates an on-screen counter-clockwise rotation by ``theta`` is the
+  matrix ``rotation_matrix(theta) = [[cos, sin], [-sin, cos]]``.
+* **Scale is log2**. A patch whose content is magnified by ``s`` has ``log2_scale`` larger by
+  ``log2(s)``.
+* Homographies are named ``H_0to1`` and map pixel coordinates of view 0 to view 1.
+* OpenCV's ``cv2.KeyPoint.angle`` is in degrees, **clockwise** as displayed (checked on SIFT:
+  rotating an image by +30 degrees counter-clockwise lowers SIFT's angles by 30). It is converted in
+  exactly one place: :func:`angle_from_cv2` / :func:`angle_to_cv2`.
+* kornia local affine frames (LAFs, ``(B, N, 2, 3)``) use degrees counter-clockwise as displayed;
+  :func:`laf_from_pose` / :func:`pose_from_laf` convert.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+TWO_PI = 2.0 * math.pi
+
+
+def wrap_angle(angle: torch.Tensor | np.ndarray | float) -> torch.Tensor | np.ndarray | float:
+    """Wrap angles (radians) to ``[0, 2*pi)``. Works on tensors, arrays and floats."""
+    if isinstance(angle, torch.Tensor):
+        out = torch.remainder(angle, TWO_PI)
+        return torch.where(out >= TWO_PI, out - TWO_PI, out)
+    out = np.mod(angle, TWO_PI)
+    return np.where(out >= TWO_PI, out - TWO_PI, out) if isinstance(out, np.ndarray) else float(out % TWO_PI)
+
+
+def angle_diff(a, b):
+    """Signed difference ``a - b`` of angles (radians) wrapped to ``[-pi, pi)``."""
+    return wrap_angle(a - b + math.pi) - math.pi
+
+
+def rotation_matrix(theta: torch.Tensor) -> torch.Tensor:
+    """On-screen counter-clockwise rotation in ``y``-down pixel coordinates.
+
+    Args:
+        theta: ``(...)`` radians.
+
+    Returns:
+        ``(..., 2, 2)`` matrices ``[[cos, sin], [-sin, cos]]``.
+    """
+    c, s = torch.cos(theta), torch.sin(theta)
+    return torch.stack([torch.stack([c, s], -1), torch.stack([-s, c], -1)], -2)
+
+
+def similarity_matrix(theta: torch.Tensor, log2_scale: torch.Tensor) -> torch.Tensor:
+    """``(..., 2, 2)`` matrix that rotates content counter-clockwise by ``theta`` and magnifies it
+    by ``2**log2_scale`` (both ``(...)``), acting on ``(x, y)`` offsets."""
+    return rotation_matrix(theta) * torch.exp2(log2_scale)[..., None, None]
+
+
+def angle_from_cv2(angle_deg: np.ndarray | float) -> np.ndarray | float:
+    """OpenCV ``KeyPoint.angle`` (degrees, clockwise) -> ssfeat orientation (radians, CCW)."""
+    return wrap_angle(np.deg2rad(-np.asarray(angle_deg, dtype=np.float64)))
+
+
+def angle_to_cv2(angle: np.ndarray | float) -> np.ndarray | float:
+    """ssfeat orientation (radians, CCW) -> OpenCV ``KeyPoint.angle`` (degrees in ``[0, 360)``)."""
+    deg = np.mod(-np.rad2deg(np.asarray(angle, dtype=np.float64)), 360.0)
+    return np.where(deg >= 360.0, deg - 360.0, deg)
+
+
+def warp_points(points: torch.Tensor, H_0to1: torch.Tensor) -> torch.Tensor:
+    """Map ``(N, 2)`` points with a ``(3, 3)`` homography (perspective divide included)."""
+    ones = torch.ones_like(points[..., :1])
+    p = torch.cat([points, ones], -1) @ H_0to1.transpose(-1, -2)
+    return p[..., :2] / p[..., 2:3]
+
+
+def homography_jacobian(points: torch.Tensor, H_0to1: torch.Tensor) -> torch.Tensor:
+    """Jacobian ``d warp(p) / d p`` of a homography at ``(N, 2)`` points, ``(N, 2, 2)``."""
+    ones = torch.ones_like(points[..., :1])
+    ph = torch.cat([points, ones], -1)
+    num = ph @ H_0to1[:2].transpose(-1, -2)  # (N, 2)
+    den = ph @ H_0to1[2]  # (N,)
+    # d(num/den)/dp = (H[:2,:2] * den - num (x) H[2,:2]) / den^2
+    J = H_0to1[:2, :2][None] * den[:, None, None] - num[:, :, None] * H_0to1[2, :2][None, None, :]
+    return J / (den**2)[:, None, None]
+
+
+def local_rotation_scale(points: torch.Tensor, H_0to1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Continuous local rotation and log2 scale of a homography at ``(N, 2)`` points.
+
+    The local affine map ``J`` (Jacobian of ``H_0to1``) is factored as ``J = R(theta) * U`` where
+    ``R(theta)`` is the closest rotation (polar decomposition) and ``U`` symmetric positive; the scale
+    is ``sqrt(|det J|)``. For a pure similarity this is exactly its rotation and scale.
+
+    Returns:
+        ``theta`` ``(N,)`` radians CCW in ``[0, 2pi)``, ``log2_scale`` ``(N,)``.
+    """
+    J = homography_jacobian(points, H_0to1)
+    # closest rotation in y-down convention [[c, s], [-s, c]]: c ~ J00 + J11, s ~ J01 - J10
+    c = J[:, 0, 0] + J[:, 1, 1]
+    s = J[:, 0, 1] - J[:, 1, 0]
+    theta = wrap_angle(torch.atan2(s, c))
+    log2_scale = 0.5 * torch.log2(torch.linalg.det(J).abs().clamp_min(1e-12))
+    return theta, log2_scale
+
+
+def laf_from_pose(xy: torch.Tensor, size: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
+    """kornia LAFs ``(1, N, 2, 3)`` from centres ``(N, 2)``, LAF scales ``(N,)`` (pixels) and
+    orientations ``(N,)`` (radians, CCW)."""
+    from kornia.feature import laf_from_center_scale_ori
+
+    return laf_from_center_scale_ori(xy[None], size[None, :, None, None], torch.rad2deg(angle)[None, :, None])
+
+
+def pose_from_laf(laf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Inverse of :func:`laf_from_pose` for ``(1, N, 2, 3)`` LAFs: centres, scales, angles (rad)."""
+    from kornia.feature import get_laf_center, get_laf_orientation, get_laf_scale
+
+    return (
+        get_laf_center(laf)[0],
+        get_laf_scale(laf)[0, :, 0, 0],
+        wrap_angle(torch.deg2rad(get_laf_orientation(laf)[0, :, 0])),
+    )

@@ -1,0 +1,100 @@
+"""Weights files: save/load PatchPoseNet as safetensors with its config in the metadata.
+
+Bundled weights ship inside the package (``ssfeat/weights``); nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from importlib import resources
+from pathlib import Path
+
+from . import __version__
+from .models.patch_pose import PatchPoseConfig, PatchPoseNet
+
+WEIGHTS_FORMAT = "ssfeat-patchpose-1"
+# bundled name -> file in ssfeat/weights
+BUNDLED = {"patchpose": "patchpose_fast.safetensors"}
+
+
+def save_weights(model: PatchPoseNet, path: str | Path) -> Path:
+    """Write ``model``'s weights and config to a safetensors file."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    meta = {
+        "format": WEIGHTS_FORMAT,
+        "config": json.dumps(dataclasses.asdict(model.config)),
+        "ssfeat_version": __version__,
+    }
+    save_file(state, str(path), metadata=meta)
+    return path
+
+
+def load_weights(path: str | Path) -> PatchPoseNet:
+    """Build a PatchPoseNet from a weights file written by :func:`save_weights` (strict load).
+
+    Raises:
+        ValueError: the file is missing, not safetensors, or not an ssfeat patch-pose file.
+    """
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such weights file")
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        state = load_file(str(path))
+    except Exception as e:
+        raise ValueError(f"{path}: not a safetensors weights file ({e})") from e
+    if meta.get("format") != WEIGHTS_FORMAT:
+        raise ValueError(f"{path}: not an ssfeat patch-pose weights file (format {meta.get('format')!r})")
+    model = PatchPoseNet(PatchPoseConfig(**json.loads(meta["config"])))
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def bundled_path(name: str = "patchpose") -> Path:
+    if name not in BUNDLED:
+        raise ValueError(f"unknown bundled model {name!r}, expected one of {sorted(BUNDLED)}")
+    return Path(str(resources.files("ssfeat") / "weights" / BUNDLED[name]))
+
+
+def load_model(name_or_path: str | Path = "patchpose") -> PatchPoseNet:
+    """A bundled model by name, a ``.safetensors`` weights file, or a training checkpoint / run folder."""
+    if str(name_or_path) in BUNDLED:
+        return load_weights(bundled_path(str(name_or_path)))
+    p = Path(name_or_path)
+    if p.is_dir() or p.suffix == ".pt":
+        return model_from_checkpoint(p)
+    return load_weights(p)
+
+
+def checkpoint_file(run: str | Path) -> Path:
+    """``best.pt`` (else ``last.pt``) of a run folder, or the file itself."""
+    run = Path(run)
+    if run.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (run / name).is_file():
+                return run / name
+        raise ValueError(f"{run}: no best.pt or last.pt in this run folder")
+    return run
+
+
+def model_from_checkpoint(run: str | Path) -> PatchPoseNet:
+    from .training import TrainConfig, load_checkpoint
+
+    ckpt = load_checkpoint(checkpoint_file(run))
+    model = PatchPoseNet(TrainConfig.from_dict(ckpt["config"]).model)
+    model.load_state_dict(ckpt["model"], strict=True)
+    return model.eval()
+
+
+def export(run: str | Path, out: str | Path) -> Path:
+    """Export the best (else last) checkpoint of a training run to a safetensors weights file."""
+    return save_weights(model_from_checkpoint(run), out)

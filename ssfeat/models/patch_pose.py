@@ -1,0 +1,158 @@
+"""PatchPoseNet: orientation and scale histograms of a square gray patch."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers import BACKBONES, mlp_head
+
+
+@dataclass
+class PatchPoseConfig:
+    """Architecture of :class:`PatchPoseNet` (stored in every checkpoint and weights file)."""
+
+    backbone: str = "fast"  # key of ssfeat.models.layers.BACKBONES
+    n_ori_bins: int = 36  # orientation bins over [0, 2pi); bin i is centred at 2pi i / n
+    n_scale_bins: int = 13  # log2-scale bins centred on linspace(-scale_range, scale_range, n)
+    scale_range: float = 2.0
+    patch_size: int = 32  # network input size; other sizes are resized by the estimator
+    c4_symmetric: bool = False  # average over the four 90-degree rotations (exact C4 equivariance)
+    logit_norm: float = 12.0  # centre logits and rescale to this L2 norm (0: raw logits)
+
+    @property
+    def ori_bin_width(self) -> float:
+        return 2 * math.pi / self.n_ori_bins
+
+    @property
+    def scale_bin_width(self) -> float:
+        return 2 * self.scale_range / (self.n_scale_bins - 1)
+
+
+class PatchPoseNet(nn.Module):
+    """Predict orientation and log2-scale histogram logits of gray patches.
+
+    With ``c4_symmetric`` the network is evaluated on the four 90-degree rotations of the input
+    and the orientation logits are rolled back by a quarter turn each before averaging, which makes
+    it exactly equivariant to 90-degree rotations (orientation logits roll by ``n_ori_bins / 4``,
+    scale logits unchanged).
+
+    Args:
+        config: architecture; ``self.config``.
+
+    Shape:
+        - Input: ``(B, 1, P, P)`` with ``P = config.patch_size``, values in ``[0, 1]``.
+        - Output: orientation logits ``(B, n_ori_bins)``, scale logits ``(B, n_scale_bins)``;
+          ``softmax`` of each is the histogram.
+
+    Example:
+        >>> net = PatchPoseNet(PatchPoseConfig(backbone="fast")).eval()
+        >>> ori, sca = net(torch.rand(2, 1, 32, 32))
+        >>> ori.shape, sca.shape
+        (torch.Size([2, 36]), torch.Size([2, 13]))
+    """
+
+    def __init__(self, config: PatchPoseConfig | None = None) -> None:
+        super().__init__()
+        self.config = config = config or PatchPoseConfig()
+        if config.backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone {config.backbone!r}, expected one of {sorted(BACKBONES)}")
+        if config.c4_symmetric and config.n_ori_bins % 4:
+            raise ValueError("c4_symmetric needs n_ori_bins divisible by 4")
+        make, dim, hidden = BACKBONES[config.backbone]
+        self.backbone = make()
+        self.ori_head = mlp_head(dim, hidden, config.n_ori_bins)
+        self.scale_head = mlp_head(dim, hidden, config.n_scale_bins)
+
+    def _raw(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = self.backbone(x)
+        return self.ori_head(f), self.scale_head(f)
+
+    def forward(self, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = self.config
+        B = patches.shape[0]
+        # per-patch standardisation: invariance to brightness and contrast
+        x = patches - patches.mean((1, 2, 3), keepdim=True)
+        x = x / (x.square().mean((1, 2, 3), keepdim=True).sqrt() + 1e-3)
+        if cfg.c4_symmetric:
+            x = torch.cat([torch.rot90(x, k, (-2, -1)) for k in range(4)]).contiguous()  # k quarter turns CCW
+            ori, sca = self._raw(x)
+            q = cfg.n_ori_bins // 4
+            ori = torch.stack([torch.roll(ori[k * B : (k + 1) * B], -k * q, -1) for k in range(4)]).mean(0)
+            sca = sca.view(4, B, -1).mean(0)
+        else:
+            ori, sca = self._raw(x)
+        if cfg.logit_norm > 0:
+            ori, sca = _fixed_norm(ori, cfg.logit_norm), _fixed_norm(sca, cfg.logit_norm)
+        return ori, sca
+
+
+def _fixed_norm(z: torch.Tensor, norm: float) -> torch.Tensor:
+    """Centre ``(B, K)`` logits and rescale each row to L2 norm ``norm``."""
+    z = z - z.mean(-1, keepdim=True)
+    return norm * F.normalize(z, dim=-1, eps=1e-6)
+
+
+def histogram_peaks(prob: torch.Tensor, k: int, circular: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` strongest modes of histograms with sub-bin refinement.
+
+    Local maxima come first (by probability), then the remaining bins by probability, so ``k`` may
+    exceed the number of modes. Each position is refined by a parabola through the log-probabilities
+    of the bin and its two neighbours.
+
+    Args:
+        prob: ``(B, K)`` histograms.
+        k: number of candidates (``1 <= k <= K``).
+        circular: neighbours wrap around (orientation) or not (scale; edge bins are not refined).
+
+    Returns:
+        ``positions`` ``(B, k)`` in bins (float; circular ones in ``[0, K)``), ``scores`` ``(B, k)``.
+    """
+    K = prob.shape[-1]
+    logp = torch.log(prob.clamp_min(1e-12))
+    if circular:
+        left, right = torch.roll(logp, 1, -1), torch.roll(logp, -1, -1)
+    else:
+        left = torch.cat([logp[:, :1], logp[:, :-1]], -1)
+        right = torch.cat([logp[:, 1:], logp[:, -1:]], -1)
+    is_peak = (logp >= left) & (logp >= right)
+    rank_key = prob + is_peak.to(prob.dtype) * 2.0  # peaks first
+    scores, idx = rank_key.topk(k, -1)
+    scores = scores - 2.0 * (scores > 1.0).to(scores.dtype)
+    l, c, r = left.gather(-1, idx), logp.gather(-1, idx), right.gather(-1, idx)
+    denom = l - 2 * c + r
+    delta = torch.where(denom < -1e-9, 0.5 * (l - r) / denom.clamp(max=-1e-9), torch.zeros_like(c))
+    delta = delta.clamp(-0.5, 0.5)
+    if not circular:
+        delta = torch.where((idx == 0) | (idx == K - 1), torch.zeros_like(delta), delta)
+    pos = idx.to(prob.dtype) + delta
+    if circular:
+        pos = torch.remainder(pos, K)
+    return pos, scores
+
+
+def decode_pose(
+    ori_logits: torch.Tensor, scale_logits: torch.Tensor, config: PatchPoseConfig, k: int = 1
+) -> dict[str, torch.Tensor]:
+    """Histograms and the top-``k`` poses from logits ``(B, K_ori)``, ``(B, K_sca)``.
+
+    Returns:
+        dict with ``ori_hist`` ``(B, K_ori)``, ``scale_hist`` ``(B, K_sca)``, ``orientation``
+        ``(B, k)`` radians in ``[0, 2pi)``, ``log2_scale`` ``(B, k)``, ``ori_score`` and
+        ``scale_score`` ``(B, k)`` (histogram mass of the chosen bins).
+    """
+    po, ps = F.softmax(ori_logits, -1), F.softmax(scale_logits, -1)
+    opos, osc = histogram_peaks(po, min(k, po.shape[-1]), circular=True)
+    spos, ssc = histogram_peaks(ps, min(k, ps.shape[-1]), circular=False)
+    return {
+        "ori_hist": po,
+        "scale_hist": ps,
+        "orientation": torch.remainder(opos * config.ori_bin_width, 2 * math.pi),
+        "log2_scale": spos * config.scale_bin_width - config.scale_range,
+        "ori_score": osc,
+        "scale_score": ssc,
+    }

@@ -1,0 +1,325 @@
+"""Self-supervised training of PatchPoseNet by histogram alignment.
+
+One function, :func:`fit`, runs single-process or under ``torchrun`` (DDP; gloo on CPU, NCCL on
+GPU) through the same code. Every sample is a pure function of its global index, so a run resumed
+from its checkpoint reproduces the uninterrupted run exactly.
+
+Why training converges here (the paper's recipe with T=20 and SGD sat at the uniform histogram):
+the model's logits are centred and rescaled to a fixed norm (``PatchPoseConfig.logit_norm``), so
+the histograms can neither collapse to uniform (where the alignment gradient vanishes) nor blow up;
+AdamW with warm-up and cosine decay replaces SGD at lr 3.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from . import __version__
+from . import distributed as du
+from .data.images import load_folder
+from .data.synthesis import PairConfig, PairSynthesizer, split_by_image
+from .evaluation.metrics import pose_accuracies
+from .losses import histogram_alignment_loss
+from .models.patch_pose import PatchPoseConfig, PatchPoseNet, decode_pose
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; stored in every checkpoint."""
+
+    images: str = ""  # folder of training photos (recursive)
+    val_images: str | None = None  # image-disjoint validation folder; default: hold out images
+    val_fraction: float = 0.05  # share of ``images`` held out (by image) when val_images is None
+    steps: int = 3000  # optimisation steps (ignored when time_budget_min is set)
+    time_budget_min: float | None = None  # fit the schedule into this many minutes of training
+    batch_size: int = 128  # pairs of each kind (orientation and scale) per step, over all processes
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100
+    temperature: float = 1.0  # of the loss softmax (the model already fixes the logit norm)
+    symmetric: bool = True  # symmetric cross-entropy (paper Eq. 6-7)
+    scale_loss: str = "full"  # "full" or "shared" (paper Eq. 4); see losses.histogram_alignment_loss
+    scale_full_steps: int = 0  # with scale_loss="shared": use "full" for these first steps (warm start)
+    ori_weight: float = 1.0
+    scale_weight: float = 1.0
+    val_every: int = 250
+    val_pairs: int = 512  # pairs of each kind in the fixed validation set
+    ckpt_every: int = 250
+    workers: int = 1  # background processes synthesising batches (0: in the training process)
+    seed: int = 0
+    model: PatchPoseConfig = field(default_factory=PatchPoseConfig)
+    pairs: PairConfig = field(default_factory=PairConfig)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        d = dict(d)
+        d["model"] = PatchPoseConfig(**d.get("model", {}))
+        d["pairs"] = PairConfig(**d.get("pairs", {}))
+        return cls(**d)
+
+
+def save_atomic(obj, path: Path) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename: a crash mid-write
+    leaves the previous file intact."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Load a training checkpoint (CPU tensors) and check its version.
+
+    Raises:
+        ValueError: not an ssfeat checkpoint or written by an incompatible version.
+    """
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated or foreign files
+        raise ValueError(f"{path}: not a readable ssfeat checkpoint ({e})") from e
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
+        raise ValueError(f"{path}: not an ssfeat checkpoint")
+    if ckpt.get("checkpoint_version") != CHECKPOINT_VERSION:
+        raise ValueError(
+            f"{path}: checkpoint version {ckpt.get('checkpoint_version')} is not supported "
+            f"(this ssfeat reads version {CHECKPOINT_VERSION})"
+        )
+    return ckpt
+
+
+def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
+    """Linear warm-up then cosine decay to 2% of ``cfg.lr``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    t = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+    return cfg.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def pair_loss(model, batch: dict, cfg: TrainConfig, step: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
+    """Alignment loss of an orientation batch and a scale batch (dict of ``(B, ...)`` tensors)."""
+    mcfg: PatchPoseConfig = cfg.model
+    ori_b, sca_b = batch["ori"], batch["scale"]
+    B = ori_b["patch0"].shape[0]
+    x = torch.cat([ori_b["patch0"], ori_b["patch1"], sca_b["patch0"], sca_b["patch1"]])
+    ori_logits, sca_logits = model(x)
+    lo = histogram_alignment_loss(
+        ori_logits[:B],
+        ori_logits[B : 2 * B],
+        ori_b["rotation"] / mcfg.ori_bin_width,
+        circular=True,
+        temperature=cfg.temperature,
+        symmetric=cfg.symmetric,
+    )
+    ls = histogram_alignment_loss(
+        sca_logits[2 * B : 3 * B],
+        sca_logits[3 * B :],
+        sca_b["log2_scale"] / mcfg.scale_bin_width,
+        circular=False,
+        temperature=cfg.temperature,
+        symmetric=cfg.symmetric,
+        scale_mode="full" if step < cfg.scale_full_steps else cfg.scale_loss,
+    )
+    loss = cfg.ori_weight * lo + cfg.scale_weight * ls
+    return loss, {"loss_ori": lo.item(), "loss_scale": ls.item()}
+
+
+@torch.no_grad()
+def evaluate_pairs(model, batches: dict, config: PatchPoseConfig, chunk: int = 512) -> dict[str, float]:
+    """Accuracies of ``model`` on pre-made orientation and scale pair batches."""
+    was_training = model.training
+    model.eval()
+
+    def run(x):
+        outs = [model(x[i : i + chunk]) for i in range(0, len(x), chunk)]
+        return decode_pose(torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs]), config)
+
+    o, s = batches["ori"], batches["scale"]
+    o0, o1 = run(o["patch0"]), run(o["patch1"])
+    s0, s1 = run(s["patch0"]), run(s["patch1"])
+    model.train(was_training)
+    return pose_accuracies(
+        o0["orientation"][:, 0],
+        o1["orientation"][:, 0],
+        o["rotation"],
+        s0["log2_scale"][:, 0],
+        s1["log2_scale"][:, 0],
+        s["log2_scale"],
+    )
+
+
+def _to(batch: dict, device: torch.device) -> dict:
+    return {k: (_to(v, device) if isinstance(v, dict) else v.to(device)) for k, v in batch.items()}
+
+
+class _StepBatches(torch.utils.data.Dataset):
+    """Item ``s`` = this process's orientation and scale batches of step ``s`` (deterministic)."""
+
+    def __init__(self, synth: PairSynthesizer, cfg: TrainConfig, start: int, total: int, rank: int, world: int):
+        self.synth, self.start, self.total = synth, start, total
+        self.B, self.b, self.rank = cfg.batch_size, cfg.batch_size // world, rank
+
+    def __len__(self) -> int:
+        return self.total - self.start
+
+    def __getitem__(self, i: int) -> dict:
+        base = (self.start + i) * self.B + self.rank * self.b
+        return {k: self.synth.batch(k, range(base, base + self.b)) for k in ("ori", "scale")}
+
+
+def make_synthesizers(cfg: TrainConfig) -> tuple[PairSynthesizer, PairSynthesizer]:
+    """Training and validation synthesisers, split by image."""
+    paths, images, _ = load_folder(cfg.images, as_uint8=True)
+    if not images:
+        raise ValueError(f"no readable images under {cfg.images}")
+    if cfg.val_images:
+        vpaths, vimages, _ = load_folder(cfg.val_images, as_uint8=True)
+        train_idx = list(range(len(images)))
+    else:
+        train_idx, val_idx = split_by_image(paths, cfg.val_fraction, Path(cfg.images))
+        if not val_idx or not train_idx:  # tiny folders: hold out the last image
+            train_idx, val_idx = list(range(max(1, len(images) - 1))), [len(images) - 1]
+        vpaths, vimages = [paths[i] for i in val_idx], [images[i] for i in val_idx]
+    train = PairSynthesizer([images[i] for i in train_idx], cfg.pairs, [str(paths[i]) for i in train_idx])
+    vcfg = dataclasses.replace(cfg.pairs, photometric=False, ref_random_pose=False, seed=cfg.pairs.seed + 1)
+    val = PairSynthesizer(vimages, vcfg, [str(p) for p in vpaths])
+    return train, val
+
+
+def fit(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress: bool = True) -> Path:
+    """Train (or resume) a PatchPoseNet; returns the path of the final checkpoint ``last.pt``.
+
+    Under ``torchrun`` each of the ``W`` processes draws ``batch_size / W`` pairs per step.
+    """
+    out_dir = Path(out_dir)
+    device = du.init_from_env()
+    world, rank = du.world_size(), du.rank()
+    last = out_dir / "last.pt"
+    ckpt = None
+    if resume and last.exists():
+        ckpt = load_checkpoint(last)
+        stored = TrainConfig.from_dict(ckpt["config"])
+        stored.steps, stored.time_budget_min = cfg.steps, cfg.time_budget_min
+        cfg = stored if not cfg.time_budget_min else dataclasses.replace(stored, steps=ckpt["total_steps"])
+    elif resume:
+        logger.warning("no checkpoint at %s: starting a new run", last)
+    if cfg.batch_size % world:
+        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by {world} processes")
+    if du.is_main():
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+    torch.manual_seed(cfg.seed)
+    model = PatchPoseNet(cfg.model).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    step, total, best, history = 0, cfg.steps, -1.0, []
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        step, total, best, history = ckpt["step"], ckpt["total_steps"], ckpt["best_score"], ckpt["history"]
+        logger.info("resumed %s at step %d / %d", last, step, total)
+    train_synth, val_synth = make_synthesizers(cfg)
+    val_batches = _to({k: val_synth.batch(k, range(cfg.val_pairs)) for k in ("ori", "scale")}, device)
+    net = DistributedDataParallel(model) if world > 1 else model
+    budget_s = cfg.time_budget_min * 60 if cfg.time_budget_min else None
+    t0, calibrated = time.time(), ckpt is not None or budget_s is None
+
+    def save(path: Path) -> None:
+        if du.is_main():
+            save_atomic(
+                {
+                    "checkpoint_version": CHECKPOINT_VERSION,
+                    "ssfeat_version": __version__,
+                    "config": dataclasses.asdict(cfg),
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "step": step,
+                    "total_steps": total,
+                    "best_score": best,
+                    "history": history,
+                },
+                path,
+            )
+
+    bar = None
+    if progress and du.is_main():
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, initial=step, desc="train pose", dynamic_ncols=True)
+    net.train()
+    metrics: dict[str, float] = {}
+    # upper bound for the loader; a time budget fixes ``total`` after 40 steps
+    horizon = total if calibrated else 10**7
+    loader = iter(
+        torch.utils.data.DataLoader(
+            _StepBatches(train_synth, cfg, step, horizon, rank, world),
+            batch_size=None,
+            num_workers=cfg.workers,
+            prefetch_factor=4 if cfg.workers else None,
+            persistent_workers=False,
+        )
+    )
+    while step < total:
+        lr = lr_at(step, total, cfg)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        batch = _to(next(loader), device)
+        loss, parts = pair_loss(net, batch, cfg, step)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss at step {step}: {parts}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        loss_val = du.all_reduce_mean(loss.detach()).item()
+        if not calibrated and step == 10:
+            t10 = time.time()
+        if not calibrated and step == 40:  # steps 10-40: past the loader's warm-up
+            per_step = (time.time() - t10) / 30
+            total = max(step + 1, int((budget_s - (time.time() - t0)) * 0.95 / per_step) + step)
+            calibrated = True
+            if bar is not None:
+                bar.total = total
+            logger.info("time budget %.1f min: %d steps at %.3f s/step", cfg.time_budget_min, total, per_step)
+        if step % cfg.val_every == 0 or step == total:
+            metrics = evaluate_pairs(model, val_batches, cfg.model)
+            score = metrics["ori_acc@10deg"] + metrics["scale_acc@0.333"]
+            history.append({"step": step, "loss": loss_val, "lr": lr, **metrics})
+            if du.is_main():
+                with open(out_dir / "log.jsonl", "a") as f:
+                    f.write(json.dumps(history[-1]) + "\n")
+            if score > best:
+                best = score
+                save(out_dir / "best.pt")
+        if step % cfg.ckpt_every == 0 or step == total:
+            save(last)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(
+                loss=f"{loss_val:.3f}",
+                ori10=f"{metrics.get('ori_acc@10deg', float('nan')):.1f}",
+                sca13=f"{metrics.get('scale_acc@0.333', float('nan')):.1f}",
+            )
+        if budget_s is not None and time.time() - t0 > budget_s * 1.05 and step < total:
+            logger.warning("time budget exceeded at step %d / %d: checkpoint saved, resume with --resume", step, total)
+            save(last)
+            break
+    if bar is not None:
+        bar.close()
+    du.barrier()
+    return last

@@ -1,0 +1,94 @@
+import json
+
+import pytest
+
+from ssfeat.cli import main
+
+
+@pytest.mark.parametrize(
+    "cmd",
+    [[], ["train", "pose"], ["export"], ["benchmark", "patchpose"], ["benchmark", "sequences"], ["show"], ["demo"]],
+)
+def test_help(cmd, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([*cmd, "--help"])
+    assert e.value.code == 0
+
+
+def test_train_export_benchmark_show(image_dir, oxford_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert (
+        main(
+            [
+                "train",
+                "pose",
+                "--images",
+                str(image_dir),
+                "--out",
+                str(run),
+                "--steps",
+                "2",
+                "--batch-size",
+                "8",
+                "--workers",
+                "0",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    w = tmp_path / "w.safetensors"
+    assert main(["export", str(run), "--out", str(w)]) == 0 and w.is_file()
+    js = tmp_path / "pp.json"
+    assert (
+        main(
+            [
+                "benchmark",
+                "patchpose",
+                "--images",
+                str(image_dir),
+                "--n-pairs",
+                "40",
+                "--weights",
+                str(w),
+                "--extra",
+                f"mine={run}",
+                "--json",
+                str(js),
+            ]
+        )
+        == 0
+    )
+    res = json.loads(js.read_text())
+    assert set(res["methods"]) == {"ssfeat", "mine", "kornia_gradient", "log_scale"}
+    assert res["methods"]["ssfeat"]["topk_recall"]["k"] == [1, 2, 3, 4]
+    assert "ori_acc@10deg" in res["methods"]["kornia_gradient"] and "scale_acc@0.333" in res["methods"]["log_scale"]
+    js2 = tmp_path / "seq.json"
+    assert main(["benchmark", "sequences", "--root", str(oxford_dir), "--json", str(js2), "--max-keypoints", "30"]) == 0
+    res2 = json.loads(js2.read_text())
+    assert "toy" in res2["per_sequence"] and res2["n_pairs"] > 10
+    out = capsys.readouterr().out
+    assert "kornia_gradient" in out and "log_scale" in out
+    fig = tmp_path / "fig.png"
+    assert main(["show", str(image_dir / "img0.jpg"), "--out", str(fig), "--histograms", "--n", "10"]) == 0
+    assert fig.stat().st_size > 1000
+
+
+def test_demo_on_user_images(image_dir, tmp_path, capsys):
+    assert main(["demo", "--images", str(image_dir), "--out", str(tmp_path / "d"), "--n-pairs", "30"]) == 0
+    out = capsys.readouterr().out
+    assert "ssfeat" in out and "kornia_gradient" in out
+    assert len(list((tmp_path / "d").glob("*_poses.png"))) == 4
+
+
+def test_bad_inputs_give_clear_errors(tmp_path, capsys):
+    (tmp_path / "junk.png").write_text("not an image")
+    assert main(["show", str(tmp_path / "junk.png"), "--out", str(tmp_path / "f.png")]) == 2
+    assert "junk.png" in capsys.readouterr().err
+    assert (
+        main(["train", "pose", "--images", str(tmp_path / "nope"), "--out", str(tmp_path / "r"), "--steps", "1"]) == 2
+    )
+    assert "no such" in capsys.readouterr().err
+    assert main(["benchmark", "sequences", "--root", str(tmp_path), "--json", str(tmp_path / "x.json")]) == 2
+    assert "no usable sequences" in capsys.readouterr().err
+    assert main(["export", str(tmp_path), "--out", str(tmp_path / "w.safetensors")]) == 2

@@ -1,0 +1,96 @@
+import cv2
+import numpy as np
+import pytest
+
+from ssfeat.data.images import ImageReadError, list_images, load_folder, read_image, to_gray_float
+from ssfeat.data.synthesis import PairConfig, PairSynthesizer, split_by_image
+
+from .conftest import textured_image
+
+
+def test_read_all_image_kinds(tmp_path):
+    g = textured_image(64, 80)
+    cv2.imwrite(str(tmp_path / "gray.png"), g)
+    cv2.imwrite(str(tmp_path / "rgb.jpg"), np.dstack([g, g, g]))
+    cv2.imwrite(str(tmp_path / "rgba.png"), np.dstack([g, g, g, np.full_like(g, 128)]))
+    cv2.imwrite(str(tmp_path / "deep.png"), g.astype(np.uint16) * 257)
+    cv2.imwrite(str(tmp_path / "deep.tif"), g.astype(np.uint16) * 257)
+    cv2.imwrite(str(tmp_path / "img.ppm"), np.dstack([g, g, g]))
+    cv2.imwrite(str(tmp_path / "img.pgm"), g)
+    cv2.imwrite(str(tmp_path / "img.bmp"), g)
+    ref = g.astype(np.float32) / 255
+    for p in list_images(tmp_path):
+        img = read_image(p)
+        assert img.shape == (64, 80) and img.dtype == np.float32, p
+        tol = 0.05 if p.suffix == ".jpg" else 2e-3
+        assert np.abs(img - ref).mean() < tol, p
+
+
+def test_unreadable_files_are_reported_and_skipped(tmp_path):
+    cv2.imwrite(str(tmp_path / "ok.png"), textured_image(40, 40))
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "notes.jpg").write_text("not an image")
+    good = cv2.imencode(".jpg", textured_image(40, 40))[1].tobytes()
+    (tmp_path / "truncated.jpg").write_bytes(good[:20])
+    (tmp_path / "readme.txt").write_text("ignored: not an image extension")
+    paths, images, skipped = load_folder(tmp_path)
+    assert [p.name for p in paths] == ["ok.png"]
+    assert len(skipped) == 3 and any("empty.png" in s for s in skipped)
+    with pytest.raises(ImageReadError, match="notes.jpg"):
+        read_image(tmp_path / "notes.jpg")
+    with pytest.raises(ImageReadError, match="no such file"):
+        read_image(tmp_path / "missing.png")
+
+
+def test_to_gray_float_rejects_nan_and_bad_shapes():
+    with pytest.raises(ValueError, match="NaN"):
+        to_gray_float(np.full((4, 4), np.nan, np.float32))
+    with pytest.raises(ValueError, match="shape"):
+        to_gray_float(np.zeros((4, 4, 2), np.uint8))
+
+
+def test_pairs_are_reproducible_and_labels_match_the_warp(image_dir):
+    cfg = PairConfig(photometric=False, ref_random_pose=False, ori_log2_jitter=0.0, n_random=20)
+    s = PairSynthesizer.from_folder(image_dir, cfg)
+    a0, a1, rot, lsc = s.sample("ori", 5)
+    b0, b1, rot2, _ = s.sample("ori", 5)
+    assert np.array_equal(a0, b0) and np.array_equal(a1, b1) and rot == rot2 and lsc == 0.0
+    assert s.sample("ori", 6)[2] != rot
+    # rotate patch 0 by the label (CCW on screen) and compare inside the inscribed disc
+    yy, xx = np.mgrid[:32, :32]
+    disc = (xx - 15.5) ** 2 + (yy - 15.5) ** 2 < 12**2
+    checked = 0
+    for i in range(30):
+        a0, a1, rot, _ = s.sample("ori", i)
+        if a0[disc].std() < 0.03:  # flat patch: nothing to compare
+            continue
+        r0 = cv2.warpAffine(a0, cv2.getRotationMatrix2D((15.5, 15.5), np.degrees(rot), 1.0), (32, 32))
+        assert np.corrcoef(r0[disc], a1[disc])[0, 1] > 0.95
+        checked += 1
+    assert checked >= 10
+    # a scale pair: the magnified patch's centre equals patch 0's centre region resized
+    p0, p1, rot, lsc = s.sample("scale", 3)
+    assert rot == 0.0 and -2 <= lsc <= 2
+
+
+def test_batch_shapes_and_photometric(image_dir):
+    s = PairSynthesizer.from_folder(image_dir, PairConfig(n_random=20))
+    b = s.batch("scale", range(7))
+    assert b["patch0"].shape == (7, 1, 32, 32) and b["log2_scale"].shape == (7,)
+    assert (b["log2_scale"].abs() <= 2).all()
+    assert float(b["patch0"].min()) >= 0 and float(b["patch0"].max()) <= 1
+
+
+def test_split_is_by_image_and_deterministic(image_dir):
+    paths = list_images(image_dir)
+    t1, v1 = split_by_image(paths, 0.5, image_dir)
+    t2, v2 = split_by_image(paths, 0.5, image_dir)
+    assert (t1, v1) == (t2, v2) and not set(t1) & set(v1) and sorted(t1 + v1) == list(range(len(paths)))
+
+
+def test_too_small_images_are_skipped_or_refused():
+    cfg = PairConfig(n_random=10)
+    s = PairSynthesizer([textured_image(300, 300), textured_image(40, 40)], cfg, ["big", "tiny"])
+    assert len(s) == 1 and s.skipped == ["tiny"]
+    with pytest.raises(ValueError, match="no usable images"):
+        PairSynthesizer([textured_image(40, 40)], cfg)

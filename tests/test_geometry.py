@@ -1,0 +1,116 @@
+import math
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from ssfeat.geometry import (
+    angle_diff,
+    angle_from_cv2,
+    angle_to_cv2,
+    laf_from_pose,
+    local_rotation_scale,
+    pose_from_laf,
+    rotation_matrix,
+    warp_points,
+    wrap_angle,
+)
+from ssfeat.patches import extract_patches
+
+from .conftest import textured_image
+
+
+def test_rotation_is_counter_clockwise_on_screen():
+    # +90 degrees turns the x axis (right) to "up" on screen, i.e. -y in pixel coordinates
+    v = rotation_matrix(torch.tensor(math.pi / 2)) @ torch.tensor([1.0, 0.0])
+    assert torch.allclose(v, torch.tensor([0.0, -1.0]), atol=1e-6)
+
+
+def test_wrap_and_diff():
+    a = torch.tensor([-0.1, 2 * math.pi, 7.0])
+    w = wrap_angle(a)
+    assert ((w >= 0) & (w < 2 * math.pi)).all()
+    assert torch.allclose(angle_diff(torch.tensor(0.1), torch.tensor(2 * math.pi - 0.1)), torch.tensor(0.2), atol=1e-6)
+
+
+def test_cv2_angle_roundtrip_and_direction():
+    a = np.array([0.0, 0.3, 3.0, 6.0])
+    np.testing.assert_allclose(angle_from_cv2(angle_to_cv2(a)), a, atol=1e-9)
+    assert angle_to_cv2(math.pi / 2) == pytest.approx(270.0)
+
+
+def test_cv2_sift_angle_convention_measured():
+    """Rotating an image CCW on screen by 30 degrees must raise ssfeat angles of SIFT keypoints by 30."""
+    img = textured_image(300, 300, seed=3)
+    big = cv2.copyMakeBorder(img, 100, 100, 100, 100, cv2.BORDER_REFLECT)
+    h, w = big.shape
+    M = cv2.getRotationMatrix2D((w / 2, h / 2), 30, 1.0)  # OpenCV: positive = CCW on screen
+    rot = cv2.warpAffine(big, M, (w, h))
+    sift = cv2.SIFT_create(300)
+    k0, k1 = sift.detect(big, None), sift.detect(rot, None)
+    p1 = np.array([k.pt for k in k1])
+    diffs = []
+    for k in k0:
+        p = M @ np.array([*k.pt, 1.0])
+        d = np.linalg.norm(p1 - p, axis=1)
+        j = int(d.argmin())
+        if d[j] < 0.5 and abs(k1[j].size - k.size) < 0.3:
+            diffs.append(float(angle_diff(angle_from_cv2(k1[j].angle), angle_from_cv2(k.angle))))
+    assert len(diffs) > 10
+    assert np.median(diffs) == pytest.approx(math.radians(30), abs=math.radians(3))
+
+
+def test_local_rotation_scale_of_similarity():
+    theta, s = 0.7, 1.6
+    A = (rotation_matrix(torch.tensor(theta, dtype=torch.float64)) * s).numpy()
+    H = np.eye(3)
+    H[:2, :2] = A
+    H[:2, 2] = [12.0, -4.0]
+    pts = torch.tensor([[10.0, 20.0], [100.0, 50.0]], dtype=torch.float64)
+    r, ls = local_rotation_scale(pts, torch.from_numpy(H))
+    assert torch.allclose(r, torch.full((2,), theta, dtype=torch.float64), atol=1e-9)
+    assert torch.allclose(ls, torch.full((2,), math.log2(s), dtype=torch.float64), atol=1e-9)
+
+
+def test_local_scale_of_perspective_matches_finite_differences():
+    H = torch.tensor([[0.9, 0.2, 5.0], [-0.1, 1.1, 3.0], [2e-4, -1e-4, 1.0]], dtype=torch.float64)
+    p = torch.tensor([[150.0, 80.0]], dtype=torch.float64)
+    e = 1e-4
+    J = torch.stack(
+        [
+            (warp_points(p + torch.tensor([[e, 0.0]]), H) - warp_points(p - torch.tensor([[e, 0.0]]), H)) / (2 * e),
+            (warp_points(p + torch.tensor([[0.0, e]]), H) - warp_points(p - torch.tensor([[0.0, e]]), H)) / (2 * e),
+        ],
+        -1,
+    )[0]
+    _, ls = local_rotation_scale(p, H)
+    assert ls.item() == pytest.approx(0.5 * math.log2(abs(torch.linalg.det(J).item())), abs=1e-6)
+
+
+def test_laf_roundtrip():
+    xy = torch.tensor([[10.0, 20.0], [30.0, 5.0]])
+    size = torch.tensor([3.0, 7.0])
+    ang = torch.tensor([0.5, 5.0])
+    c, s, a = pose_from_laf(laf_from_pose(xy, size, ang))
+    assert torch.allclose(c, xy) and torch.allclose(s, size, atol=1e-5)
+    assert torch.allclose(angle_diff(a, ang), torch.zeros(2), atol=1e-5)
+
+
+def test_extract_patches_rotation_matches_rot90():
+    img = textured_image(200, 200, seed=1).astype(np.float32) / 255
+    c = np.array([[100.0, 100.0]])
+    # content rotated CCW by 90 degrees: patch-to-image map is the inverse rotation
+    A_rot = rotation_matrix(torch.tensor(-math.pi / 2, dtype=torch.float64)).numpy()
+    p0 = extract_patches(img, c, np.eye(2), 32)[0]
+    p1 = extract_patches(img, c, A_rot, 32)[0]
+    np.testing.assert_allclose(p1, np.rot90(p0, 1), atol=1e-4)
+
+
+def test_extract_patches_reflects_at_border_and_antialiases():
+    img = np.full((50, 50), 0.5, np.float32)
+    p = extract_patches(img, np.array([[0.0, 0.0]]), np.eye(2) * 4, 32)  # shrinks content 4x at a corner
+    assert np.allclose(p, 0.5, atol=1e-5)  # no black corners
+    stripes = np.tile(np.array([0.0, 1.0], np.float32), (200, 100))  # 1-px stripes alias without blur
+    q = extract_patches(stripes, np.array([[100.0, 100.0]]), np.eye(2) * 3.0, 32)
+    assert q.std() < 0.05

@@ -1,0 +1,142 @@
+import math
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from ssfeat import PatchPoseEstimator
+from ssfeat.cli import samples_dir
+from ssfeat.data.images import read_image
+from ssfeat.estimator import detect_sift
+from ssfeat.geometry import angle_from_cv2
+from ssfeat.hub import load_weights, save_weights
+from ssfeat.models import PatchPoseConfig, PatchPoseNet
+from ssfeat.models.patch_pose import histogram_peaks
+
+from .conftest import textured_image
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    return PatchPoseEstimator.from_pretrained()
+
+
+@pytest.fixture(scope="module")
+def sample_patches(bundled):
+    """Patches at SIFT keypoints of the bundled sample photos (never used for training)."""
+    out = []
+    for p in sorted(samples_dir().iterdir())[:2]:
+        img = read_image(p)
+        H, W = img.shape
+        kps = [k for k in detect_sift(img, 300) if 30 < k.pt[0] < W - 30 and 30 < k.pt[1] < H - 30][:100]
+        out.append(bundled.extract(img, np.array([k.pt for k in kps])))
+    return torch.cat(out)
+
+
+@pytest.mark.parametrize("backbone", ["fast", "small", "resnet18"])
+def test_shapes(backbone):
+    net = PatchPoseNet(PatchPoseConfig(backbone=backbone)).eval()
+    o, s = net(torch.rand(3, 1, 32, 32))
+    assert o.shape == (3, 36) and s.shape == (3, 13)
+    assert torch.allclose(o.norm(dim=-1), torch.full((3,), 12.0), atol=1e-4)  # fixed logit norm
+
+
+def test_unknown_backbone():
+    with pytest.raises(ValueError, match="unknown backbone"):
+        PatchPoseNet(PatchPoseConfig(backbone="vgg"))
+
+
+def test_c4_model_is_exactly_equivariant():
+    net = PatchPoseNet(PatchPoseConfig(c4_symmetric=True)).eval()
+    x = torch.rand(4, 1, 32, 32)
+    with torch.no_grad():
+        o0, s0 = net(x)
+        o1, s1 = net(torch.rot90(x, 1, (-2, -1)))  # content CCW by 90 degrees
+    assert torch.allclose(o1, torch.roll(o0, 9, -1), atol=1e-4)
+    assert torch.allclose(s1, s0, atol=1e-4)
+
+
+def test_weights_roundtrip(tmp_path):
+    net = PatchPoseNet(PatchPoseConfig(backbone="fast")).eval()
+    path = save_weights(net, tmp_path / "w.safetensors")
+    net2 = load_weights(path)
+    x = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(net(x)[0], net2(x)[0])
+    (tmp_path / "bad.safetensors").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="not a safetensors"):
+        load_weights(tmp_path / "bad.safetensors")
+
+
+def test_histogram_peaks_subbin():
+    K = 36
+    centre = 10.3
+    bins = torch.arange(K, dtype=torch.float64)
+    d = torch.remainder(bins - centre + K / 2, K) - K / 2
+    p = torch.softmax(-(d**2) / 2.0, 0)[None]
+    pos, _ = histogram_peaks(p, 1, circular=True)
+    assert pos.item() == pytest.approx(centre, abs=1e-6)  # a Gaussian in log space is a parabola
+
+
+def test_bundled_model_rotation_by_90_shifts_histogram_by_9_bins(bundled, sample_patches):
+    with torch.no_grad():
+        h0 = bundled(sample_patches).ori_hist.argmax(-1)
+        h1 = bundled(torch.rot90(sample_patches, 1, (-2, -1))).ori_hist.argmax(-1)
+    d = torch.remainder(h1 - h0 - 9 + 18, 36) - 18
+    assert (d.abs() <= 1).float().mean() >= 0.9
+
+
+def test_bundled_model_conventions_on_rotated_and_magnified_content(bundled):
+    img = read_image(sorted(samples_dir().iterdir())[0])
+    c = np.array([[img.shape[1] / 2, img.shape[0] / 2]])
+    from ssfeat.patches import extract_patches
+
+    theta, s = math.radians(60), 2**0.5
+    base = extract_patches(img, c, np.eye(2), 32)
+    rot = extract_patches(
+        img, c, np.array([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]]), 32
+    )
+    mag = extract_patches(img, c, np.eye(2) / s, 32)
+    out = bundled(torch.from_numpy(np.concatenate([base, rot, mag]))[:, None])
+    # the test photo's centre: the sign and rough size of the changes must be right
+    d_ori = math.remainder(float(out.orientation[1] - out.orientation[0]) - theta, 2 * math.pi)
+    assert abs(d_ori) < math.radians(20)
+    assert float(out.log2_scale[2] - out.log2_scale[0]) > 0.1
+
+
+def test_estimator_api_and_bad_inputs(bundled):
+    out = bundled(torch.rand(5, 3, 48, 48))  # RGB and any size
+    assert out.orientation.shape == (5,) and out.log2_scale.shape == (5,)
+    assert out.ori_hist.shape == (5, 36) and out.scale_hist.shape == (5, 13)
+    assert ((out.orientation >= 0) & (out.orientation < 2 * math.pi)).all()
+    assert torch.allclose(out.ori_hist.sum(-1), torch.ones(5))
+    t = bundled.topk(torch.rand(5, 1, 32, 32), 4)
+    assert t.orientation.shape == (5, 4) and (t.ori_score[:, :-1] >= t.ori_score[:, 1:] - 1e-6).all()
+    assert bundled(torch.rand(0, 1, 32, 32)).orientation.shape == (0,)
+    bad = torch.rand(2, 1, 32, 32)
+    bad[0, 0, 3, 3] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        bundled(bad)
+    with pytest.raises(ValueError, match="shape"):
+        bundled(torch.rand(2, 2, 32, 32))
+    with pytest.raises(ValueError, match="float"):
+        bundled(torch.zeros(2, 1, 32, 32, dtype=torch.uint8))
+
+
+def test_estimate_with_cv2_keypoints_and_lafs(bundled):
+    img = textured_image(200, 240, seed=2)
+    kps = detect_sift(img, 40)
+    out = bundled.estimate(img, kps)
+    assert len(out) == len(kps) > 0
+    assert all(0 <= k.angle < 360 and k.size > 0 for k in out)
+    assert [k.pt for k in out] == [k.pt for k in kps]
+    ours = bundled(bundled.extract(img, np.array([k.pt for k in kps])))
+    assert np.allclose(angle_from_cv2(np.array([k.angle for k in out])), ours.orientation.numpy(), atol=1e-4)
+    assert bundled.estimate(img, []) == []
+    rgba = np.dstack([img, img, img, np.full_like(img, 255)])
+    assert len(bundled.estimate(rgba, kps[:3])) == 3
+    laf = bundled.estimate_laf(img, np.array([k.pt for k in kps[:3]]))
+    assert laf.shape == (1, 3, 2, 3)
+    with pytest.raises(ValueError, match="outside"):
+        bundled.estimate(img, [cv2.KeyPoint(500.0, 10.0, 5.0)])

@@ -1,0 +1,107 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ssfeat.data.synthesis import PairConfig, PairSynthesizer
+from ssfeat.models import PatchPoseConfig, PatchPoseNet
+from ssfeat.training import TrainConfig, fit, load_checkpoint, pair_loss, save_atomic
+
+
+def tiny_cfg(images, steps=4, **kw) -> TrainConfig:
+    return TrainConfig(
+        images=str(images),
+        steps=steps,
+        batch_size=8,
+        val_pairs=16,
+        val_every=2,
+        ckpt_every=2,
+        warmup_steps=2,
+        workers=0,
+        pairs=PairConfig(n_sift=20, n_harris=20, n_random=20),
+        **kw,
+    )
+
+
+def test_overfit_one_batch(image_dir):
+    cfg = tiny_cfg(image_dir)
+    synth = PairSynthesizer.from_folder(image_dir, cfg.pairs)
+    batch = {k: synth.batch(k, range(16)) for k in ("ori", "scale")}
+    model = PatchPoseNet(PatchPoseConfig())
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    first = None
+    for _ in range(60):
+        loss, _ = pair_loss(model, batch, cfg)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        first = first if first is not None else loss.item()
+    assert loss.item() < 0.6 * first
+
+
+def test_resume_equals_uninterrupted(image_dir, tmp_path):
+    full = fit(tiny_cfg(image_dir, steps=4), tmp_path / "full", progress=False)
+    fit(tiny_cfg(image_dir, steps=2), tmp_path / "part", progress=False)
+    part = fit(tiny_cfg(image_dir, steps=4), tmp_path / "part", resume=True, progress=False)
+    a, b = load_checkpoint(full), load_checkpoint(part)
+    assert a["step"] == b["step"] == 4
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert (tmp_path / "full" / "log.jsonl").read_text().count("\n") == 2
+
+
+def test_checkpoint_is_atomic_and_versioned(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    save_atomic({"checkpoint_version": 1, "model": {}, "config": {}}, path)
+
+    class Boom:
+        def __reduce__(self):
+            raise RuntimeError("killed during save")
+
+    with pytest.raises(RuntimeError):
+        save_atomic({"checkpoint_version": 1, "model": Boom(), "config": {}}, path)
+    assert load_checkpoint(path)["checkpoint_version"] == 1  # previous file intact
+    save_atomic({"checkpoint_version": 99, "model": {}, "config": {}}, path)
+    with pytest.raises(ValueError, match="version 99"):
+        load_checkpoint(path)
+    path.write_bytes(b"truncated")
+    with pytest.raises(ValueError, match="not a readable"):
+        load_checkpoint(path)
+
+
+def test_ddp_two_processes(image_dir, tmp_path):
+    """The training command under torchrun with 2 CPU processes (gloo)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29517",
+        "-m",
+        "ssfeat",
+        "train",
+        "pose",
+        "--images",
+        str(image_dir),
+        "--out",
+        str(tmp_path / "ddp"),
+        "--steps",
+        "3",
+        "--batch-size",
+        "8",
+        "--workers",
+        "0",
+        "--val-every",
+        "3",
+        "--no-progress",
+    ]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ck = load_checkpoint(tmp_path / "ddp" / "last.pt")
+    assert ck["step"] == 3
