@@ -146,6 +146,8 @@ class PatchPoseEstimator(nn.Module):
         if not np.isfinite(xy).all():
             raise ValueError("keypoint coordinates contain NaN or Inf")
         H, W = img.shape
+        if min(H, W) < support:
+            raise ValueError(f"the {W}x{H} image is smaller than the {support:g} px window read around keypoints")
         outside = (xy[:, 0] < -0.5) | (xy[:, 1] < -0.5) | (xy[:, 0] > W - 0.5) | (xy[:, 1] > H - 0.5)
         if outside.any():
             raise ValueError(f"{int(outside.sum())} keypoints lie outside the {W}x{H} image")

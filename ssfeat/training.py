@@ -231,7 +231,9 @@ def fit(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress: b
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
-        step, total, best, history = ckpt["step"], ckpt["total_steps"], ckpt["best_score"], ckpt["history"]
+        step, best, history = ckpt["step"], ckpt["best_score"], ckpt["history"]
+        # a time-budget run keeps its fitted schedule; otherwise --steps may extend the run
+        total = ckpt["total_steps"] if cfg.time_budget_min else cfg.steps
         logger.info("resumed %s at step %d / %d", last, step, total)
     train_synth, val_synth = make_synthesizers(cfg)
     val_batches = _to({k: val_synth.batch(k, range(cfg.val_pairs)) for k in ("ori", "scale")}, device)

@@ -38,28 +38,28 @@ def draw_poses(
     top = fig.add_axes([0, (2.6 / fig_h) if show_hist else 0, 1, (fig_w * H / W) / fig_h])
     top.imshow(image, cmap="gray", vmin=0, vmax=1)
     top.set_axis_off()
-    colors = matplotlib.colormaps["hsv"](np.linspace(0, 1, max(len(xy), 1), endpoint=False))
+    colors = matplotlib.colormaps["tab10"](np.arange(10))
     for i, ((x, y), a, s) in enumerate(zip(xy, orientation, size)):
         r = s / 2
-        c = colors[i % len(colors)] if i < n_hist else (1.0, 0.85, 0.1, 1.0)
+        c = colors[i % 10] if i < n_hist else (1.0, 0.85, 0.1, 1.0)
         top.add_patch(Circle((x, y), r, fill=False, lw=1.2, ec=c))
         # CCW as displayed with y pointing down: direction (cos a, -sin a)
         top.plot([x, x + r * math.cos(a)], [y, y - r * math.sin(a)], color=c, lw=1.2)
         if i < n_hist:
             top.text(x + r, y - r, str(i), color=c, fontsize=9, weight="bold")
     if title:
-        top.set_title(title, fontsize=10)
+        top.text(4, 4, title, fontsize=8, color="w", va="top", bbox={"facecolor": "k", "alpha": 0.6, "pad": 2})
     for i in range(n_hist):
         w = 1.0 / n_hist
         ax_o = fig.add_axes([i * w + 0.02, 0.2 / fig_h, w * 0.45, 2.1 / fig_h], projection="polar")
         K = len(ori_hist[i])
-        ax_o.bar(np.arange(K) * 2 * math.pi / K, ori_hist[i], width=2 * math.pi / K, color=colors[i])
+        ax_o.bar(np.arange(K) * 2 * math.pi / K, ori_hist[i], width=2 * math.pi / K, color=colors[i % 10])
         ax_o.set_xticks([])
         ax_o.set_yticks([])
         ax_o.set_title(f"#{i} orientation", fontsize=8)
         ax_s = fig.add_axes([i * w + 0.02 + w * 0.5, 0.45 / fig_h, w * 0.42, 1.7 / fig_h])
         Ks = len(scale_hist[i])
-        ax_s.bar(np.linspace(-2, 2, Ks), scale_hist[i], width=4 / (Ks - 1) * 0.9, color=colors[i])
+        ax_s.bar(np.linspace(-2, 2, Ks), scale_hist[i], width=4 / (Ks - 1) * 0.9, color=colors[i % 10])
         ax_s.set_yticks([])
         ax_s.tick_params(labelsize=7)
         ax_s.set_title("log2 scale", fontsize=8)

@@ -140,3 +140,7 @@ def test_estimate_with_cv2_keypoints_and_lafs(bundled):
     assert laf.shape == (1, 3, 2, 3)
     with pytest.raises(ValueError, match="outside"):
         bundled.estimate(img, [cv2.KeyPoint(500.0, 10.0, 5.0)])
+    with pytest.raises(ValueError, match="smaller than"):
+        bundled.estimate(img[:20, :20], [cv2.KeyPoint(5.0, 5.0, 5.0)])
+    deep = img.astype(np.uint16) * 257  # 16-bit input gives the same poses as 8-bit
+    assert [k.angle for k in bundled.estimate(deep, kps[:5])] == pytest.approx([k.angle for k in out[:5]], abs=1e-3)

@@ -134,13 +134,15 @@ def _meta(cfg: BenchmarkConfig, name: str, **extra) -> dict:
 def run_patchpose(images: str | Path, methods: list[PoseMethod], cfg: BenchmarkConfig | None = None) -> dict:
     """Synthetic-pair benchmark on an (image-disjoint) folder of photos."""
     cfg = cfg or BenchmarkConfig()
-    # paper protocol: orientation pairs at scale 1, scale pairs at rotation 0, no photometric change
+    # paper protocol: patches at detected keypoints (SIFT and Harris, no random points), orientation
+    # pairs at scale 1, scale pairs at rotation 0, no photometric change
     pcfg = PairConfig(
         patch_size=cfg.patch_size,
         support=cfg.support,
         ref_random_pose=False,
         photometric=False,
         ori_log2_jitter=0.0,
+        n_random=0,
         seed=cfg.seed,
     )
     synth = PairSynthesizer.from_folder(images, pcfg)
