@@ -20,6 +20,13 @@ def samples_dir() -> Path:
     return Path(str(resources.files("ssfeat") / "assets" / "samples"))
 
 
+def _positive(text: str) -> int:
+    v = int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
 def _add_train(sub) -> None:
     from .data.synthesis import PairConfig
     from .models.patch_pose import PatchPoseConfig
@@ -32,10 +39,14 @@ def _add_train(sub) -> None:
     p.add_argument("--out", required=True, help="run folder (checkpoints, log.jsonl)")
     p.add_argument("--val-images", default=None, help="image-disjoint validation folder (default: hold out images)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--steps", type=int, default=d.steps)
+    g.add_argument("--steps", type=_positive, default=None, help=f"optimisation steps (default {d.steps})")
     g.add_argument("--time-budget", type=float, default=None, metavar="MIN", help="fit the schedule into MIN minutes")
-    p.add_argument("--resume", action="store_true", help="continue from RUN/last.pt (its stored config is used)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="pairs of each kind per step, all processes")
+    p.add_argument(
+        "--resume", action="store_true", help="continue RUN/last.pt with its stored config (--steps changes the length)"
+    )
+    p.add_argument(
+        "--batch-size", type=_positive, default=d.batch_size, help="pairs of each kind per step, all processes"
+    )
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--backbone", default=m.backbone, help="fast | small | resnet18")
     p.add_argument("--c4", action="store_true", help="exactly 90-degree-equivariant model (4x slower)")
@@ -60,10 +71,10 @@ def _add_benchmark(sub) -> None:
         p = bsub.add_parser(name, help=helptext)
         if name == "patchpose":
             p.add_argument("--images", required=True, help="image-disjoint test photos")
-            p.add_argument("--n-pairs", type=int, default=d.n_pairs, help="pairs of each kind")
+            p.add_argument("--n-pairs", type=_positive, default=d.n_pairs, help="pairs of each kind")
         else:
             p.add_argument("--root", required=True, help="folder holding Oxford / HPatches / EVD sequences")
-            p.add_argument("--max-keypoints", type=int, default=d.max_keypoints, help="per image pair")
+            p.add_argument("--max-keypoints", type=_positive, default=d.max_keypoints, help="per image pair")
         p.add_argument("--weights", default=None, help="ssfeat weights/run (default: bundled model)")
         p.add_argument(
             "--extra",
@@ -91,14 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image")
     p.add_argument("--out", required=True, help="PNG path")
     p.add_argument("--weights", default=None)
-    p.add_argument("--n", type=int, default=60, help="number of keypoints")
+    p.add_argument("--n", type=_positive, default=60, help="number of keypoints")
     p.add_argument("--support", type=float, default=32.0)
     p.add_argument("--histograms", action="store_true", help="also draw histograms (paper Fig. 4)")
     p = sub.add_parser("demo", help="bundled model on bundled photos: accuracy table vs baselines and a figure")
     p.add_argument("--images", default=None, help="your own photo folder (default: bundled samples)")
     p.add_argument("--out", default="ssfeat_demo", help="output folder")
     p.add_argument("--weights", default=None)
-    p.add_argument("--n-pairs", type=int, default=400)
+    p.add_argument("--n-pairs", type=_positive, default=400)
     return parser
 
 
@@ -118,7 +129,7 @@ def cmd_train(args) -> int:
     cfg = TrainConfig(
         images=args.images,
         val_images=args.val_images,
-        steps=args.steps,
+        steps=args.steps or TrainConfig.steps,
         time_budget_min=args.time_budget,
         batch_size=args.batch_size,
         lr=args.lr,
@@ -128,7 +139,7 @@ def cmd_train(args) -> int:
         model=PatchPoseConfig(backbone=args.backbone, c4_symmetric=args.c4),
         pairs=PairConfig(support=args.support, seed=args.seed),
     )
-    last = fit(cfg, args.out, resume=args.resume, progress=not args.no_progress)
+    last = fit(cfg, args.out, resume=args.resume, progress=not args.no_progress, total_steps=args.steps)
     print(f"checkpoint: {last}")
     return 0
 
@@ -257,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "demo":
             demo(args.images, args.out, args.weights, args.n_pairs)
             return 0
-    except (ValueError, FileNotFoundError, ImageReadError, FloatingPointError) as e:
+    except (ValueError, OSError, ImageReadError, FloatingPointError) as e:
         print(f"ssfeat: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

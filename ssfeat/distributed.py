@@ -54,3 +54,21 @@ def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     y = x.detach().clone()
     dist.all_reduce(y)
     return y / world_size()
+
+
+def broadcast_int(value: int) -> int:
+    """Rank 0's ``value`` on every process."""
+    if not is_dist():
+        return value
+    t = torch.tensor([value], dtype=torch.long)
+    dist.broadcast(t, 0)
+    return int(t.item())
+
+
+def any_true(flag: bool) -> bool:
+    """True on every process if ``flag`` is true on any of them."""
+    if not is_dist():
+        return flag
+    t = torch.tensor([int(flag)], dtype=torch.long)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())

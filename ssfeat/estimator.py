@@ -44,12 +44,12 @@ def _as_image(image) -> np.ndarray:
     if isinstance(image, (str, Path)):
         return read_image(image)
     if isinstance(image, torch.Tensor):
-        t = image.detach().cpu().float()
+        t = image.detach().cpu()  # uint8 / uint16 keep their dtype so to_gray_float scales them
         if t.ndim == 4 and t.shape[0] == 1:
             t = t[0]
         if t.ndim == 3 and t.shape[0] in (1, 3, 4):
             t = t.permute(1, 2, 0)
-        a = t.numpy()
+        a = t.numpy() if t.dtype in (torch.uint8, torch.uint16) else t.float().numpy()
         if a.ndim == 3 and a.shape[2] >= 3:  # tensors are RGB; to_gray_float expects OpenCV's BGR order
             a = a[:, :, [2, 1, 0]]
         return to_gray_float(a)

@@ -54,8 +54,11 @@ def load_weights(path: str | Path) -> PatchPoseNet:
         raise ValueError(f"{path}: not a safetensors weights file ({e})") from e
     if meta.get("format") != WEIGHTS_FORMAT:
         raise ValueError(f"{path}: not an ssfeat patch-pose weights file (format {meta.get('format')!r})")
-    model = PatchPoseNet(PatchPoseConfig(**json.loads(meta["config"])))
-    model.load_state_dict(state, strict=True)
+    try:
+        model = PatchPoseNet(PatchPoseConfig(**json.loads(meta["config"])))
+        model.load_state_dict(state, strict=True)
+    except (KeyError, TypeError, RuntimeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: weights do not match this ssfeat version ({e})") from e
     return model.eval()
 
 
@@ -89,9 +92,13 @@ def checkpoint_file(run: str | Path) -> Path:
 def model_from_checkpoint(run: str | Path) -> PatchPoseNet:
     from .training import TrainConfig, load_checkpoint
 
-    ckpt = load_checkpoint(checkpoint_file(run))
-    model = PatchPoseNet(TrainConfig.from_dict(ckpt["config"]).model)
-    model.load_state_dict(ckpt["model"], strict=True)
+    path = checkpoint_file(run)
+    ckpt = load_checkpoint(path)
+    try:
+        model = PatchPoseNet(TrainConfig.from_dict(ckpt["config"]).model)
+        model.load_state_dict(ckpt["model"], strict=True)
+    except (KeyError, TypeError, RuntimeError) as e:
+        raise ValueError(f"{path}: checkpoint does not match this ssfeat version ({e})") from e
     return model.eval()
 
 

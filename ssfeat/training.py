@@ -91,7 +91,7 @@ def load_checkpoint(path: Path) -> dict:
         ValueError: not an ssfeat checkpoint or written by an incompatible version.
     """
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated or foreign files
         raise ValueError(f"{path}: not a readable ssfeat checkpoint ({e})") from e
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
@@ -202,10 +202,14 @@ def make_synthesizers(cfg: TrainConfig) -> tuple[PairSynthesizer, PairSynthesize
     return train, val
 
 
-def fit(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress: bool = True) -> Path:
+def fit(
+    cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress: bool = True, total_steps: int | None = None
+) -> Path:
     """Train (or resume) a PatchPoseNet; returns the path of the final checkpoint ``last.pt``.
 
-    Under ``torchrun`` each of the ``W`` processes draws ``batch_size / W`` pairs per step.
+    With ``resume``, the run continues from ``out_dir/last.pt`` with the configuration and schedule
+    stored there (``cfg`` is ignored); ``total_steps`` changes the run's length. Under ``torchrun``
+    each of the ``W`` processes draws ``batch_size / W`` pairs per step.
     """
     out_dir = Path(out_dir)
     device = du.init_from_env()
@@ -214,9 +218,7 @@ def fit(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress: b
     ckpt = None
     if resume and last.exists():
         ckpt = load_checkpoint(last)
-        stored = TrainConfig.from_dict(ckpt["config"])
-        stored.steps, stored.time_budget_min = cfg.steps, cfg.time_budget_min
-        cfg = stored if not cfg.time_budget_min else dataclasses.replace(stored, steps=ckpt["total_steps"])
+        cfg = TrainConfig.from_dict(ckpt["config"])
     elif resume:
         logger.warning("no checkpoint at %s: starting a new run", last)
     if cfg.batch_size % world:
@@ -232,13 +234,13 @@ def fit(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress: b
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         step, best, history = ckpt["step"], ckpt["best_score"], ckpt["history"]
-        # a time-budget run keeps its fitted schedule; otherwise --steps may extend the run
-        total = ckpt["total_steps"] if cfg.time_budget_min else cfg.steps
+        total = total_steps or ckpt["total_steps"]
         logger.info("resumed %s at step %d / %d", last, step, total)
     train_synth, val_synth = make_synthesizers(cfg)
     val_batches = _to({k: val_synth.batch(k, range(cfg.val_pairs)) for k in ("ori", "scale")}, device)
     net = DistributedDataParallel(model) if world > 1 else model
-    budget_s = cfg.time_budget_min * 60 if cfg.time_budget_min else None
+    # the time budget applies to a fresh run; a resumed run keeps the schedule fitted then
+    budget_s = cfg.time_budget_min * 60 if cfg.time_budget_min and ckpt is None else None
     t0, calibrated = time.time(), ckpt is not None or budget_s is None
 
     def save(path: Path) -> None:
@@ -294,6 +296,7 @@ def fit(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress: b
         if not calibrated and step == 40:  # steps 10-40: past the loader's warm-up
             per_step = (time.time() - t10) / 30
             total = max(step + 1, int((budget_s - (time.time() - t0)) * 0.95 / per_step) + step)
+            total = du.broadcast_int(total)  # every process follows rank 0's schedule
             calibrated = True
             if bar is not None:
                 bar.total = total
@@ -317,11 +320,13 @@ def fit(cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress: b
                 ori10=f"{metrics.get('ori_acc@10deg', float('nan')):.1f}",
                 sca13=f"{metrics.get('scale_acc@0.333', float('nan')):.1f}",
             )
-        if budget_s is not None and time.time() - t0 > budget_s * 1.05 and step < total:
+        over = budget_s is not None and time.time() - t0 > budget_s * 1.05 and step < total
+        if budget_s is not None and du.any_true(over):
             logger.warning("time budget exceeded at step %d / %d: checkpoint saved, resume with --resume", step, total)
             save(last)
             break
     if bar is not None:
         bar.close()
     du.barrier()
+    du.cleanup()
     return last

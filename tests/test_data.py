@@ -1,6 +1,7 @@
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from ssfeat.data.images import ImageReadError, list_images, load_folder, read_image, to_gray_float
 from ssfeat.data.synthesis import PairConfig, PairSynthesizer, split_by_image
@@ -68,9 +69,18 @@ def test_pairs_are_reproducible_and_labels_match_the_warp(image_dir):
         assert np.corrcoef(r0[disc], a1[disc])[0, 1] > 0.95
         checked += 1
     assert checked >= 10
-    # a scale pair: the magnified patch's centre equals patch 0's centre region resized
-    p0, p1, rot, lsc = s.sample("scale", 3)
-    assert rot == 0.0 and -2 <= lsc <= 2
+    # scale pairs: patch 1 is patch 0 magnified by 2**lsc about the centre (compare where both exist)
+    checked = 0
+    for i in range(40):
+        p0, p1, rot, lsc = s.sample("scale", i)
+        if rot != 0.0 or not 0.4 < lsc < 1.5 or p0.std() < 0.03:
+            continue
+        zoom = cv2.warpAffine(p0, cv2.getRotationMatrix2D((15.5, 15.5), 0.0, 2.0**lsc), (32, 32))
+        if zoom[8:24, 8:24].std() < 0.03:
+            continue
+        assert np.corrcoef(zoom[8:24, 8:24].ravel(), p1[8:24, 8:24].ravel())[0, 1] > 0.9
+        checked += 1
+    assert checked >= 3
 
 
 def test_batch_shapes_and_photometric(image_dir):
@@ -79,6 +89,9 @@ def test_batch_shapes_and_photometric(image_dir):
     assert b["patch0"].shape == (7, 1, 32, 32) and b["log2_scale"].shape == (7,)
     assert (b["log2_scale"].abs() <= 2).all()
     assert float(b["patch0"].min()) >= 0 and float(b["patch0"].max()) <= 1
+    plain = PairSynthesizer.from_folder(image_dir, PairConfig(n_random=20, photometric=False)).batch("scale", range(7))
+    assert plain["log2_scale"].equal(b["log2_scale"])  # same geometry, different intensities
+    assert not torch.allclose(plain["patch0"], b["patch0"], atol=1e-3)
 
 
 def test_split_is_by_image_and_deterministic(image_dir):
@@ -94,3 +107,19 @@ def test_too_small_images_are_skipped_or_refused():
     assert len(s) == 1 and s.skipped == ["tiny"]
     with pytest.raises(ValueError, match="no usable images"):
         PairSynthesizer([textured_image(40, 40)], cfg)
+
+
+def test_sequences_layouts_and_malformed_folders(tmp_path, oxford_dir):
+    from ssfeat.data.sequences import find_sequences
+
+    seqs = find_sequences(oxford_dir)
+    assert [(q.name, q.layout, len(q.targets)) for q in seqs] == [("toy", "oxford", 2)]
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "H1to2p.xml").write_text("<opencv_storage><broken")  # malformed and no img1
+    hp = tmp_path / "hp"
+    hp.mkdir()
+    cv2.imwrite(str(hp / "1.ppm"), textured_image(50, 50))
+    cv2.imwrite(str(hp / "2.ppm"), textured_image(50, 50))
+    (hp / "H_1_2").write_text("1 0 0\n0 1 0\n0 0")  # not 3x3
+    assert find_sequences(tmp_path) == []

@@ -1,4 +1,5 @@
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -6,24 +7,17 @@ from pathlib import Path
 import pytest
 import torch
 
+from ssfeat import training
+from ssfeat.cli import main
 from ssfeat.data.synthesis import PairConfig, PairSynthesizer
 from ssfeat.models import PatchPoseConfig, PatchPoseNet
 from ssfeat.training import TrainConfig, fit, load_checkpoint, pair_loss, save_atomic
 
 
 def tiny_cfg(images, steps=4, **kw) -> TrainConfig:
-    return TrainConfig(
-        images=str(images),
-        steps=steps,
-        batch_size=8,
-        val_pairs=16,
-        val_every=2,
-        ckpt_every=2,
-        warmup_steps=2,
-        workers=0,
-        pairs=PairConfig(n_sift=20, n_harris=20, n_random=20),
-        **kw,
-    )
+    base = dict(batch_size=8, val_pairs=16, val_every=2, ckpt_every=2, warmup_steps=2, workers=0)
+    pairs = PairConfig(n_sift=20, n_harris=20, n_random=20)
+    return TrainConfig(images=str(images), steps=steps, pairs=pairs, **{**base, **kw})
 
 
 def test_overfit_one_batch(image_dir):
@@ -42,14 +36,34 @@ def test_overfit_one_batch(image_dir):
     assert loss.item() < 0.6 * first
 
 
-def test_resume_equals_uninterrupted(image_dir, tmp_path):
-    full = fit(tiny_cfg(image_dir, steps=4), tmp_path / "full", progress=False)
-    fit(tiny_cfg(image_dir, steps=2), tmp_path / "part", progress=False)
-    part = fit(tiny_cfg(image_dir, steps=4), tmp_path / "part", resume=True, progress=False)
-    a, b = load_checkpoint(full), load_checkpoint(part)
-    assert a["step"] == b["step"] == 4
+def test_resume_equals_uninterrupted(image_dir, tmp_path, monkeypatch):
+    cfg = tiny_cfg(image_dir, steps=6, ckpt_every=3, val_every=3)
+    full = fit(cfg, tmp_path / "full", progress=False)
+
+    real_save = training.save_atomic
+
+    def save_then_die(obj, path):  # the process is killed right after the step-3 checkpoint
+        real_save(obj, path)
+        if Path(path).name == "last.pt" and obj["step"] == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "save_atomic", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        fit(cfg, tmp_path / "part", progress=False)
+    monkeypatch.setattr(training, "save_atomic", real_save)
+    # resume through the CLI: the stored config and schedule are used
+    assert (
+        main(
+            ["train", "pose", "--images", str(image_dir), "--out", str(tmp_path / "part"), "--resume", "--no-progress"]
+        )
+        == 0
+    )
+    a, b = load_checkpoint(full), load_checkpoint(tmp_path / "part" / "last.pt")
+    assert a["step"] == b["step"] == 6 and a["total_steps"] == b["total_steps"] == 6
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
+    for k in a["optimizer"]["state"]:
+        assert torch.equal(a["optimizer"]["state"][k]["exp_avg"], b["optimizer"]["state"][k]["exp_avg"])
     assert (tmp_path / "full" / "log.jsonl").read_text().count("\n") == 2
 
 
@@ -75,6 +89,9 @@ def test_checkpoint_is_atomic_and_versioned(tmp_path):
 def test_ddp_two_processes(image_dir, tmp_path):
     """The training command under torchrun with 2 CPU processes (gloo)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    with socket.socket() as sock:  # a free port, so parallel runs do not collide
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     cmd = [
         sys.executable,
         "-m",
@@ -82,7 +99,7 @@ def test_ddp_two_processes(image_dir, tmp_path):
         "--nproc_per_node",
         "2",
         "--master_port",
-        "29517",
+        str(port),
         "-m",
         "ssfeat",
         "train",

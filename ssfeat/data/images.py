@@ -60,7 +60,8 @@ def read_image(path: str | Path) -> np.ndarray:
     if not path.is_file():
         raise ImageReadError(f"{path}: no such file")
     data = np.fromfile(str(path), dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    # ANYDEPTH|ANYCOLOR keeps 16-bit data and applies the EXIF orientation (alpha is dropped anyway)
+    image = cv2.imdecode(data, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR) if data.size else None
     if image is None:
         raise ImageReadError(f"{path}: not a readable image (empty, truncated or unknown format)")
     try:

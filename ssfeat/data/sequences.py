@@ -4,6 +4,7 @@ detected automatically; and EVD-style pair folders (``1/NAME.png``, ``2/NAME.png
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import cv2
 import numpy as np
 
 from .images import IMAGE_EXTENSIONS
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -32,11 +35,13 @@ def read_homography(path: Path) -> np.ndarray:
     """
     path = Path(path)
     if path.suffix.lower() in (".xml", ".yml", ".yaml"):
-        fs = cv2.FileStorage(str(path), cv2.FILE_STORAGE_READ)
-        node = fs.root()
-        keys = node.keys()
-        H = node.getNode(keys[0]).mat() if keys else None
-        fs.release()
+        try:
+            fs = cv2.FileStorage(str(path), cv2.FILE_STORAGE_READ)
+            keys = fs.root().keys()
+            H = fs.root().getNode(keys[0]).mat() if keys else None
+            fs.release()
+        except cv2.error as e:
+            raise ValueError(f"{path}: not an OpenCV FileStorage matrix ({e.err})") from e
     else:
         try:
             H = np.loadtxt(path, dtype=np.float64)
@@ -61,36 +66,52 @@ def find_sequences(root: str | Path) -> list[Sequence]:
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: no such directory")
-    seqs = []
+    seqs: list[Sequence] = []
     for d in sorted([root, *[p for p in root.rglob("*") if p.is_dir()]]):
-        name = str(d.relative_to(root)) if d != root else d.name
-        if (d / "H1to2p.xml").is_file() or (d / "H1to2p").is_file():
-            ref = _find_image(d, "img1")
-            seq = Sequence(name, "oxford", ref) if ref else None
-            for k in range(2, 100):
-                h = d / f"H1to{k}p.xml" if (d / f"H1to{k}p.xml").is_file() else d / f"H1to{k}p"
-                img = _find_image(d, f"img{k}")
-                if not h.is_file() or img is None:
-                    break
-                seq.targets.append(img)
-                seq.H.append(read_homography(h))
-            if seq and seq.targets:
-                seqs.append(seq)
-        elif (d / "H_1_2").is_file():
-            ref = _find_image(d, "1")
-            seq = Sequence(name, "hpatches", ref) if ref else None
-            for k in range(2, 100):
-                img = _find_image(d, str(k))
-                if not (d / f"H_1_{k}").is_file() or img is None:
-                    break
-                seq.targets.append(img)
-                seq.H.append(read_homography(d / f"H_1_{k}"))
-            if seq and seq.targets:
-                seqs.append(seq)
-        elif (d / "1").is_dir() and (d / "2").is_dir() and (d / "h").is_dir():
-            for h in sorted((d / "h").glob("*.txt")):
-                a, b = _find_image(d / "1", h.stem), _find_image(d / "2", h.stem)
-                if a and b:
-                    prefix = f"{name}/" if d != root else ""
-                    seqs.append(Sequence(f"{prefix}{h.stem}", "evd", a, [b], [read_homography(h)]))
+        try:
+            seqs += _sequences_in(d, root)
+        except ValueError as e:  # a malformed homography: skip that folder, keep the others
+            logger.warning("skipped %s: %s", d, e)
+    return seqs
+
+
+def _sequences_in(d: Path, root: Path) -> list[Sequence]:
+    """The sequences stored directly in folder ``d`` (none, one, or one per EVD pair)."""
+    seqs: list[Sequence] = []
+    name = str(d.relative_to(root)) if d != root else d.name
+    if (d / "H1to2p.xml").is_file() or (d / "H1to2p").is_file():
+        ref = _find_image(d, "img1")
+        if ref is None:
+            logger.warning("%s: Oxford layout without img1.*, skipped", d)
+            return seqs
+        seq = Sequence(name, "oxford", ref)
+        for k in range(2, 100):
+            h = d / f"H1to{k}p.xml" if (d / f"H1to{k}p.xml").is_file() else d / f"H1to{k}p"
+            img = _find_image(d, f"img{k}")
+            if not h.is_file() or img is None:
+                break
+            seq.targets.append(img)
+            seq.H.append(read_homography(h))
+        if seq.targets:
+            seqs.append(seq)
+    elif (d / "H_1_2").is_file():
+        ref = _find_image(d, "1")
+        if ref is None:
+            logger.warning("%s: HPatches layout without 1.*, skipped", d)
+            return seqs
+        seq = Sequence(name, "hpatches", ref)
+        for k in range(2, 100):
+            img = _find_image(d, str(k))
+            if not (d / f"H_1_{k}").is_file() or img is None:
+                break
+            seq.targets.append(img)
+            seq.H.append(read_homography(d / f"H_1_{k}"))
+        if seq.targets:
+            seqs.append(seq)
+    elif (d / "1").is_dir() and (d / "2").is_dir() and (d / "h").is_dir():
+        for h in sorted((d / "h").glob("*.txt")):
+            a, b = _find_image(d / "1", h.stem), _find_image(d / "2", h.stem)
+            if a and b:
+                prefix = f"{name}/" if d != root else ""
+                seqs.append(Sequence(f"{prefix}{h.stem}", "evd", a, [b], [read_homography(h)]))
     return seqs

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..data.images import read_image
+from ..data.images import ImageReadError, read_image
 from ..data.sequences import find_sequences
 from ..data.synthesis import PairConfig, PairSynthesizer
 from ..estimator import PatchPoseEstimator, detect_sift
@@ -162,11 +162,19 @@ def sequence_pairs(root: str | Path, cfg: BenchmarkConfig) -> tuple[dict, list[d
     A = np.eye(2) * (cfg.support / P)
     p0s, p1s, rots, scales, info = [], [], [], [], []
     for seq in find_sequences(root):
-        img0 = read_image(seq.reference)
+        try:
+            img0 = read_image(seq.reference)
+        except ImageReadError as e:
+            logger.warning("sequence %s skipped: %s", seq.name, e)
+            continue
         kps = detect_sift(img0, 2000)
         xy0_all = np.array([k.pt for k in kps], np.float64).reshape(-1, 2)
         for target, H in zip(seq.targets, seq.H):
-            img1 = read_image(target)
+            try:
+                img1 = read_image(target)
+            except ImageReadError as e:
+                logger.warning("pair %s skipped: %s", target, e)
+                continue
             Ht = torch.from_numpy(H)
             xy1_all = warp_points(torch.from_numpy(xy0_all), Ht).numpy()
             ok = _inside(xy0_all, img0.shape, margin) & _inside(xy1_all, img1.shape, margin)
