@@ -75,40 +75,42 @@ def find_sequences(root: str | Path) -> list[Sequence]:
     return seqs
 
 
+def _oxford_h(d: Path, k: int) -> Path:
+    return d / f"H1to{k}p.xml" if (d / f"H1to{k}p.xml").is_file() else d / f"H1to{k}p"
+
+
+# numbered layouts: name -> (reference image stem, target stem of image k, homography file of image k)
+_NUMBERED = {
+    "oxford": ("img1", lambda k: f"img{k}", _oxford_h),
+    "hpatches": ("1", str, lambda d, k: d / f"H_1_{k}"),
+}
+
+
+def _numbered_sequence(d: Path, name: str, layout: str) -> list[Sequence]:
+    ref_stem, target_stem, h_file = _NUMBERED[layout]
+    ref = _find_image(d, ref_stem)
+    if ref is None:
+        logger.warning("%s: %s layout without a %s image, skipped", d, layout, ref_stem)
+        return []
+    seq = Sequence(name, layout, ref)
+    for k in range(2, 100):
+        h, img = h_file(d, k), _find_image(d, target_stem(k))
+        if not h.is_file() or img is None:
+            break
+        seq.targets.append(img)
+        seq.H.append(read_homography(h))
+    return [seq] if seq.targets else []
+
+
 def _sequences_in(d: Path, root: Path) -> list[Sequence]:
     """The sequences stored directly in folder ``d`` (none, one, or one per EVD pair)."""
-    seqs: list[Sequence] = []
     name = str(d.relative_to(root)) if d != root else d.name
-    if (d / "H1to2p.xml").is_file() or (d / "H1to2p").is_file():
-        ref = _find_image(d, "img1")
-        if ref is None:
-            logger.warning("%s: Oxford layout without img1.*, skipped", d)
-            return seqs
-        seq = Sequence(name, "oxford", ref)
-        for k in range(2, 100):
-            h = d / f"H1to{k}p.xml" if (d / f"H1to{k}p.xml").is_file() else d / f"H1to{k}p"
-            img = _find_image(d, f"img{k}")
-            if not h.is_file() or img is None:
-                break
-            seq.targets.append(img)
-            seq.H.append(read_homography(h))
-        if seq.targets:
-            seqs.append(seq)
-    elif (d / "H_1_2").is_file():
-        ref = _find_image(d, "1")
-        if ref is None:
-            logger.warning("%s: HPatches layout without 1.*, skipped", d)
-            return seqs
-        seq = Sequence(name, "hpatches", ref)
-        for k in range(2, 100):
-            img = _find_image(d, str(k))
-            if not (d / f"H_1_{k}").is_file() or img is None:
-                break
-            seq.targets.append(img)
-            seq.H.append(read_homography(d / f"H_1_{k}"))
-        if seq.targets:
-            seqs.append(seq)
-    elif (d / "1").is_dir() and (d / "2").is_dir() and (d / "h").is_dir():
+    if _oxford_h(d, 2).is_file():
+        return _numbered_sequence(d, name, "oxford")
+    if (d / "H_1_2").is_file():
+        return _numbered_sequence(d, name, "hpatches")
+    seqs: list[Sequence] = []
+    if (d / "1").is_dir() and (d / "2").is_dir() and (d / "h").is_dir():
         for h in sorted((d / "h").glob("*.txt")):
             a, b = _find_image(d / "1", h.stem), _find_image(d / "2", h.stem)
             if a and b:
