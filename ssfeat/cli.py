@@ -51,7 +51,11 @@ def _add_train(sub) -> None:
     p.add_argument("--backbone", default=m.backbone, help="fast | small | resnet18")
     p.add_argument("--c4", action="store_true", help="exactly 90-degree-equivariant model (4x slower)")
     p.add_argument("--support", type=float, default=pc.support, help="reference window side in pixels")
+    p.add_argument("--blur", type=float, default=pc.blur, help="max sigma of the random blur augmentation (0: off)")
     p.add_argument("--workers", type=int, default=d.workers)
+    p.add_argument("--init", default=None, help="start from these weights / run (fine-tuning)")
+    p.add_argument("--scale-loss", default=d.scale_loss, choices=["full", "shared"], help="see ssfeat.losses")
+    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
     p.add_argument("--val-every", type=int, default=d.val_every)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
@@ -97,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export a training run to a .safetensors weights file")
     p.add_argument("run", help="run folder or checkpoint (.pt)")
     p.add_argument("--out", required=True)
+    c4 = p.add_mutually_exclusive_group()
+    c4.add_argument("--c4", dest="c4", action="store_const", const=True, help="average over 90-degree rotations")
+    c4.add_argument("--no-c4", dest="c4", action="store_const", const=False, help="no rotation averaging")
     _add_benchmark(sub)
     p = sub.add_parser("show", help="draw learned scale and orientation at SIFT keypoints (paper Fig. 1)")
     p.add_argument("image")
@@ -130,6 +137,9 @@ def cmd_train(args) -> int:
         images=args.images,
         val_images=args.val_images,
         steps=args.steps or TrainConfig.steps,
+        init_weights=args.init,
+        scale_loss=args.scale_loss,
+        warmup_steps=args.warmup_steps,
         time_budget_min=args.time_budget,
         batch_size=args.batch_size,
         lr=args.lr,
@@ -137,7 +147,7 @@ def cmd_train(args) -> int:
         val_every=args.val_every,
         seed=args.seed,
         model=PatchPoseConfig(backbone=args.backbone, c4_symmetric=args.c4),
-        pairs=PairConfig(support=args.support, seed=args.seed),
+        pairs=PairConfig(support=args.support, blur=args.blur, seed=args.seed),
     )
     last = fit(cfg, args.out, resume=args.resume, progress=not args.no_progress, total_steps=args.steps)
     print(f"checkpoint: {last}")
@@ -258,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "export":
             from .hub import export
 
-            print(f"weights: {export(args.run, args.out)}")
+            print(f"weights: {export(args.run, args.out, args.c4)}")
             return 0
         if args.cmd == "benchmark":
             return cmd_benchmark(args)

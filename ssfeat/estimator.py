@@ -82,13 +82,19 @@ class PatchPoseEstimator(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, name_or_path: str | Path = "patchpose", device: str | torch.device = "cpu"
+        cls, name_or_path: str | Path = "patchpose", device: str | torch.device = "cpu", c4: bool | None = None
     ) -> PatchPoseEstimator:
         """The bundled model (default; no network access), a ``.safetensors`` file written by
-        ``ssfeat export``, or a training run folder / checkpoint."""
+        ``ssfeat export``, or a training run folder / checkpoint.
+
+        ``c4=True`` averages the network over the four 90-degree rotations of each patch: exactly
+        90-degree equivariant and more accurate, about 5x slower (``None``: as stored)."""
         from .hub import load_model
 
-        return cls(load_model(name_or_path)).to(device)
+        model = load_model(name_or_path)
+        if c4 is not None:
+            model.config.c4_symmetric = c4
+        return cls(model).to(device)
 
     @property
     def device(self) -> torch.device:

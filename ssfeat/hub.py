@@ -102,6 +102,14 @@ def model_from_checkpoint(run: str | Path) -> PatchPoseNet:
     return model.eval()
 
 
-def export(run: str | Path, out: str | Path) -> Path:
-    """Export the best (else last) checkpoint of a training run to a safetensors weights file."""
-    return save_weights(model_from_checkpoint(run), out)
+def export(run: str | Path, out: str | Path, c4: bool | None = None) -> Path:
+    """Export the best (else last) checkpoint of a training run to a safetensors weights file.
+
+    ``c4`` switches the averaging over the four 90-degree rotations on or off at inference
+    (the weights are unchanged; ``None`` keeps the training setting)."""
+    model = model_from_checkpoint(run)
+    if c4 is not None:
+        if c4 and model.config.n_ori_bins % 4:
+            raise ValueError("c4 averaging needs n_ori_bins divisible by 4")
+        model.config.c4_symmetric = c4
+    return save_weights(model, out)

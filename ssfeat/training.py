@@ -60,6 +60,7 @@ class TrainConfig:
     val_pairs: int = 512  # pairs of each kind in the fixed validation set
     ckpt_every: int = 250
     workers: int = 1  # background processes synthesising batches (0: in the training process)
+    init_weights: str | None = None  # start from these weights (fine-tuning; same architecture)
     seed: int = 0
     model: PatchPoseConfig = field(default_factory=PatchPoseConfig)
     pairs: PairConfig = field(default_factory=PairConfig)
@@ -228,6 +229,13 @@ def fit(
 
     torch.manual_seed(cfg.seed)
     model = PatchPoseNet(cfg.model).to(device)
+    if cfg.init_weights and ckpt is None:
+        from .hub import load_model
+
+        init = load_model(cfg.init_weights)
+        if init.config != cfg.model:
+            raise ValueError(f"--init {cfg.init_weights} has architecture {init.config}, not {cfg.model}")
+        model.load_state_dict(init.state_dict())
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step, total, best, history = 0, cfg.steps, -1.0, []
     if ckpt is not None:

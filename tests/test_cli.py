@@ -3,6 +3,7 @@ import json
 import pytest
 
 from ssfeat.cli import main
+from ssfeat.hub import load_weights
 
 
 @pytest.mark.parametrize(
@@ -39,6 +40,53 @@ def test_train_export_benchmark_show(image_dir, oxford_dir, tmp_path, capsys):
     )
     w = tmp_path / "w.safetensors"
     assert main(["export", str(run), "--out", str(w)]) == 0 and w.is_file()
+    w4 = tmp_path / "w4.safetensors"
+    assert main(["export", str(run), "--out", str(w4), "--c4"]) == 0
+    assert load_weights(w4).config.c4_symmetric and not load_weights(w).config.c4_symmetric
+    ft = tmp_path / "finetune"
+    assert (
+        main(
+            [
+                "train",
+                "pose",
+                "--images",
+                str(image_dir),
+                "--out",
+                str(ft),
+                "--steps",
+                "1",
+                "--batch-size",
+                "8",
+                "--workers",
+                "0",
+                "--no-progress",
+                "--init",
+                str(w),
+                "--scale-loss",
+                "shared",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "train",
+                "pose",
+                "--images",
+                str(image_dir),
+                "--out",
+                str(ft / "x"),
+                "--steps",
+                "1",
+                "--init",
+                str(w),
+                "--backbone",
+                "small",
+            ]
+        )
+        == 2
+    )  # architecture mismatch: clear error
     js = tmp_path / "pp.json"
     assert (
         main(
@@ -60,7 +108,7 @@ def test_train_export_benchmark_show(image_dir, oxford_dir, tmp_path, capsys):
         == 0
     )
     res = json.loads(js.read_text())
-    assert set(res["methods"]) == {"ssfeat", "mine", "kornia_gradient", "log_scale"}
+    assert set(res["methods"]) == {"ssfeat", "ssfeat_c4", "mine", "kornia_gradient", "log_scale"}
     assert res["methods"]["ssfeat"]["topk_recall"]["k"] == [1, 2, 3, 4]
     assert "ori_acc@10deg" in res["methods"]["kornia_gradient"] and "scale_acc@0.333" in res["methods"]["log_scale"]
     js2 = tmp_path / "seq.json"

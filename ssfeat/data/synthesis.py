@@ -38,6 +38,7 @@ class PairConfig:
     ref_random_pose: bool = True  # reference patch gets a random rotation and a small scale jitter
     ref_log2_jitter: float = 0.5  # uniform jitter of the reference scale when ref_random_pose
     photometric: bool = True  # independent brightness/contrast/gamma/noise on both patches
+    blur: float = 0.0  # with photometric: blur half of the patches by a Gaussian of sigma in [0.3, blur] px
     n_sift: int = 150  # keypoint candidates per image: SIFT,
     n_harris: int = 150  # Harris corners,
     n_random: int = 100  # and uniformly random points
@@ -151,7 +152,7 @@ class PairSynthesizer:
         src = img.astype(np.float32) / 255.0 if img.dtype == np.uint8 else img
         patches = extract_patches(src, np.stack([center, center]), A, cfg.patch_size)
         if cfg.photometric:
-            patches = np.stack([_photometric(p, rng) for p in patches])
+            patches = np.stack([_photometric(p, rng, cfg.blur) for p in patches])
         return patches[0], patches[1], rot, lsc
 
     def batch(self, kind: str, indices) -> dict[str, torch.Tensor]:
@@ -173,7 +174,12 @@ def _inverse_similarity(rot: float, log2_scale: float) -> np.ndarray:
     return np.array([[c, -s], [s, c]]) * 2.0 ** (-log2_scale)
 
 
-def _photometric(p: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _photometric(p: np.ndarray, rng: np.random.Generator, blur: float = 0.0) -> np.ndarray:
+    """Random gamma, contrast, brightness and noise; and, if ``blur > 0``, a Gaussian blur of sigma
+    in ``[0.3, blur]`` for half of the patches, so that sharpness alone does not reveal
+    magnification (upsampled content is blurry)."""
+    if blur > 0 and rng.random() < 0.5:
+        p = cv2.GaussianBlur(p, (0, 0), rng.uniform(0.3, blur), borderType=cv2.BORDER_REFLECT_101)
     gamma = math.exp(rng.uniform(-0.4, 0.4))
     p = np.clip(p, 0, 1) ** gamma
     p = p * rng.uniform(0.6, 1.4) + rng.uniform(-0.2, 0.2)

@@ -48,10 +48,15 @@ class BenchmarkConfig:
 
 
 def build_methods(
-    weights: str | None = None, extra_weights: dict[str, str] | None = None, patch_size: int = 32
+    weights: str | None = None,
+    extra_weights: dict[str, str] | None = None,
+    patch_size: int = 32,
+    c4_variant: bool = True,
 ) -> list[PoseMethod]:
     """ssfeat (bundled or ``weights``), any extra learned models by name, and the hand-made baselines."""
     methods: list[PoseMethod] = [LearnedPose(PatchPoseEstimator.from_pretrained(weights or "patchpose"), "ssfeat")]
+    if c4_variant:  # the same weights averaged over 90-degree rotations (more accurate, slower)
+        methods.append(LearnedPose(PatchPoseEstimator.from_pretrained(weights or "patchpose", c4=True), "ssfeat_c4"))
     for name, path in (extra_weights or {}).items():
         methods.append(LearnedPose(PatchPoseEstimator.from_pretrained(path), name))
     methods += [KorniaGradientOrientation(patch_size), LoGScale(patch_size)]
