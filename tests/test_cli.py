@@ -16,77 +16,24 @@ def test_help(cmd, capsys):
     assert e.value.code == 0
 
 
+def train(images, out, *extra: str) -> int:
+    """``ssfeat train pose`` with tiny settings."""
+    return main(["train", "pose", "--images", str(images), "--out", str(out), "--batch-size", "8", "--workers", "0",
+                 "--no-progress", *extra])  # fmt: skip
+
+
 def test_train_export_benchmark_show(image_dir, oxford_dir, tmp_path, capsys):
     run = tmp_path / "run"
-    assert (
-        main(
-            [
-                "train",
-                "pose",
-                "--images",
-                str(image_dir),
-                "--out",
-                str(run),
-                "--steps",
-                "2",
-                "--batch-size",
-                "8",
-                "--workers",
-                "0",
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    assert train(image_dir, run, "--steps", "2") == 0
     w = tmp_path / "w.safetensors"
     assert main(["export", str(run), "--out", str(w)]) == 0 and w.is_file()
     w4 = tmp_path / "w4.safetensors"
     assert main(["export", str(run), "--out", str(w4), "--c4"]) == 0
     assert load_weights(w4).config.c4_symmetric and not load_weights(w).config.c4_symmetric
     ft = tmp_path / "finetune"
-    assert (
-        main(
-            [
-                "train",
-                "pose",
-                "--images",
-                str(image_dir),
-                "--out",
-                str(ft),
-                "--steps",
-                "1",
-                "--batch-size",
-                "8",
-                "--workers",
-                "0",
-                "--no-progress",
-                "--init",
-                str(w),
-                "--scale-loss",
-                "shared",
-            ]
-        )
-        == 0
-    )
-    assert (
-        main(
-            [
-                "train",
-                "pose",
-                "--images",
-                str(image_dir),
-                "--out",
-                str(ft / "x"),
-                "--steps",
-                "1",
-                "--init",
-                str(w),
-                "--backbone",
-                "small",
-            ]
-        )
-        == 2
-    )  # architecture mismatch: clear error
+    assert train(image_dir, ft, "--steps", "1", "--init", str(w), "--scale-loss", "shared") == 0
+    # architecture mismatch: a clear error
+    assert train(image_dir, ft / "x", "--steps", "1", "--init", str(w), "--backbone", "small") == 2
     js = tmp_path / "pp.json"
     assert (
         main(

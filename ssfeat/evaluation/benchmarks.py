@@ -68,53 +68,60 @@ def _predict(method: PoseMethod, patches: torch.Tensor, k: int, chunk: int = 102
     return {key: torch.cat([o[key] for o in outs]) for key in outs[0]} if outs else {}
 
 
-def score_method(method: PoseMethod, ori_pairs: dict, scale_pairs: dict) -> dict:
-    """Accuracies, top-k recall and throughput of one method on orientation and scale pairs."""
-    res: dict = {}
-    ks = [k for k in TOPK if k <= method.max_k]
-    has_o, has_s = "orientation" in method.predicts, "log2_scale" in method.predicts
-    preds = {}
-    for kind, pairs in (("ori", ori_pairs), ("scale", scale_pairs)):
-        if (kind == "ori" and not has_o) or (kind == "scale" and not has_s):
+def predict_pairs(method: PoseMethod, ori_pairs: dict, scale_pairs: dict) -> dict:
+    """Top-k candidates ``(cand0, cand1)`` of shape ``(B, k)`` for both views of each pair:
+    ``{"orientation": ...}`` on ``ori_pairs`` and ``{"log2_scale": ...}`` on ``scale_pairs``, for what
+    the method predicts. Patches shared by both pair sets are run once."""
+    k = max(kk for kk in TOPK if kk <= method.max_k)
+    cache: dict[int, dict] = {}
+    out = {}
+    for key, pairs in (("orientation", ori_pairs), ("log2_scale", scale_pairs)):
+        if key not in method.predicts:
             continue
-        both = torch.cat([pairs["patch0"], pairs["patch1"]])
-        n = len(pairs["patch0"])
-        p = _predict(method, both, max(ks))
-        preds[kind] = {key: (v[:n], v[n:]) for key, v in p.items()}
-    o = preds.get("ori", {}).get("orientation")
-    s = preds.get("scale", {}).get("log2_scale")
-    res.update(
-        pose_accuracies(
-            o[0][:, 0] if o else None,
-            o[1][:, 0] if o else None,
-            ori_pairs["rotation"],
-            s[0][:, 0] if s else None,
-            s[1][:, 0] if s else None,
-            scale_pairs["log2_scale"],
-        )
-    )
-    if len(ks) > 1:
+        if id(pairs) not in cache:
+            n = len(pairs["patch0"])
+            p = _predict(method, torch.cat([pairs["patch0"], pairs["patch1"]]), k)
+            cache[id(pairs)] = {kk: (v[:n], v[n:]) for kk, v in p.items()}
+        out[key] = cache[id(pairs)][key]
+    return out
+
+
+def score_predictions(preds: dict, rotation: torch.Tensor, log2_scale: torch.Tensor) -> dict:
+    """Accuracies and (for several candidates) top-k recall from :func:`predict_pairs` output."""
+    o, s = preds.get("orientation"), preds.get("log2_scale")
+    res = pose_accuracies(
+        o[0][:, 0] if o else None, o[1][:, 0] if o else None, rotation,
+        s[0][:, 0] if s else None, s[1][:, 0] if s else None, log2_scale,
+    )  # fmt: skip
+    k_max = (o or s)[0].shape[1]
+    if k_max > 1:
+        ks = [k for k in TOPK if k <= k_max]
         rec = {}
-        if o:
-            for t in ORI_THRESHOLDS_DEG:
-                rec[f"ori_acc@{t:g}deg"] = [
-                    topk_recall(o[0][:, :k], o[1][:, :k], ori_pairs["rotation"], math.radians(t), True) for k in ks
-                ]
-        if s:
-            for t in SCALE_THRESHOLDS:
-                rec[f"scale_acc@{t:.3f}"] = [
-                    topk_recall(s[0][:, :k], s[1][:, :k], scale_pairs["log2_scale"], t, False) for k in ks
-                ]
+        for t in ORI_THRESHOLDS_DEG if o else ():
+            rec[f"ori_acc@{t:g}deg"] = [
+                topk_recall(o[0][:, :k], o[1][:, :k], rotation, math.radians(t), True) for k in ks
+            ]
+        for t in SCALE_THRESHOLDS if s else ():
+            rec[f"scale_acc@{t:.3f}"] = [topk_recall(s[0][:, :k], s[1][:, :k], log2_scale, t, False) for k in ks]
         res["topk_recall"] = {"k": ks, **rec}
-    # throughput on the orientation-pair patches (or scale-pair ones), after one warm-up call
-    x = torch.cat(
-        [ori_pairs["patch0"], ori_pairs["patch1"]] if has_o else [scale_pairs["patch0"], scale_pairs["patch1"]]
-    )
-    _predict(method, x[:256], 1)
-    t0 = time.perf_counter()
-    _predict(method, x, 1)
-    res["patches_per_s"] = len(x) / max(time.perf_counter() - t0, 1e-9)
     return res
+
+
+def throughput(method: PoseMethod, patches: torch.Tensor) -> float:
+    """Patches per second of a single-candidate prediction, after one warm-up call."""
+    _predict(method, patches[:256], 1)
+    t0 = time.perf_counter()
+    _predict(method, patches, 1)
+    return len(patches) / max(time.perf_counter() - t0, 1e-9)
+
+
+def score_method(method: PoseMethod, ori_pairs: dict, scale_pairs: dict) -> tuple[dict, dict]:
+    """Accuracies, top-k recall and throughput of one method; also returns its predictions."""
+    preds = predict_pairs(method, ori_pairs, scale_pairs)
+    res = score_predictions(preds, ori_pairs["rotation"], scale_pairs["log2_scale"])
+    pairs = ori_pairs if "orientation" in method.predicts else scale_pairs
+    res["patches_per_s"] = throughput(method, torch.cat([pairs["patch0"], pairs["patch1"]]))
+    return res, preds
 
 
 def _meta(cfg: BenchmarkConfig, name: str, **extra) -> dict:
@@ -156,7 +163,7 @@ def run_patchpose(images: str | Path, methods: list[PoseMethod], cfg: BenchmarkC
     out = _meta(
         cfg, "patchpose", images=str(images), n_images=len(synth), n_pairs={"ori": cfg.n_pairs, "scale": cfg.n_pairs}
     )
-    out["methods"] = {m.name: score_method(m, ori, sca) for m in methods}
+    out["methods"] = {m.name: score_method(m, ori, sca)[0] for m in methods}
     return out
 
 
@@ -216,18 +223,24 @@ def run_sequences(root: str | Path, methods: list[PoseMethod], cfg: BenchmarkCon
     cfg = cfg or BenchmarkConfig()
     pairs, info = sequence_pairs(root, cfg)
     out = _meta(cfg, "sequences", root=str(root), n_pairs=len(pairs["rotation"]), image_pairs=info)
-    out["methods"] = {m.name: score_method(m, pairs, pairs) for m in methods}
-    per_seq: dict[str, dict] = {}
+    out["methods"], preds = {}, {}
+    for m in methods:
+        out["methods"][m.name], preds[m.name] = score_method(m, pairs, pairs)
+    spans: dict[str, list[torch.Tensor]] = {}
     start = 0
-    bounds: dict[str, list[tuple[int, int]]] = {}
     for it in info:
-        bounds.setdefault(it["sequence"], []).append((start, start + it["n"]))
+        spans.setdefault(it["sequence"], []).append(torch.arange(start, start + it["n"]))
         start += it["n"]
-    for name, spans in bounds.items():
-        idx = torch.cat([torch.arange(a, b) for a, b in spans])
-        sub = {k: v[idx] for k, v in pairs.items()}
+    per_seq: dict[str, dict] = {}
+    for name, parts in spans.items():
+        idx = torch.cat(parts)
         per_seq[name] = {
-            m.name: {k: v for k, v in score_method(m, sub, sub).items() if k != "patches_per_s"} for m in methods
+            m.name: score_predictions(
+                {k: (c0[idx], c1[idx]) for k, (c0, c1) in preds[m.name].items()},
+                pairs["rotation"][idx],
+                pairs["log2_scale"][idx],
+            )
+            for m in methods
         }
     out["per_sequence"] = per_seq
     return out
