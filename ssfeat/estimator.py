@@ -93,7 +93,7 @@ class PatchPoseEstimator(nn.Module):
 
         model = load_model(name_or_path)
         if c4 is not None:
-            model.config.c4_symmetric = c4
+            model.set_c4(c4)
         return cls(model).to(device)
 
     @property

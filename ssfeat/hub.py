@@ -109,7 +109,5 @@ def export(run: str | Path, out: str | Path, c4: bool | None = None) -> Path:
     (the weights are unchanged; ``None`` keeps the training setting)."""
     model = model_from_checkpoint(run)
     if c4 is not None:
-        if c4 and model.config.n_ori_bins % 4:
-            raise ValueError("c4 averaging needs n_ori_bins divisible by 4")
-        model.config.c4_symmetric = c4
+        model.set_c4(c4)
     return save_weights(model, out)

@@ -328,8 +328,7 @@ def fit(
                 ori10=f"{metrics.get('ori_acc@10deg', float('nan')):.1f}",
                 sca13=f"{metrics.get('scale_acc@0.333', float('nan')):.1f}",
             )
-        over = budget_s is not None and time.time() - t0 > budget_s * 1.05 and step < total
-        if budget_s is not None and du.any_true(over):
+        if budget_s is not None and du.any_true(time.time() - t0 > budget_s * 1.05 and step < total):
             logger.warning("time budget exceeded at step %d / %d: checkpoint saved, resume with --resume", step, total)
             save(last)
             break

@@ -61,12 +61,17 @@ class PatchPoseNet(nn.Module):
         self.config = config = config or PatchPoseConfig()
         if config.backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {config.backbone!r}, expected one of {sorted(BACKBONES)}")
-        if config.c4_symmetric and config.n_ori_bins % 4:
-            raise ValueError("c4_symmetric needs n_ori_bins divisible by 4")
+        self.set_c4(config.c4_symmetric)
         make, dim, hidden = BACKBONES[config.backbone]
         self.backbone = make()
         self.ori_head = mlp_head(dim, hidden, config.n_ori_bins)
         self.scale_head = mlp_head(dim, hidden, config.n_scale_bins)
+
+    def set_c4(self, enabled: bool) -> None:
+        """Switch the averaging over the four 90-degree rotations on or off (weights unchanged)."""
+        if enabled and self.config.n_ori_bins % 4:
+            raise ValueError("c4_symmetric needs n_ori_bins divisible by 4")
+        self.config.c4_symmetric = enabled
 
     def _raw(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         f = self.backbone(x)
