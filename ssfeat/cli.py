@@ -1,4 +1,4 @@
-"""Command-line interface: ``ssfeat {train,export,benchmark,show,demo}``.
+"""Command-line interface: ``ssfeat {train,export,benchmark,show,match,demo}``.
 
 Each subcommand is a thin wrapper around an importable function. Bad input ends with a one-line
 ``ssfeat: error: ...`` message and exit status 2, never a traceback.
@@ -91,6 +91,23 @@ def _add_benchmark(sub) -> None:
         p.add_argument("--seed", type=int, default=d.seed)
         p.add_argument("--json", required=True, help="output JSON path")
         p.add_argument("--threads", type=int, default=0)
+    from .evaluation.matching import DEFAULT_PIPELINES, MatchingConfig
+
+    p = bsub.add_parser("matching", help="detect -> orient -> describe -> match pipelines on real pairs")
+    p.add_argument(
+        "--root", required=True, action="append", help="folder of HPatches / Oxford / EVD sequences (repeatable)"
+    )
+    p.add_argument(
+        "--pipelines",
+        default=",".join(DEFAULT_PIPELINES),
+        help="comma-separated pipeline names (see ssfeat.pipeline.PIPELINES; '*' adds the orientation filter)",
+    )
+    p.add_argument("--max-keypoints", type=_positive, default=MatchingConfig.max_keypoints, help="per image")
+    p.add_argument("--weights", default=None, help="ssfeat weights/run (default: bundled model)")
+    p.add_argument("--json", required=True, help="output JSON path")
+    p.add_argument("--plot", default=None, help="MMA-vs-threshold PNG (default: next to the JSON)")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,6 +129,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=_positive, default=60, help="number of keypoints")
     p.add_argument("--support", type=float, default=32.0)
     p.add_argument("--histograms", action="store_true", help="also draw histograms (paper Fig. 4)")
+    from .pipeline import PIPELINES
+
+    p = sub.add_parser("match", help="match two images with a pipeline and draw the matches")
+    p.add_argument("image0")
+    p.add_argument("image1")
+    p.add_argument(
+        "--pipeline", default="ssfeat*", help=f"one of {', '.join(PIPELINES)}; '*' adds the orientation filter"
+    )
+    p.add_argument("--max-keypoints", type=_positive, default=1000)
+    p.add_argument("--weights", default=None)
+    p.add_argument("--out", required=True, help="PNG path")
     p = sub.add_parser("demo", help="bundled model on bundled photos: accuracy table vs baselines and a figure")
     p.add_argument("--images", default=None, help="your own photo folder (default: bundled samples)")
     p.add_argument("--out", default="ssfeat_demo", help="output folder")
@@ -175,6 +203,8 @@ def cmd_benchmark(args) -> int:
     )
 
     _set_threads(args.threads)
+    if args.bench == "matching":
+        return cmd_benchmark_matching(args)
     methods = build_methods(args.weights, _extra(args.extra))
     if args.bench == "patchpose":
         cfg = BenchmarkConfig(n_pairs=args.n_pairs, support=args.support, seed=args.seed)
@@ -186,6 +216,62 @@ def cmd_benchmark(args) -> int:
     print(format_table(result))
     print(f"results: {write_json(result, args.json)}")
     return 0
+
+
+def cmd_benchmark_matching(args) -> int:
+    from .estimator import PatchPoseEstimator
+    from .evaluation.benchmarks import write_json
+    from .evaluation.matching import MatchingConfig, format_matching_table, plot_mma, run_matching
+
+    names = [n.strip() for n in args.pipelines.split(",") if n.strip()]
+    if not names:
+        raise ValueError("--pipelines is empty")
+    est = PatchPoseEstimator.from_pretrained(args.weights or "patchpose")
+    cfg = MatchingConfig(max_keypoints=args.max_keypoints)
+    result = run_matching(args.root, names, cfg, est, progress=not args.no_progress)
+    print(f"matching: {result['n_pairs']} image pairs, {cfg.max_keypoints} keypoints per image")
+    print(format_matching_table(result))
+    print()
+    print(format_matching_table(result, "dataset"))
+    print()
+    print(format_matching_table(result, "category"))
+    ratio = result["timing_ratio_vs_opencv"]
+    print("\n640x480 pair, extraction + matching, relative to OpenCV SIFT detectAndCompute + match:")
+    print("  " + ", ".join(f"{k} {v:.2f}x" for k, v in ratio.items()))
+    out = write_json(result, args.json)
+    plot = plot_mma(result, args.plot or out.with_suffix(".png"))
+    print(f"results: {out}\nplot: {plot}")
+    return 0
+
+
+def match(
+    image0: str | Path,
+    image1: str | Path,
+    out: str | Path,
+    pipeline: str = "ssfeat*",
+    max_keypoints: int = 1000,
+    weights: str | None = None,
+) -> dict:
+    """Match two images with a named pipeline, fit a RANSAC homography and draw the matches
+    (inliers green). Returns counts and the homography."""
+    from .data.images import read_image
+    from .estimator import PatchPoseEstimator
+    from .pipeline import RansacHomography, build_pipeline
+    from .viz import draw_matches
+
+    est = PatchPoseEstimator.from_pretrained(weights or "patchpose") if "ssfeat" in pipeline else None
+    pipe = build_pipeline(pipeline, max_keypoints, est)
+    img0, img1 = read_image(image0), read_image(image1)
+    res = pipe(img0, img1)
+    xy0 = res.features0.keypoints[res.matches.idx[:, 0]]
+    xy1 = res.features1.keypoints[res.matches.idx[:, 1]]
+    H, inl = RansacHomography().fit(xy0, xy1)
+    title = (
+        f"{pipeline}: {len(res.features0)} / {len(res.features1)} features, {len(res.matches)} matches, "
+        f"{int(inl.sum())} RANSAC inliers (green)"
+    )
+    fig = draw_matches(img0, img1, xy0, xy1, inl, out, title)
+    return {"figure": fig, "matches": len(res.matches), "inliers": int(inl.sum()), "H_0to1": H, "title": title}
 
 
 def show(
@@ -274,6 +360,13 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_benchmark(args)
         if args.cmd == "show":
             print(f"figure: {show(args.image, args.out, args.weights, args.n, args.support, args.histograms)}")
+            return 0
+        if args.cmd == "match":
+            r = match(args.image0, args.image1, args.out, args.pipeline, args.max_keypoints, args.weights)
+            print(r["title"])
+            if r["H_0to1"] is not None:
+                print("H_0to1 =\n" + "\n".join("  " + " ".join(f"{v: .6g}" for v in row) for row in r["H_0to1"]))
+            print(f"figure: {r['figure']}")
             return 0
         if args.cmd == "demo":
             demo(args.images, args.out, args.weights, args.n_pairs)

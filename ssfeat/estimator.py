@@ -13,9 +13,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data.images import read_image, to_gray_float
+from .features import strongest_distinct
 from .geometry import angle_to_cv2, laf_from_pose
 from .models.patch_pose import PatchPoseNet, decode_pose
-from .patches import extract_patches
+from .patches import sample_patches
 
 
 @dataclass
@@ -159,7 +160,7 @@ class PatchPoseEstimator(nn.Module):
             raise ValueError(f"{int(outside.sum())} keypoints lie outside the {W}x{H} image")
         P = self.config.patch_size
         A = np.eye(2) * (support / P)
-        return torch.from_numpy(extract_patches(img, xy, A, P))[:, None]
+        return sample_patches(img, xy, A, P)[:, None]
 
     def estimate(self, image, keypoints: list[cv2.KeyPoint], support: float = 32.0) -> list[cv2.KeyPoint]:
         """Set ``angle`` and ``size`` of OpenCV keypoints from the learned pose.
@@ -198,15 +199,7 @@ def detect_sift(image, n: int = 500) -> list[cv2.KeyPoint]:
     """OpenCV SIFT keypoints (positions only matter to ssfeat) on any supported image input."""
     img = _as_image(image)
     u8 = np.round(np.clip(img, 0, 1) * 255).astype(np.uint8)
-    kps = cv2.SIFT_create(nfeatures=n).detect(u8, None)
-    # SIFT may return the same location twice with different angles: keep one per location
-    seen, out = set(), []
-    for k in sorted(kps, key=lambda k: -k.response):
-        key = (round(k.pt[0], 1), round(k.pt[1], 1))
-        if key not in seen:
-            seen.add(key)
-            out.append(k)
-    return out[:n]
+    return strongest_distinct(cv2.SIFT_create(nfeatures=n).detect(u8, None), n)
 
 
 __all__ = ["PatchPoseEstimator", "PoseOutput", "TopKPoses", "detect_sift"]

@@ -63,8 +63,51 @@ def draw_poses(
         ax_s.set_yticks([])
         ax_s.tick_params(labelsize=7)
         ax_s.set_title("log2 scale", fontsize=8)
+    return save_figure(fig, out)
+
+
+def draw_matches(
+    image0: np.ndarray,
+    image1: np.ndarray,
+    xy0: np.ndarray,
+    xy1: np.ndarray,
+    inliers: np.ndarray,
+    out: str | Path,
+    title: str = "",
+    max_lines: int = 400,
+) -> Path:
+    """Two gray images side by side with matches ``xy0[i] <-> xy1[i]`` (``(M, 2)`` each): inliers
+    (``inliers`` ``(M,)`` bool) green, the others red. At most ``max_lines`` lines (inliers first).
+    Writes a PNG and returns its path."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    h0, w0 = image0.shape[:2]
+    h1, w1 = image1.shape[:2]
+    canvas = np.zeros((max(h0, h1), w0 + w1), np.float32)
+    canvas[:h0, :w0] = image0
+    canvas[:h1, w0:] = image1
+    width = min(16.0, (w0 + w1) / 80)
+    fig, ax = plt.subplots(figsize=(width, width * max(h0, h1) / (w0 + w1) + 0.4))
+    ax.imshow(canvas, cmap="gray", vmin=0, vmax=1)
+    order = np.argsort(~np.asarray(inliers, bool), kind="stable")[:max_lines]
+    for i in order[::-1]:
+        c = "lime" if inliers[i] else "red"
+        ax.plot([xy0[i, 0], xy1[i, 0] + w0], [xy0[i, 1], xy1[i, 1]], "-", color=c, lw=0.6, alpha=0.8)
+    ax.set_title(title, fontsize=9)
+    ax.axis("off")
+    fig.tight_layout()
+    return save_figure(fig, out, dpi=110)
+
+
+def save_figure(fig, out: str | Path, dpi: int | None = None) -> Path:
+    """Write a matplotlib figure to ``out`` (parent folders created), close it, return the path."""
+    import matplotlib.pyplot as plt
+
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
+    fig.savefig(out, dpi=dpi)
     plt.close(fig)
     return out

@@ -8,7 +8,17 @@ from ssfeat.hub import load_weights
 
 @pytest.mark.parametrize(
     "cmd",
-    [[], ["train", "pose"], ["export"], ["benchmark", "patchpose"], ["benchmark", "sequences"], ["show"], ["demo"]],
+    [
+        [],
+        ["train", "pose"],
+        ["export"],
+        ["benchmark", "patchpose"],
+        ["benchmark", "sequences"],
+        ["benchmark", "matching"],
+        ["show"],
+        ["match"],
+        ["demo"],
+    ],
 )
 def test_help(cmd, capsys):
     with pytest.raises(SystemExit) as e:
@@ -87,3 +97,24 @@ def test_bad_inputs_give_clear_errors(tmp_path, capsys):
     assert main(["benchmark", "sequences", "--root", str(tmp_path), "--json", str(tmp_path / "x.json")]) == 2
     assert "no usable sequences" in capsys.readouterr().err
     assert main(["export", str(tmp_path), "--out", str(tmp_path / "w.safetensors")]) == 2
+
+
+def test_match_and_matching_benchmark(oxford_dir, tmp_path, capsys):
+    toy = oxford_dir / "toy"
+    fig = tmp_path / "m.png"
+    assert (
+        main(["match", str(toy / "img1.png"), str(toy / "img2.png"), "--max-keypoints", "300", "--out", str(fig)]) == 0
+    )
+    out = capsys.readouterr().out
+    assert fig.stat().st_size > 1000 and "RANSAC inliers" in out and "H_0to1" in out
+    js = tmp_path / "match.json"
+    args = ["benchmark", "matching", "--root", str(oxford_dir), "--pipelines", "sift,ssfeat*", "--max-keypoints", "200"]
+    assert main([*args, "--json", str(js), "--no-progress"]) == 0
+    res = json.loads(js.read_text())
+    assert set(res["pipelines"]) == {"sift", "ssfeat*"} and res["n_pairs"] == 2
+    assert js.with_suffix(".png").is_file()
+    assert main([*args[:-4], "--pipelines", "sift,bogus", "--json", str(js)]) == 2
+    assert "unknown pipeline" in capsys.readouterr().err
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("not an image")
+    assert main(["match", str(bad), str(toy / "img2.png"), "--out", str(fig)]) == 2

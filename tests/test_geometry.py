@@ -16,7 +16,7 @@ from ssfeat.geometry import (
     warp_points,
     wrap_angle,
 )
-from ssfeat.patches import extract_patches
+from ssfeat.patches import extract_patches, sample_patches
 
 from .conftest import textured_image
 
@@ -114,3 +114,22 @@ def test_extract_patches_reflects_at_border_and_antialiases():
     stripes = np.tile(np.array([0.0, 1.0], np.float32), (200, 100))  # 1-px stripes alias without blur
     q = extract_patches(stripes, np.array([[100.0, 100.0]]), np.eye(2) * 3.0, 32)
     assert q.std() < 0.05
+
+
+def test_sample_patches_matches_exact_sampler():
+    rng = np.random.default_rng(0)
+    img = rng.random((60, 80)).astype(np.float32)
+    c = np.stack([rng.uniform(-3, 82, 40), rng.uniform(-3, 62, 40)], 1)  # some near / past the border
+    rot = np.array([[0.8, 0.3], [-0.3, 0.8]])
+    for A in (np.eye(2), rot):  # no shrinking: identical up to float rounding
+        np.testing.assert_allclose(sample_patches(img, c, A, 16).numpy(), extract_patches(img, c, A, 16), atol=1e-4)
+    # per-patch maps that do not shrink: exact too; shrinking ones are read from a pyramid (approximate)
+    s = rng.uniform(0.5, 1.0, 40)
+    A = s[:, None, None] * rot
+    np.testing.assert_allclose(sample_patches(img, c, A, 16).numpy(), extract_patches(img, c, A, 16), atol=1e-4)
+    smooth = cv2.GaussianBlur(img, (0, 0), 4.0)
+    A = np.concatenate([rng.uniform(1.5, 6.0, 39), [2.5]])[:, None, None] * np.eye(2)
+    inner = np.stack([rng.uniform(30, 50, 40), rng.uniform(25, 35, 40)], 1)
+    err = np.abs(sample_patches(smooth, inner, A, 8).numpy() - extract_patches(smooth, inner, A, 8))
+    assert err.mean() < 0.01
+    assert sample_patches(img, np.zeros((0, 2)), np.eye(2), 16).shape == (0, 16, 16)

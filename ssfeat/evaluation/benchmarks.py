@@ -259,7 +259,12 @@ def format_table(result: dict) -> str:
             + [f"{tk[c][-1]:.1f}" if c in tk else "-" for c in ("scale_acc@0.333", "ori_acc@10deg")]
             + [f"{r['patches_per_s']:.0f}"]
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    return render_rows(rows)
+
+
+def render_rows(rows: list[list[str]]) -> str:
+    """Aligned plain-text table: the first row is the header, the first column left-aligned."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in rows]
     lines.insert(1, "-" * len(lines[0]))
     return "\n".join(lines)

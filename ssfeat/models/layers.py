@@ -70,6 +70,7 @@ def fast_cnn(width: int = 16) -> nn.Module:
 # name -> (constructor, feature dimension for a 32x32 input, head hidden size)
 BACKBONES: dict[str, tuple[Callable[[], nn.Module], int, int]] = {
     "resnet18": (resnet18, 512, 256),
+    "tiny": (lambda: fast_cnn(8), 32 * 16, 64),
     "fast": (lambda: fast_cnn(16), 64 * 16, 128),
     "small": (lambda: fast_cnn(32), 128 * 16, 256),
 }

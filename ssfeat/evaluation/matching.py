@@ -1,0 +1,350 @@
+"""Matching benchmark on image pairs with ground-truth homographies (HPatches, Oxford, EVD layouts).
+
+Every pipeline sees the same pairs and the same keypoint budget. Per pair:
+
+* **repeatability** (detector): keypoints of each image that are visible in the other image (their
+  projection by the true homography falls inside it) and have a keypoint of the other image within
+  ``rep_threshold`` px, over all visible keypoints, both directions pooled;
+* **MMA@t**, t = 1..10 px: share of matches whose reprojection error ``|H_0to1 x0 - x1|`` is <= t
+  (a pair without matches scores 0); the number of matches and of correct matches (<= 3 px);
+* **homography accuracy**: OpenCV RANSAC (3 px, 5000 iterations, confidence 0.9995) on the matches;
+  the error is the mean distance between the four corners of image 0 mapped by the estimated and by
+  the true homography; accuracy at 1/3/5/10 px (no model: failure).
+
+Pairs are grouped by dataset (the ``--root`` they come from), sequence and category: HPatches ``v_*``
+and EVD are ``viewpoint``, HPatches ``i_*`` ``illumination``; the Oxford sequences are graf, wall
+(viewpoint), leuven (illumination), bikes, trees (blur) and ubc (jpeg). The D2-Net style average is the
+mean of the viewpoint and illumination means.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from ..data.images import ImageReadError, read_image
+from ..data.sequences import find_sequences
+from ..estimator import PatchPoseEstimator
+from ..features import Features
+from ..geometry import warp_points
+from ..pipeline import OrientationFilter, Pipeline, RansacHomography, build_pipeline
+from .benchmarks import BenchmarkConfig, _meta, render_rows
+
+logger = logging.getLogger(__name__)
+
+OXFORD_CATEGORIES = {
+    "graf": "viewpoint",
+    "wall": "viewpoint",
+    "boat": "viewpoint",
+    "bark": "viewpoint",
+    "leuven": "illumination",
+    "bikes": "blur",
+    "trees": "blur",
+    "ubc": "jpeg",
+}
+DEFAULT_PIPELINES = ("sift", "sift*", "upright", "kornia", "ssfeat", "ssfeat*", "ssfeat_multi", "ssfeat_scale")
+
+
+@dataclass
+class MatchingConfig:
+    """Settings of the matching benchmark (stored in the JSON output)."""
+
+    max_keypoints: int = 1000
+    mma_thresholds: tuple[int, ...] = tuple(range(1, 11))
+    rep_threshold: float = 3.0
+    correct_threshold: float = 3.0
+    h_thresholds: tuple[int, ...] = (1, 3, 5, 10)
+    ransac_threshold: float = 3.0
+    ransac_iters: int = 5000
+    ransac_confidence: float = 0.9995
+    timing_repeats: int = 3
+
+
+@dataclass
+class ImagePair:
+    dataset: str
+    sequence: str
+    category: str
+    path0: Path
+    path1: Path
+    H_0to1: np.ndarray = field(repr=False)
+
+
+def category_of(layout: str, sequence: str) -> str:
+    base = Path(sequence).name
+    if layout == "hpatches":
+        return {"v": "viewpoint", "i": "illumination"}.get(base[:1], "other")
+    if layout == "evd":
+        return "viewpoint"
+    return OXFORD_CATEGORIES.get(base, "other")
+
+
+def image_pairs(roots: list[str | Path]) -> list[ImagePair]:
+    """All (reference, target) pairs of every sequence under each root."""
+    out = []
+    for root in roots:
+        for seq in find_sequences(root):
+            cat = category_of(seq.layout, seq.name)
+            for t, H in zip(seq.targets, seq.H):
+                out.append(ImagePair(Path(root).name, seq.name, cat, seq.reference, t, H))
+    if not out:
+        raise ValueError(f"no image pairs (Oxford, HPatches or EVD layout) under {', '.join(map(str, roots))}")
+    return out
+
+
+def _visible(xy: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    H, W = shape
+    return (xy[:, 0] >= 0) & (xy[:, 1] >= 0) & (xy[:, 0] <= W - 1) & (xy[:, 1] <= H - 1)
+
+
+def _warp(xy: np.ndarray, H: np.ndarray) -> np.ndarray:
+    if len(xy) == 0:
+        return xy.astype(np.float64)
+    return warp_points(torch.from_numpy(xy.astype(np.float64)), torch.from_numpy(H)).numpy()
+
+
+def _nearest_dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    if len(a) == 0:
+        return np.zeros(0)
+    if len(b) == 0:
+        return np.full(len(a), np.inf)
+    return torch.cdist(torch.from_numpy(a).double(), torch.from_numpy(b).double()).min(1).values.numpy()
+
+
+def repeatability(f0: Features, f1: Features, H_0to1: np.ndarray, threshold: float = 3.0) -> float | None:
+    """Symmetric repeatability (%) of the distinct keypoint locations, visibility-masked; ``None``
+    if no keypoint is visible in the other image."""
+    k0 = np.unique(f0.keypoints, axis=0).astype(np.float64)
+    k1 = np.unique(f1.keypoints, axis=0).astype(np.float64)
+    w0, w1 = _warp(k0, H_0to1), _warp(k1, np.linalg.inv(H_0to1))
+    v0, v1 = _visible(w0, f1.image_size), _visible(w1, f0.image_size)
+    n = int(v0.sum() + v1.sum())
+    if n == 0:
+        return None
+    rep = (_nearest_dist(w0[v0], k1) <= threshold).sum() + (_nearest_dist(w1[v1], k0) <= threshold).sum()
+    return 100.0 * float(rep) / n
+
+
+def corner_error(H_est: np.ndarray | None, H_gt: np.ndarray, shape0: tuple[int, int]) -> float:
+    """Mean distance (px) between image-0 corners mapped by ``H_est`` and by ``H_gt`` (inf if none)."""
+    if H_est is None:
+        return float("inf")
+    h, w = shape0
+    c = np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], np.float64)
+    return float(np.linalg.norm(_warp(c, H_est) - _warp(c, H_gt), axis=1).mean())
+
+
+def score_pair(f0: Features, f1: Features, idx: np.ndarray, H_gt: np.ndarray, cfg: MatchingConfig, ransac) -> dict:
+    """Metrics of one pair's matches ``idx`` ``(M, 2)``."""
+    x0, x1 = f0.keypoints[idx[:, 0]].astype(np.float64), f1.keypoints[idx[:, 1]].astype(np.float64)
+    err = np.linalg.norm(_warp(x0, H_gt) - x1, axis=1) if len(idx) else np.zeros(0)
+    H_est, _ = ransac.fit(x0, x1)
+    cerr = corner_error(H_est, H_gt, f0.image_size)
+    return {
+        "mma": [float((err <= t).mean()) if len(err) else 0.0 for t in cfg.mma_thresholds],
+        "matches": int(len(idx)),
+        "correct": int((err <= cfg.correct_threshold).sum()),
+        "h_acc": [float(cerr <= t) for t in cfg.h_thresholds],
+        "corner_error": cerr,
+    }
+
+
+def _mean(rows: list[dict]) -> dict:
+    """Average per-pair metric dicts (lists element-wise)."""
+    out = {"pairs": len(rows)}
+    for k in ("mma", "h_acc"):
+        out[k] = np.mean([r[k] for r in rows], 0).round(4).tolist()
+    for k in ("matches", "correct"):
+        out[k] = round(float(np.mean([r[k] for r in rows])), 2)
+    reps = [r["repeatability"] for r in rows if r["repeatability"] is not None]
+    out["repeatability"] = round(float(np.mean(reps)), 2) if reps else None
+    out["median_corner_error"] = round(float(np.median([r["corner_error"] for r in rows])), 3)
+    return out
+
+
+def summarize(per_pair: list[dict]) -> dict:
+    """Averages overall, per dataset (with the viewpoint / illumination split), category and sequence."""
+    groups: dict[str, dict[str, list[dict]]] = {"dataset": {}, "category": {}, "sequence": {}}
+    for r in per_pair:
+        groups["dataset"].setdefault(r["dataset"], []).append(r)
+        groups["category"].setdefault(r["category"], []).append(r)
+        groups["sequence"].setdefault(f"{r['dataset']}/{r['sequence']}", []).append(r)
+    out = {"all": _mean(per_pair)}
+    for g, d in groups.items():
+        out[g] = {k: _mean(v) for k, v in sorted(d.items())}
+    v, i = out["category"].get("viewpoint"), out["category"].get("illumination")
+    if v and i:
+        out["d2net_average"] = {k: (np.add(v[k], i[k]) / 2).round(4).tolist() for k in ("mma", "h_acc")}
+    return out
+
+
+def _timed(fn, *args):
+    t0 = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - t0
+
+
+def time_pair(pipelines: dict[str, Pipeline], image0: np.ndarray, image1: np.ndarray, repeats: int = 3) -> dict:
+    """Seconds for extraction + matching of one pair (median of ``repeats``) for OpenCV SIFT
+    (``detectAndCompute`` + brute-force mutual matching, the reference) and each pipeline."""
+    u0, u1 = (np.round(np.clip(x, 0, 1) * 255).astype(np.uint8) for x in (image0, image1))
+    n = next(iter(pipelines.values())).detector.max_keypoints if pipelines else 1000
+    sift = cv2.SIFT_create(nfeatures=n)
+    bf = cv2.BFMatcher(cv2.NORM_L2, crossCheck=True)
+
+    def opencv():
+        _, d0 = sift.detectAndCompute(u0, None)
+        _, d1 = sift.detectAndCompute(u1, None)
+        return bf.match(d0, d1)
+
+    def run(p):
+        return p.match_features(p.extract(image0), p.extract(image1))
+
+    out = {"opencv_sift": float(np.median([_timed(opencv)[1] for _ in range(repeats)]))}
+    for name, p in pipelines.items():
+        run(p)  # warm-up
+        out[name] = float(np.median([_timed(run, p)[1] for _ in range(repeats)]))
+    return out
+
+
+def run_matching(
+    roots: list[str | Path],
+    pipelines: list[str] | dict[str, Pipeline] = DEFAULT_PIPELINES,
+    cfg: MatchingConfig | None = None,
+    estimator: PatchPoseEstimator | None = None,
+    progress: bool = True,
+) -> dict:
+    """Every pipeline on every pair under ``roots``; features are computed once per image and
+    pipeline (``name*`` variants reuse the features of ``name``)."""
+
+    cfg = cfg or MatchingConfig()
+    pairs = image_pairs(roots)
+    est = estimator or PatchPoseEstimator.from_pretrained()
+    if isinstance(pipelines, dict):  # custom Pipeline objects by name
+        bases, pipelines = {k.rstrip("*"): v for k, v in pipelines.items()}, list(pipelines)
+    else:
+        bases = {n.rstrip("*"): build_pipeline(n.rstrip("*"), cfg.max_keypoints, est) for n in pipelines}
+    ofilter = OrientationFilter()
+    ransac = RansacHomography(cfg.ransac_threshold, cfg.ransac_iters, cfg.ransac_confidence)
+    images: dict[Path, np.ndarray | None] = {}
+    feats: dict[tuple[str, Path], Features] = {}
+    extract_s = {b: [] for b in bases}
+    per_pair: dict[str, list[dict]] = {name: [] for name in pipelines}
+    skipped = []
+
+    def image(path: Path) -> np.ndarray | None:
+        if path not in images:
+            try:
+                images[path] = read_image(path)
+            except ImageReadError as e:
+                logger.warning("skipped: %s", e)
+                images[path] = None
+        return images[path]
+
+    it = pairs
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(pairs, desc="matching", unit="pair", leave=False)
+    for pair in it:
+        im0, im1 = image(pair.path0), image(pair.path1)
+        if im0 is None or im1 is None:
+            skipped.append(f"{pair.path0} -> {pair.path1}")
+            continue
+        for b, pipe in bases.items():
+            for path, im in ((pair.path0, im0), (pair.path1, im1)):
+                if (b, path) not in feats:
+                    feats[b, path], dt = _timed(pipe.extract, im)
+                    extract_s[b].append(dt)
+        for name in pipelines:
+            b = name.rstrip("*")
+            f0, f1 = feats[b, pair.path0], feats[b, pair.path1]
+            m = bases[b].matcher(f0, f1)
+            if name.endswith("*"):
+                m = ofilter(f0, f1, m)
+            r = score_pair(f0, f1, m.idx, pair.H_0to1, cfg, ransac)
+            r.update(
+                dataset=pair.dataset,
+                sequence=pair.sequence,
+                category=pair.category,
+                target=pair.path1.name,
+                repeatability=repeatability(f0, f1, pair.H_0to1, cfg.rep_threshold),
+            )
+            per_pair[name].append(r)
+    if not any(per_pair.values()):
+        raise ValueError("every image pair was skipped (unreadable images)")
+    first = next(p for p in pairs if images.get(p.path0) is not None and images.get(p.path1) is not None)
+    im0, im1 = (cv2.resize(images[p], (640, 480), interpolation=cv2.INTER_AREA) for p in (first.path0, first.path1))
+    timing = time_pair(bases, im0, im1, cfg.timing_repeats)
+    out = _meta(BenchmarkConfig(), "matching", roots=[str(r) for r in roots], skipped=skipped)
+    out["config"] = dataclasses.asdict(cfg)
+    out["n_pairs"] = len(next(iter(per_pair.values())))
+    out["timing_640x480_s"] = timing
+    out["timing_ratio_vs_opencv"] = {k: round(v / timing["opencv_sift"], 2) for k, v in timing.items()}
+    out["extract_s_per_image"] = {b: round(float(np.mean(v)), 4) for b, v in extract_s.items() if v}
+    out["pipelines"] = {name: summarize(rows) for name, rows in per_pair.items()}
+    out["per_pair"] = per_pair
+    return out
+
+
+def format_matching_table(result: dict, group: str = "all") -> str:
+    """One row per pipeline: repeatability, MMA@1/3/5/10, matches, correct, H-acc@1/3/5/10."""
+    cfg = result["config"]
+    ts, hs = list(cfg["mma_thresholds"]), list(cfg["h_thresholds"])
+    head = ["pipeline", "rep"] + [f"MMA@{t}" for t in (1, 3, 5, 10)] + ["matches", "correct"]
+    head += [f"H@{t}px" for t in hs]
+    blocks = []
+    keys = [("all", None)] if group == "all" else [(group, k) for k in next(iter(result["pipelines"].values()))[group]]
+    for g, k in keys:
+        rows = [head]
+        for name, s in result["pipelines"].items():
+            r = s[g] if k is None else s[g].get(k)
+            if r is None:
+                continue
+            rep = "-" if r["repeatability"] is None else f"{r['repeatability']:.1f}"
+            rows.append(
+                [name, rep]
+                + [f"{100 * r['mma'][ts.index(t)]:.1f}" for t in (1, 3, 5, 10)]
+                + [f"{r['matches']:.0f}", f"{r['correct']:.0f}"]
+                + [f"{100 * a:.1f}" for a in r["h_acc"]]
+            )
+        title = "all pairs" if k is None else f"{g} {k}"
+        pairs = next(iter(result["pipelines"].values()))[g]
+        n = pairs["pairs"] if k is None else pairs[k]["pairs"]
+        blocks.append(f"{title} ({n} pairs)\n" + render_rows(rows))
+    return "\n\n".join(blocks)
+
+
+def plot_mma(result: dict, out: str | Path) -> Path:
+    """MMA-vs-threshold curves, one panel for all pairs and one per category."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    ts = result["config"]["mma_thresholds"]
+    first = next(iter(result["pipelines"].values()))
+    panels = [("all", None)] + [("category", c) for c in first["category"]]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.4), squeeze=False)
+    for ax, (g, k) in zip(axes[0], panels):
+        for name, s in result["pipelines"].items():
+            r = s[g] if k is None else s[g][k]
+            ax.plot(ts, r["mma"], marker="o", ms=3, label=name, ls="--" if name.endswith("*") else "-")
+        n = first[g]["pairs"] if k is None else first[g][k]["pairs"]
+        ax.set_title(f"{k or 'all'} ({n} pairs)")
+        ax.set_xlabel("threshold (px)")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("MMA")
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    from ..viz import save_figure
+
+    return save_figure(fig, out, dpi=120)

@@ -1,0 +1,457 @@
+"""Composable detect -> orient -> describe -> match -> filter pipelines.
+
+Every stage is a small callable; stages exchange :class:`ssfeat.features.Features`:
+
+* detector ``(image) -> Features`` (positions, sizes, scores, and the detector's own orientation);
+* orienter ``(image, Features) -> Features`` (sets ``orientations`` and maybe ``scales``; a multi-pose
+  orienter returns several features per keypoint, ``parents`` links them to the keypoint);
+* descriptor ``(image, Features) -> Features`` (sets ``descriptors``);
+* matcher ``(Features, Features) -> Matches``;
+* filters ``(Features, Features, Matches) -> Matches`` (run in order).
+
+``image`` is always a gray float32 ``(H, W)`` array in ``[0, 1]``; :meth:`Pipeline.extract` converts any
+supported input (path, uint8/uint16/float array, tensor; gray, RGB or RGBA) once.
+
+Named pipelines (:data:`PIPELINES`) all start from the same OpenCV SIFT keypoints, so that they
+differ only in the stage being compared; a trailing ``*`` adds the orientation-consistency filter
+(ReKD's '*' rows), e.g. ``"ssfeat*"``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import cv2
+import numpy as np
+import torch
+
+from .estimator import PatchPoseEstimator, _as_image
+from .features import Features, strongest_distinct
+from .geometry import TWO_PI, angle_diff, wrap_angle
+from .patches import sample_patches
+
+
+def _u8(image: np.ndarray) -> np.ndarray:
+    return np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+# ------------------------------------------------------------------------------------------------
+# detectors
+
+
+class SIFTDetector:
+    """OpenCV SIFT keypoints: the ``max_keypoints`` strongest distinct locations, with SIFT's size,
+    its dominant orientation and response. (SIFT repeats a location once per secondary orientation
+    peak; only the strongest entry is kept so that every pipeline gets the same keypoint budget.)"""
+
+    def __init__(self, max_keypoints: int = 1000, contrast_threshold: float = 0.04) -> None:
+        if max_keypoints < 1:
+            raise ValueError(f"max_keypoints must be >= 1, got {max_keypoints}")
+        self.max_keypoints = max_keypoints
+        self.sift = cv2.SIFT_create(nfeatures=0, contrastThreshold=contrast_threshold)
+
+    def __call__(self, image: np.ndarray) -> Features:
+        keep = strongest_distinct(self.sift.detect(_u8(image), None), self.max_keypoints)
+        return Features.from_cv2(keep, image.shape)
+
+
+# ------------------------------------------------------------------------------------------------
+# orienters
+
+
+class DetectorPose:
+    """Pass-through: keep the detector's own orientation and scale (for SIFT: SIFT's)."""
+
+    def __call__(self, image: np.ndarray, feats: Features) -> Features:
+        return feats
+
+
+class Upright:
+    """Orientation 0 for every feature (upright descriptors); scale unchanged."""
+
+    def __call__(self, image: np.ndarray, feats: Features) -> Features:
+        return replace(feats, orientations=np.zeros(len(feats), np.float32))
+
+
+class KorniaOrienter:
+    """kornia's ``LAFOrienter`` with ``PatchDominantGradientOrientation`` (SIFT-like gradient
+    histogram) on a patch covering ``mr_size`` times the feature size; scale unchanged."""
+
+    def __init__(self, patch_size: int = 32, mr_size: float = 4.5) -> None:
+        from kornia.feature import LAFOrienter
+
+        self.op = LAFOrienter(patch_size)
+        self.mr_size = mr_size
+
+    @torch.inference_mode()
+    def __call__(self, image: np.ndarray, feats: Features) -> Features:
+        if len(feats) == 0:
+            return feats
+        laf = feats.to_laf(self.mr_size)
+        out = self.op(laf, torch.from_numpy(np.ascontiguousarray(image))[None, None])
+        f = Features.from_laf(out, feats.image_size, self.mr_size)
+        return replace(feats, orientations=f.orientations)
+
+
+class PatchPoseOrienter:
+    """ssfeat patch pose at each keypoint.
+
+    The network reads an axis-aligned window around every keypoint: by default ``support_factor``
+    times the detector's feature size (so the window follows the detector's scale), or, with
+    ``support`` set, a fixed ``support`` x ``support`` pixel window at the image's resolution.
+
+    Args:
+        estimator: the patch-pose estimator (default: the bundled model).
+        support_factor: window side as a multiple of the feature size (default 12: about the region
+            OpenCV's SIFT descriptor reads).
+        support: fixed window side in pixels instead (``None``: use ``support_factor``).
+        scale: also set the feature size from the learned scale, ``size = size_factor *
+            2**log2_scale`` (needs a fixed ``support``; the learned log2 scale is absolute only then).
+            Otherwise the detector's size is kept and only the orientation is set.
+        size_factor: feature size in pixels of a patch with ``log2_scale == 0``; the default makes the
+            median size on the training photos equal to OpenCV SIFT's median size at 1000 keypoints.
+        k_ori, k_scale: multi-pose: one feature per combination of the ``k_ori`` strongest orientation
+            modes and (with ``scale``) the ``k_scale`` strongest scale modes (paper Table 2).
+        min_ratio: a secondary mode is emitted only if its histogram peak is at least this fraction of
+            the strongest one (SIFT uses 0.8 for its secondary orientations).
+    """
+
+    def __init__(
+        self,
+        estimator: PatchPoseEstimator | None = None,
+        support_factor: float = 12.0,
+        support: float | None = None,
+        scale: bool = False,
+        size_factor: float = 6.8,
+        k_ori: int = 1,
+        k_scale: int = 1,
+        min_ratio: float = 0.5,
+    ) -> None:
+        if scale and support is None:
+            raise ValueError("scale=True needs a fixed support (the learned scale is relative to the window)")
+        if k_ori < 1 or k_scale < 1:
+            raise ValueError("k_ori and k_scale must be >= 1")
+        self.estimator = estimator or PatchPoseEstimator.from_pretrained()
+        self.support_factor, self.support, self.scale, self.size_factor = support_factor, support, scale, size_factor
+        self.k_ori, self.k_scale, self.min_ratio = k_ori, k_scale if scale else 1, min_ratio
+
+    def patches(self, image: np.ndarray, feats: Features) -> torch.Tensor:
+        """The ``(N, 1, P, P)`` network inputs."""
+        if self.support is not None:
+            if min(image.shape) < self.support:
+                h, w = image.shape
+                raise ValueError(f"the {w}x{h} image is smaller than the {self.support:g} px patch")
+            return self.estimator.extract(image, feats.keypoints, self.support)
+        P = self.estimator.config.patch_size
+        A = (self.support_factor * feats.scales / P)[:, None, None] * np.eye(2)
+        return sample_patches(image, feats.keypoints, A, P)[:, None]
+
+    def __call__(self, image: np.ndarray, feats: Features) -> Features:
+        if len(feats) == 0:
+            return feats
+        t = self.estimator.topk(self.patches(image, feats), max(self.k_ori, self.k_scale))
+        ori, ori_s = t.orientation.cpu().numpy(), t.ori_score.cpu().numpy()
+        sca, sca_s = t.log2_scale.cpu().numpy(), t.scale_score.cpu().numpy()
+        parts = []
+        for i in range(self.k_ori):
+            for j in range(self.k_scale):
+                ok = (ori_s[:, i] >= self.min_ratio * ori_s[:, 0]) & (sca_s[:, j] >= self.min_ratio * sca_s[:, 0])
+                idx = np.flatnonzero(ok) if i or j else np.arange(len(feats))
+                f = feats.subset(idx)
+                f.orientations = ori[idx, i].astype(np.float32)
+                if self.scale:
+                    f.scales = (self.size_factor * np.exp2(sca[idx, j])).astype(np.float32)
+                parts.append(f)
+        return concat_features(parts)
+
+
+def concat_features(parts: list[Features]) -> Features:
+    """Concatenate features of the same image (descriptors must be all set or all ``None``)."""
+    if len(parts) == 1:
+        return parts[0]
+    descs = [p.descriptors for p in parts]
+    return Features(
+        np.concatenate([p.keypoints for p in parts]),
+        np.concatenate([p.scales for p in parts]),
+        np.concatenate([p.orientations for p in parts]),
+        np.concatenate([p.scores for p in parts]),
+        parts[0].image_size,
+        None if any(d is None for d in descs) else np.concatenate(descs),
+        np.concatenate([p.parents for p in parts]),
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# descriptors
+
+
+class SIFTDescriptor:
+    """OpenCV's SIFT descriptor computed on the patch each feature defines (its position, size and
+    orientation, whoever set them); ``root=True`` gives RootSIFT (L1-normalise, square root)."""
+
+    def __init__(self, root: bool = False) -> None:
+        self.root = root
+        self.sift = cv2.SIFT_create()
+
+    def __call__(self, image: np.ndarray, feats: Features) -> Features:
+        if len(feats) == 0:
+            return replace(feats, descriptors=np.zeros((0, 128), np.float32))
+        kps = feats.to_cv2()
+        out_kps, desc = self.sift.compute(_u8(image), kps)
+        if desc is None or len(out_kps) != len(kps):
+            raise RuntimeError(f"OpenCV SIFT described {len(out_kps)} of {len(kps)} keypoints")
+        desc = desc.astype(np.float32)
+        if self.root:
+            desc = np.sqrt(desc / np.maximum(desc.sum(1, keepdims=True), 1e-12))
+        else:
+            desc = desc / np.maximum(np.linalg.norm(desc, axis=1, keepdims=True), 1e-12)
+        return replace(feats, descriptors=desc)
+
+
+# ------------------------------------------------------------------------------------------------
+# matching and filters
+
+
+@dataclass
+class Matches:
+    """``idx`` ``(M, 2)`` int64 pairs (index into features0, index into features1); ``distances``
+    ``(M,)`` descriptor distances; ``H_0to1`` the homography a RANSAC filter fitted (else ``None``)."""
+
+    idx: np.ndarray
+    distances: np.ndarray
+    H_0to1: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def subset(self, keep: np.ndarray) -> Matches:
+        return Matches(self.idx[keep], self.distances[keep], self.H_0to1)
+
+    @classmethod
+    def empty(cls) -> Matches:
+        return cls(np.zeros((0, 2), np.int64), np.zeros(0, np.float32))
+
+
+def _descs(f0: Features, f1: Features) -> tuple[torch.Tensor, torch.Tensor] | None:
+    if f0.descriptors is None or f1.descriptors is None:
+        raise ValueError("matching needs descriptors: the pipeline has no descriptor stage")
+    if len(f0) == 0 or len(f1) == 0:
+        return None
+    return torch.from_numpy(f0.descriptors), torch.from_numpy(f1.descriptors)
+
+
+class MutualNearestNeighbor:
+    """Mutual nearest neighbours in L2 descriptor distance (kornia ``match_mnn``)."""
+
+    def __call__(self, f0: Features, f1: Features) -> Matches:
+        from kornia.feature import match_mnn
+
+        d = _descs(f0, f1)
+        if d is None:
+            return Matches.empty()
+        dist, idx = match_mnn(*d)
+        return Matches(idx.numpy().astype(np.int64), dist[:, 0].numpy())
+
+
+class RatioTest:
+    """Lowe's ratio test (nearest / second nearest < ``ratio``), mutual by default (kornia
+    ``match_smnn`` / ``match_snn``)."""
+
+    def __init__(self, ratio: float = 0.8, mutual: bool = True) -> None:
+        self.ratio, self.mutual = ratio, mutual
+
+    def __call__(self, f0: Features, f1: Features) -> Matches:
+        from kornia.feature import match_smnn, match_snn
+
+        d = _descs(f0, f1)
+        if d is None or min(len(f0), len(f1)) < 2:
+            return Matches.empty()
+        dist, idx = (match_smnn if self.mutual else match_snn)(*d, self.ratio)
+        return Matches(idx.numpy().astype(np.int64), dist[:, 0].numpy())
+
+
+class OrientationFilter:
+    """Keep matches whose relative orientation ``o1 - o0`` lies within ``tolerance_deg`` of the
+    dominant one (the peak of a smoothed circular histogram of all relative orientations, refined by
+    a circular mean). For a homography the relative rotation is nearly constant over the image, so
+    this removes matches whose poses disagree (ReKD's '*' filter, with continuous angles)."""
+
+    def __init__(self, tolerance_deg: float = 30.0, bins: int = 36) -> None:
+        self.tol = math.radians(tolerance_deg)
+        self.bins = bins
+
+    def dominant(self, delta: np.ndarray) -> float:
+        """The dominant angle (radians) of ``delta`` ``(M,)``."""
+        b = self.bins
+        h = np.bincount(np.floor(wrap_angle(delta) / TWO_PI * b).astype(int) % b, minlength=b).astype(float)
+        h = h + 0.5 * (np.roll(h, 1) + np.roll(h, -1))
+        centre = (np.argmax(h) + 0.5) * TWO_PI / b
+        near = np.abs(angle_diff(delta, centre)) <= self.tol
+        return float(wrap_angle(centre + np.angle(np.exp(1j * angle_diff(delta[near], centre)).mean())))
+
+    def __call__(self, f0: Features, f1: Features, m: Matches) -> Matches:
+        if len(m) == 0:
+            return m
+        delta = f1.orientations[m.idx[:, 1]].astype(np.float64) - f0.orientations[m.idx[:, 0]]
+        return m.subset(np.abs(angle_diff(delta, self.dominant(delta))) <= self.tol)
+
+
+class RansacHomography:
+    """OpenCV RANSAC homography; keeps the inliers and stores the fitted ``H_0to1`` (fewer than 4
+    matches or no model found: no matches, ``H_0to1 = None``)."""
+
+    def __init__(self, threshold: float = 3.0, max_iters: int = 5000, confidence: float = 0.9995) -> None:
+        self.threshold, self.max_iters, self.confidence = threshold, max_iters, confidence
+
+    def fit(self, pts0: np.ndarray, pts1: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+        """``(H_0to1 or None, inlier mask (M,))`` for ``(M, 2)`` point arrays."""
+        if len(pts0) < 4:
+            return None, np.zeros(len(pts0), bool)
+        H, mask = cv2.findHomography(
+            pts0.astype(np.float64),
+            pts1.astype(np.float64),
+            cv2.RANSAC,
+            self.threshold,
+            maxIters=self.max_iters,
+            confidence=self.confidence,
+        )
+        if H is None or not np.isfinite(H).all():
+            return None, np.zeros(len(pts0), bool)
+        return H / H[2, 2], mask.ravel().astype(bool)
+
+    def __call__(self, f0: Features, f1: Features, m: Matches) -> Matches:
+        H, inl = self.fit(f0.keypoints[m.idx[:, 0]], f1.keypoints[m.idx[:, 1]])
+        out = m.subset(inl)
+        out.H_0to1 = H
+        return out
+
+
+# ------------------------------------------------------------------------------------------------
+# pipelines
+
+
+@dataclass
+class MatchResult:
+    """Output of :meth:`Pipeline.__call__`."""
+
+    features0: Features
+    features1: Features
+    matches: Matches
+
+
+class Pipeline:
+    """detector -> orienter -> descriptor -> matcher -> filters, each replaceable.
+
+    Example:
+        >>> pipe = build_pipeline("ssfeat")
+        >>> res = pipe("img1.png", "img2.png")
+        >>> res.matches.idx.shape   # (M, 2)
+    """
+
+    def __init__(self, detector, orienter=None, descriptor=None, matcher=None, filters=(), name: str = "") -> None:
+        self.detector = detector
+        self.orienter = orienter or DetectorPose()
+        self.descriptor = descriptor or SIFTDescriptor()
+        self.matcher = matcher or MutualNearestNeighbor()
+        self.filters = list(filters)
+        self.name = name
+
+    def extract(self, image) -> Features:
+        """Features of one image (path, array or tensor; any channel layout and bit depth)."""
+        img = _as_image(image)
+        return self.descriptor(img, self.orienter(img, self.detector(img)))
+
+    def match_features(self, f0: Features, f1: Features) -> Matches:
+        m = self.matcher(f0, f1)
+        for f in self.filters:
+            m = f(f0, f1, m)
+        return m
+
+    def __call__(self, image0, image1) -> MatchResult:
+        f0, f1 = self.extract(image0), self.extract(image1)
+        return MatchResult(f0, f1, self.match_features(f0, f1))
+
+
+# Every named pipeline uses SIFT keypoints, the SIFT descriptor on the oriented, scaled patch and
+# mutual nearest neighbours; they differ in the orienter (the thing ssfeat learns).
+PIPELINES: dict[str, dict] = {
+    "sift": {"orienter": "sift"},  # SIFT's own orientation and scale
+    "upright": {"orienter": "upright"},
+    "kornia": {"orienter": "kornia"},  # kornia dominant gradient orientation, SIFT's scale
+    "ssfeat": {"orienter": "ssfeat"},  # ssfeat orientation, SIFT's scale
+    "ssfeat_multi": {"orienter": "ssfeat_multi"},  # + a second orientation where the histogram has one
+    "ssfeat_scale": {"orienter": "ssfeat_scale"},  # ssfeat orientation and scale (32 px windows)
+    "sift_rootsift": {"orienter": "sift", "descriptor": "rootsift"},
+    "ssfeat_rootsift": {"orienter": "ssfeat", "descriptor": "rootsift"},
+    "sift_ratio": {"orienter": "sift", "matcher": "ratio"},
+    "ssfeat_ratio": {"orienter": "ssfeat", "matcher": "ratio"},
+}
+
+
+def _orienter(name: str, estimator: PatchPoseEstimator | None):
+    if name == "sift":
+        return DetectorPose()
+    if name == "upright":
+        return Upright()
+    if name == "kornia":
+        return KorniaOrienter()
+    est = estimator or PatchPoseEstimator.from_pretrained()
+    if name == "ssfeat":
+        return PatchPoseOrienter(est)
+    if name == "ssfeat_multi":
+        return PatchPoseOrienter(est, k_ori=2)
+    if name == "ssfeat_scale":
+        return PatchPoseOrienter(est, support=32.0, scale=True)
+    raise ValueError(f"unknown orienter {name!r}")
+
+
+def build_pipeline(
+    name: str = "ssfeat",
+    max_keypoints: int = 1000,
+    estimator: PatchPoseEstimator | None = None,
+    ransac: bool = False,
+) -> Pipeline:
+    """A named pipeline (see :data:`PIPELINES`; a trailing ``*`` adds :class:`OrientationFilter`).
+
+    Args:
+        name: pipeline name.
+        max_keypoints: keypoint budget per image (the same for every pipeline).
+        estimator: patch-pose estimator for the ssfeat orienters (default: the bundled model).
+        ransac: append a :class:`RansacHomography` filter.
+    """
+    base = name.rstrip("*")
+    if base not in PIPELINES:
+        raise ValueError(f"unknown pipeline {name!r}; choose from {', '.join(PIPELINES)} (optionally with a '*')")
+    conf = PIPELINES[base]
+    filters = [OrientationFilter()] if name.endswith("*") else []
+    if ransac:
+        filters.append(RansacHomography())
+    return Pipeline(
+        SIFTDetector(max_keypoints),
+        _orienter(conf["orienter"], estimator),
+        SIFTDescriptor(root=conf.get("descriptor") == "rootsift"),
+        RatioTest() if conf.get("matcher") == "ratio" else MutualNearestNeighbor(),
+        filters,
+        name=name,
+    )
+
+
+__all__ = [
+    "PIPELINES",
+    "DetectorPose",
+    "KorniaOrienter",
+    "MatchResult",
+    "Matches",
+    "MutualNearestNeighbor",
+    "OrientationFilter",
+    "PatchPoseOrienter",
+    "Pipeline",
+    "RansacHomography",
+    "RatioTest",
+    "SIFTDescriptor",
+    "SIFTDetector",
+    "Upright",
+    "build_pipeline",
+    "concat_features",
+]

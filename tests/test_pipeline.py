@@ -1,0 +1,235 @@
+"""Features container, pipeline stages and the matching benchmark."""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from ssfeat.estimator import PatchPoseEstimator
+from ssfeat.evaluation.matching import (
+    MatchingConfig,
+    category_of,
+    corner_error,
+    format_matching_table,
+    plot_mma,
+    repeatability,
+    run_matching,
+)
+from ssfeat.features import Features, sift_octaves
+from ssfeat.geometry import angle_diff
+from ssfeat.pipeline import (
+    Matches,
+    MutualNearestNeighbor,
+    OrientationFilter,
+    PatchPoseOrienter,
+    RansacHomography,
+    SIFTDescriptor,
+    SIFTDetector,
+    build_pipeline,
+)
+
+from .conftest import textured_image
+
+
+@pytest.fixture(scope="module")
+def estimator():
+    return PatchPoseEstimator.from_pretrained()
+
+
+@pytest.fixture(scope="module")
+def image():
+    return textured_image(240, 320, seed=3).astype(np.float32) / 255.0
+
+
+def test_features_cv2_roundtrip():
+    kps = [cv2.KeyPoint(10.5, 20.0, 4.0, 30.0, 0.1), cv2.KeyPoint(5.0, 6.0, 12.0, -1, 0.2)]
+    f = Features.from_cv2(kps, (50, 60))
+    # OpenCV angles are clockwise degrees: 30 deg clockwise = 330 deg counter-clockwise; -1 = none -> 0
+    assert f.orientations[0] == pytest.approx(math.radians(330), abs=1e-5) and f.orientations[1] == 0
+    back = f.to_cv2()
+    assert back[0].angle == pytest.approx(30.0, abs=1e-3) and back[0].size == pytest.approx(4.0)
+    assert back[0].pt == pytest.approx((10.5, 20.0))
+    laf = f.to_laf(mr_size=2.0)
+    g = Features.from_laf(laf, (50, 60), mr_size=2.0)
+    np.testing.assert_allclose(g.keypoints, f.keypoints, atol=1e-4)
+    np.testing.assert_allclose(g.scales, f.scales, rtol=1e-5)
+    assert np.abs(angle_diff(g.orientations, f.orientations)).max() < 1e-4
+
+
+def test_features_validation():
+    with pytest.raises(ValueError, match="NaN"):
+        Features(np.array([[np.nan, 1.0]]), [1.0], [0.0], [0.0], (10, 10))
+    with pytest.raises(ValueError, match="shape"):
+        Features(np.zeros((3, 3)), np.zeros(3), np.zeros(3), np.zeros(3), (10, 10))
+    e = Features.empty((5, 5))
+    assert len(e) == 0 and e.to_cv2() == [] and e.to_laf().shape == (1, 0, 2, 3)
+
+
+def test_sift_octaves_match_opencv(image):
+    u8 = (image * 255).astype(np.uint8)
+    kps = cv2.SIFT_create(nfeatures=300).detect(u8, None)
+    packed = sift_octaves(np.array([k.size for k in kps]), u8.shape)
+    # octave and layer exactly as OpenCV packed them (the sub-layer byte is not read by compute)
+    assert ((packed & 0xFFFF) == np.array([k.octave & 0xFFFF for k in kps])).mean() > 0.98
+
+
+def test_sift_descriptor_on_sift_pose_equals_opencv(image):
+    u8 = (image * 255).astype(np.uint8)
+    sift = cv2.SIFT_create(nfeatures=200)
+    kps, ref = sift.detectAndCompute(u8, None)
+    f = SIFTDescriptor()(image, Features.from_cv2(kps, image.shape))
+    ref = ref / np.linalg.norm(ref, axis=1, keepdims=True)
+    cos = (f.descriptors * ref).sum(1)
+    assert np.median(cos) > 0.999 and (cos > 0.99).mean() > 0.95
+    root = SIFTDescriptor(root=True)(image, Features.from_cv2(kps, image.shape)).descriptors
+    np.testing.assert_allclose(np.linalg.norm(root, axis=1), 1.0, atol=1e-4)
+
+
+def test_detector_budget_and_distinct_locations(image):
+    f = SIFTDetector(50)(image)
+    assert len(f) == 50 and len(np.unique(f.keypoints, axis=0)) == 50
+    assert np.all(np.diff(f.scores) <= 1e-9)  # strongest first
+    assert len(SIFTDetector(10)(np.full((100, 100), 0.5, np.float32))) == 0
+
+
+def test_patchpose_orienter_rotates_with_image(image, estimator):
+    # rotating the image 90 degrees counter-clockwise on screen (np.rot90) adds 90 degrees to the
+    # learned orientation at corresponding keypoints
+    f = SIFTDetector(200)(image)
+    f = f.subset((f.keypoints.min(1) > 20) & (f.keypoints[:, 0] < 300) & (f.keypoints[:, 1] < 220))
+    o = PatchPoseOrienter(estimator)
+    a = o(image, f)
+    rot = np.ascontiguousarray(np.rot90(image))  # (x, y) -> (y, W - 1 - x)
+    W = image.shape[1]
+    fr = Features(np.stack([f.keypoints[:, 1], W - 1 - f.keypoints[:, 0]], 1), f.scales, f.orientations, f.scores,
+                  rot.shape)  # fmt: skip
+    b = o(rot, fr)
+    d = np.abs(angle_diff(b.orientations.astype(np.float64) - a.orientations, math.pi / 2))
+    assert (d < math.radians(10)).mean() > 0.9
+    assert np.allclose(b.scales, f.scales)  # the detector's size is kept
+
+
+def test_multipose_emits_parents(image, estimator):
+    f = SIFTDetector(40)(image)
+    m = PatchPoseOrienter(estimator, support=32, scale=True, k_ori=2, k_scale=2, min_ratio=0.0)(image, f)
+    assert len(m) == 4 * len(f)
+    assert np.array_equal(np.bincount(m.parents, minlength=len(f)), np.full(len(f), 4))
+    one = PatchPoseOrienter(estimator)(image, f)
+    assert len(one) == len(f) and np.array_equal(one.parents, np.arange(len(f)))
+
+
+def test_orientation_filter_keeps_consistent_matches():
+    rng = np.random.default_rng(0)
+    n_in, n_out = 80, 40
+    o0 = rng.uniform(0, 2 * math.pi, n_in + n_out)
+    o1 = o0 + math.radians(40) + rng.normal(0, 0.05, n_in + n_out)
+    o1[n_in:] += np.radians(rng.uniform(60, 300, n_out))  # outliers: at least 60 degrees off
+    z = np.zeros(n_in + n_out)
+    f0 = Features(np.zeros((len(z), 2)), z + 1, o0, z, (10, 10))
+    f1 = Features(np.zeros((len(z), 2)), z + 1, o1, z, (10, 10))
+    m = Matches(np.stack([np.arange(len(z))] * 2, 1), z)
+    filt = OrientationFilter(tolerance_deg=20)
+    assert abs(math.degrees(angle_diff(filt.dominant(o1 - o0), math.radians(40)))) < 2
+    kept = filt(f0, f1, m)
+    assert (kept.idx[:, 0] < n_in).all() and (kept.idx[:, 0] < n_in).sum() == n_in
+    assert len(filt(f0, f1, Matches.empty())) == 0
+
+
+def test_ransac_recovers_homography():
+    rng = np.random.default_rng(1)
+    H = np.array([[0.9, -0.2, 30.0], [0.25, 1.1, -10.0], [1e-4, 2e-4, 1.0]])
+    x0 = rng.uniform(0, 300, (100, 2))
+    x1 = cv2.perspectiveTransform(x0[None], H)[0]
+    x1[:20] = rng.uniform(0, 300, (20, 2))
+    Hest, inl = RansacHomography().fit(x0, x1)
+    assert inl[20:].all() and not inl[:20].any()
+    assert corner_error(Hest, H, (300, 300)) < 1e-3
+    assert RansacHomography().fit(x0[:3], x1[:3])[0] is None
+    assert corner_error(None, H, (300, 300)) == math.inf
+
+
+def test_mnn_and_empty_matching():
+    d = np.eye(5, dtype=np.float32)
+    f = Features(np.zeros((5, 2)), np.ones(5), np.zeros(5), np.zeros(5), (10, 10), descriptors=d)
+    m = MutualNearestNeighbor()(f, f.subset(np.array([4, 3, 2, 1, 0])))
+    assert sorted(map(tuple, m.idx.tolist())) == [(0, 4), (1, 3), (2, 2), (3, 1), (4, 0)]
+    e = Features.empty((10, 10))
+    e.descriptors = np.zeros((0, 5), np.float32)
+    assert len(MutualNearestNeighbor()(f, e)) == 0
+    with pytest.raises(ValueError, match="descriptor"):
+        MutualNearestNeighbor()(Features.empty((10, 10)), f)
+
+
+def test_repeatability_analytic():
+    rng = np.random.default_rng(0)
+    k = rng.uniform(10, 90, (50, 2))
+    f = Features(k, np.ones(50), np.zeros(50), np.zeros(50), (100, 100))
+    assert repeatability(f, f, np.eye(3)) == pytest.approx(100.0)
+    shifted = np.array([[1, 0, 10.0], [0, 1, 0], [0, 0, 1]])
+    g = Features(k + [10.0, 0], np.ones(50), np.zeros(50), np.zeros(50), (100, 100))
+    assert repeatability(f, g, shifted) == pytest.approx(100.0)
+    assert repeatability(f, f, shifted) < 50
+
+
+@pytest.mark.parametrize("pipe", ["upright", "ssfeat*"])
+def test_pipeline_matches_rotated_pair(image, estimator, pipe):
+    rot = np.ascontiguousarray(np.rot90(image))
+    res = build_pipeline(pipe, 300, estimator)(image, rot)
+    x0 = res.features0.keypoints[res.matches.idx[:, 0]]
+    x1 = res.features1.keypoints[res.matches.idx[:, 1]]
+    correct = np.linalg.norm(np.stack([x0[:, 1], image.shape[1] - 1 - x0[:, 0]], 1) - x1, axis=1) < 3
+    if pipe == "upright":  # upright SIFT descriptors cannot match a 90-degree rotation
+        assert correct.sum() < 20
+    else:
+        assert correct.sum() > 60 and correct.mean() > 0.8
+
+
+def test_pipeline_inputs(estimator, tmp_path):
+    rgba16 = np.repeat(textured_image(120, 160, seed=5)[..., None], 4, 2).astype(np.uint16) * 257
+    p = build_pipeline("ssfeat", 100, estimator)
+    f = p.extract(rgba16)
+    assert len(f) > 10 and f.descriptors.shape == (len(f), 128)
+    flat = p.extract(np.full((64, 64), 0.5, np.float32))
+    assert len(flat) == 0 and flat.descriptors.shape == (0, 128)
+    assert len(p.match_features(flat, f)) == 0
+    with pytest.raises(ValueError, match="smaller"):  # fixed 32 px windows need a 32 px image
+        build_pipeline("ssfeat_scale", 100, estimator).extract(textured_image(20, 200, seed=1))
+    small = p.extract(textured_image(24, 200, seed=1))  # detector-sized windows are reflected at borders
+    assert small.descriptors.shape == (len(small), 128)
+    with pytest.raises(ValueError, match="unknown pipeline"):
+        build_pipeline("nope")
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(ValueError):
+        p.extract(bad)
+
+
+def test_categories():
+    assert category_of("hpatches", "v_graffiti") == "viewpoint"
+    assert category_of("hpatches", "hp/i_ajuntament") == "illumination"
+    assert category_of("oxford", "leuven") == "illumination" and category_of("oxford", "bikes") == "blur"
+    assert category_of("evd", "evd/adam") == "viewpoint"
+
+
+def test_run_matching(oxford_dir, estimator, tmp_path):
+    cfg = MatchingConfig(max_keypoints=300, timing_repeats=1)
+    res = run_matching([oxford_dir], ["sift", "upright", "ssfeat", "ssfeat*"], cfg, estimator, progress=False)
+    assert res["n_pairs"] == 2
+    s = res["pipelines"]
+    for name in ("sift", "upright", "ssfeat", "ssfeat*"):
+        assert len(s[name]["all"]["mma"]) == 10 and s[name]["all"]["repeatability"] > 30
+    # synthetic rotations of 20 and -35 degrees: rotation-aware pipelines beat upright descriptors
+    assert s["sift"]["all"]["mma"][2] > s["upright"]["all"]["mma"][2]
+    assert s["ssfeat"]["all"]["mma"][2] > 0.5
+    assert s["ssfeat*"]["all"]["mma"][2] >= s["ssfeat"]["all"]["mma"][2] - 1e-9
+    assert s["sift"]["all"]["h_acc"][-1] == 1.0
+    assert set(res["timing_640x480_s"]) == {"opencv_sift", "sift", "upright", "ssfeat"}
+    assert "toy" in format_matching_table(res, "sequence")
+    assert plot_mma(res, tmp_path / "mma.png").stat().st_size > 1000
+    torch.testing.assert_close(
+        torch.tensor(s["ssfeat"]["all"]["repeatability"]), torch.tensor(s["sift"]["all"]["repeatability"])
+    )
