@@ -200,6 +200,10 @@ def test_pipeline_inputs(estimator, tmp_path):
         build_pipeline("ssfeat_scale", 100, estimator).extract(textured_image(20, 200, seed=1))
     small = p.extract(textured_image(24, 200, seed=1))  # detector-sized windows are reflected at borders
     assert small.descriptors.shape == (len(small), 128)
+    with pytest.raises(ValueError, match="empty image"):
+        p.extract(np.zeros((0, 10), np.float32))
+    with pytest.raises(ValueError, match="NaN"):
+        p.extract(np.full((64, 64), np.nan, np.float32))
     with pytest.raises(ValueError, match="unknown pipeline"):
         build_pipeline("nope")
     bad = tmp_path / "bad.png"

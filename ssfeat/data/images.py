@@ -35,6 +35,8 @@ def to_gray_float(image: np.ndarray) -> np.ndarray:
         image = image[:, :, :3]
     if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3):
         raise ValueError(f"expected an (H, W), (H, W, 3) or (H, W, 4) image, got shape {image.shape}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"empty image (shape {image.shape})")
     if image.dtype == np.uint8:
         img = image.astype(np.float32) / 255.0
     elif image.dtype == np.uint16:
