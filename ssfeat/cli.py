@@ -48,7 +48,7 @@ def _add_train(sub) -> None:
         "--batch-size", type=_positive, default=d.batch_size, help="pairs of each kind per step, all processes"
     )
     p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--backbone", default=m.backbone, help="fast | small | resnet18")
+    p.add_argument("--backbone", default=m.backbone, help="tiny | fast | small | resnet18")
     p.add_argument("--c4", action="store_true", help="exactly 90-degree-equivariant model (4x slower)")
     p.add_argument("--support", type=float, default=pc.support, help="reference window side in pixels")
     p.add_argument("--blur", type=float, default=pc.blur, help="max sigma of the random blur augmentation (0: off)")
@@ -222,11 +222,12 @@ def cmd_benchmark_matching(args) -> int:
     from .estimator import PatchPoseEstimator
     from .evaluation.benchmarks import write_json
     from .evaluation.matching import MatchingConfig, format_matching_table, plot_mma, run_matching
+    from .pipeline import PIPELINE_MODEL
 
     names = [n.strip() for n in args.pipelines.split(",") if n.strip()]
     if not names:
         raise ValueError("--pipelines is empty")
-    est = PatchPoseEstimator.from_pretrained(args.weights or "patchpose")
+    est = PatchPoseEstimator.from_pretrained(args.weights or PIPELINE_MODEL)
     cfg = MatchingConfig(max_keypoints=args.max_keypoints)
     result = run_matching(args.root, names, cfg, est, progress=not args.no_progress)
     print(f"matching: {result['n_pairs']} image pairs, {cfg.max_keypoints} keypoints per image")
@@ -256,10 +257,10 @@ def match(
     (inliers green). Returns counts and the homography."""
     from .data.images import read_image
     from .estimator import PatchPoseEstimator
-    from .pipeline import RansacHomography, build_pipeline
+    from .pipeline import PIPELINE_MODEL, RansacHomography, build_pipeline
     from .viz import draw_matches
 
-    est = PatchPoseEstimator.from_pretrained(weights or "patchpose") if "ssfeat" in pipeline else None
+    est = PatchPoseEstimator.from_pretrained(weights or PIPELINE_MODEL) if "ssfeat" in pipeline else None
     pipe = build_pipeline(pipeline, max_keypoints, est)
     img0, img1 = read_image(image0), read_image(image1)
     res = pipe(img0, img1)

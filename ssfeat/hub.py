@@ -15,7 +15,10 @@ from .models.patch_pose import PatchPoseConfig, PatchPoseNet
 
 WEIGHTS_FORMAT = "ssfeat-patchpose-1"
 # bundled name -> file in ssfeat/weights
-BUNDLED = {"patchpose": "patchpose_fast.safetensors"}
+BUNDLED = {
+    "patchpose": "patchpose_fast.safetensors",  # default estimator: best patch-pose accuracy
+    "patchpose_tiny": "patchpose_tiny.safetensors",  # matching pipelines' default: 4x fewer FLOPs
+}
 
 
 def save_weights(model: PatchPoseNet, path: str | Path) -> Path:

@@ -93,9 +93,9 @@ def sample_patches(
         return torch.zeros(0, P, P)
     if min(image.shape) < 2:
         raise ValueError(f"cannot sample patches from a {image.shape[1]}x{image.shape[0]} image")
-    u = np.arange(P) - (P - 1) / 2.0
-    grid_u = np.stack(np.meshgrid(u, u, indexing="xy"), -1).reshape(-1, 2)  # (P*P, 2) patch offsets
-    pos = np.matmul(grid_u[None], affines.transpose(0, 2, 1)) + centers[:, None, :]  # (N, P*P, 2) pixels
+    u = torch.arange(P, dtype=torch.float32) - (P - 1) / 2.0
+    grid_u = torch.stack(torch.meshgrid(u, u, indexing="xy"), -1).reshape(-1, 2)  # (P*P, 2) patch offsets
+    A_t, c_t = torch.tensor(affines, dtype=torch.float32), torch.tensor(centers, dtype=torch.float32)
     steps = np.sqrt(np.abs(np.linalg.det(affines)))
     levels = np.round(np.log2(np.maximum(steps, 1.0)) * levels_per_octave).astype(int)
     pyramid = [image]
@@ -114,9 +114,12 @@ def sample_patches(
         # pyrDown keeps pixel i of octave o at pixel i * 2**o of the image; grid_sample's -1 and 1 are
         # the centres of the first and last pixels
         norm = np.array([2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1)])
-        g = torch.from_numpy((pos[idx] / f * norm - 1.0).astype(np.float32)).reshape(1, -1, P, 2)
+        ti = torch.from_numpy(idx)
+        # (n, P*P, 2) sampling positions in pixels of the full image, then grid_sample coordinates
+        pos = torch.einsum("kj,nij->nki", grid_u, A_t[ti]) + c_t[ti, None, :]
+        g = (pos * torch.from_numpy(norm / f).float() - 1.0).reshape(1, -1, P, 2)
         s = F.grid_sample(
             torch.from_numpy(img)[None, None], g, mode="bilinear", padding_mode="reflection", align_corners=True
         )
-        out[torch.from_numpy(idx)] = s.reshape(len(idx), P * P)
+        out[ti] = s.reshape(len(idx), P * P)
     return out.reshape(N, P, P)

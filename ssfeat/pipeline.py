@@ -31,6 +31,10 @@ from .features import Features, strongest_distinct
 from .geometry import TWO_PI, angle_diff, wrap_angle
 from .patches import sample_patches
 
+# Bundled model the ssfeat orienters use by default: on SIFT keypoints it matches as well as the
+# larger "patchpose" model (BENCHMARKS.md) at about half the network time.
+PIPELINE_MODEL = "patchpose_tiny"
+
 
 def _u8(image: np.ndarray) -> np.ndarray:
     return np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
@@ -132,7 +136,7 @@ class PatchPoseOrienter:
             raise ValueError("scale=True needs a fixed support (the learned scale is relative to the window)")
         if k_ori < 1 or k_scale < 1:
             raise ValueError("k_ori and k_scale must be >= 1")
-        self.estimator = estimator or PatchPoseEstimator.from_pretrained()
+        self.estimator = estimator or PatchPoseEstimator.from_pretrained(PIPELINE_MODEL)
         self.support_factor, self.support, self.scale, self.size_factor = support_factor, support, scale, size_factor
         self.k_ori, self.k_scale, self.min_ratio = k_ori, k_scale if scale else 1, min_ratio
 
@@ -396,7 +400,7 @@ def _orienter(name: str, estimator: PatchPoseEstimator | None):
         return Upright()
     if name == "kornia":
         return KorniaOrienter()
-    est = estimator or PatchPoseEstimator.from_pretrained()
+    est = estimator or PatchPoseEstimator.from_pretrained(PIPELINE_MODEL)
     if name == "ssfeat":
         return PatchPoseOrienter(est)
     if name == "ssfeat_multi":

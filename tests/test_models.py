@@ -10,16 +10,17 @@ from ssfeat.cli import samples_dir
 from ssfeat.data.images import read_image
 from ssfeat.estimator import detect_sift
 from ssfeat.geometry import angle_from_cv2
-from ssfeat.hub import load_weights, save_weights
+from ssfeat.hub import BUNDLED, load_weights, save_weights
 from ssfeat.models import PatchPoseConfig, PatchPoseNet
 from ssfeat.models.patch_pose import histogram_peaks
 
 from .conftest import textured_image
 
 
-@pytest.fixture(scope="module")
-def bundled():
-    return PatchPoseEstimator.from_pretrained()
+@pytest.fixture(scope="module", params=sorted(BUNDLED))
+def bundled(request):
+    """Every bundled model must satisfy the conventions tested here."""
+    return PatchPoseEstimator.from_pretrained(request.param)
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,7 @@ from ..data.sequences import find_sequences
 from ..estimator import PatchPoseEstimator
 from ..features import Features
 from ..geometry import warp_points
-from ..pipeline import OrientationFilter, Pipeline, RansacHomography, build_pipeline
+from ..pipeline import PIPELINE_MODEL, OrientationFilter, Pipeline, RansacHomography, build_pipeline
 from .benchmarks import BenchmarkConfig, _meta, render_rows
 
 logger = logging.getLogger(__name__)
@@ -226,7 +226,7 @@ def run_matching(
 
     cfg = cfg or MatchingConfig()
     pairs = image_pairs(roots)
-    est = estimator or PatchPoseEstimator.from_pretrained()
+    est = estimator or PatchPoseEstimator.from_pretrained(PIPELINE_MODEL)
     if isinstance(pipelines, dict):  # custom Pipeline objects by name
         bases, pipelines = {k.rstrip("*"): v for k, v in pipelines.items()}, list(pipelines)
     else:
