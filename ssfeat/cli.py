@@ -27,14 +27,8 @@ def _positive(text: str) -> int:
     return v
 
 
-def _add_train(sub) -> None:
-    from .data.synthesis import PairConfig
-    from .models.patch_pose import PatchPoseConfig
-    from .training import TrainConfig
-
-    d, m, pc = TrainConfig(), PatchPoseConfig(), PairConfig()
-    tr = sub.add_parser("train", help="self-supervised training").add_subparsers(dest="model", required=True)
-    p = tr.add_parser("pose", help="train PatchPoseNet on a folder of unlabeled photos")
+def _add_loop_args(p, d, batch_help: str) -> None:
+    """Arguments every ``ssfeat train`` command shares (``d``: the task's default config)."""
     p.add_argument("--images", required=True, help="folder of training photos (recursive)")
     p.add_argument("--out", required=True, help="run folder (checkpoints, log.jsonl)")
     p.add_argument("--val-images", default=None, help="image-disjoint validation folder (default: hold out images)")
@@ -44,22 +38,43 @@ def _add_train(sub) -> None:
     p.add_argument(
         "--resume", action="store_true", help="continue RUN/last.pt with its stored config (--steps changes the length)"
     )
-    p.add_argument(
-        "--batch-size", type=_positive, default=d.batch_size, help="pairs of each kind per step, all processes"
-    )
+    p.add_argument("--batch-size", type=_positive, default=d.batch_size, help=batch_help)
     p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--backbone", default=m.backbone, help="tiny | fast | small | resnet18")
-    p.add_argument("--c4", action="store_true", help="exactly 90-degree-equivariant model (4x slower)")
-    p.add_argument("--support", type=float, default=pc.support, help="reference window side in pixels")
-    p.add_argument("--blur", type=float, default=pc.blur, help="max sigma of the random blur augmentation (0: off)")
     p.add_argument("--workers", type=int, default=d.workers)
     p.add_argument("--init", default=None, help="start from these weights / run (fine-tuning)")
-    p.add_argument("--scale-loss", default=d.scale_loss, choices=["full", "shared"], help="see ssfeat.losses")
-    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
     p.add_argument("--val-every", type=int, default=d.val_every)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     p.add_argument("--no-progress", action="store_true")
+
+
+def _add_train(sub) -> None:
+    from .data.homography_pairs import HomographyPairConfig
+    from .data.synthesis import PairConfig
+    from .models.detector import DetectorConfig
+    from .models.patch_pose import PatchPoseConfig
+    from .training import DetectorTrainConfig, TrainConfig
+
+    d, m, pc = TrainConfig(), PatchPoseConfig(), PairConfig()
+    tr = sub.add_parser("train", help="self-supervised training").add_subparsers(dest="model", required=True)
+    p = tr.add_parser("pose", help="train PatchPoseNet on a folder of unlabeled photos")
+    _add_loop_args(p, d, "pairs of each kind per step, all processes")
+    p.add_argument("--backbone", default=m.backbone, help="tiny | fast | small | resnet18")
+    p.add_argument("--c4", action="store_true", help="exactly 90-degree-equivariant model (4x slower)")
+    p.add_argument("--support", type=float, default=pc.support, help="reference window side in pixels")
+    p.add_argument("--blur", type=float, default=pc.blur, help="max sigma of the random blur augmentation (0: off)")
+    p.add_argument("--scale-loss", default=d.scale_loss, choices=["full", "shared"], help="see ssfeat.losses")
+    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
+
+    d, m, pc = DetectorTrainConfig(), DetectorConfig(), HomographyPairConfig()
+    p = tr.add_parser("detector", help="train the equivariant keypoint detector on unlabeled photos")
+    _add_loop_args(p, d, "image pairs per step, all processes")
+    p.add_argument("--group-order", type=_positive, default=m.group_order, help="N of C_N (orientation bins; x4)")
+    p.add_argument("--fields", default=",".join(map(str, m.fields)), help="regular fields per trunk layer")
+    p.add_argument("--size", type=_positive, default=pc.size, help="side of the training views (px)")
+    p.add_argument("--max-scale", type=float, default=pc.max_log2_scale, help="log2 scale change range")
+    p.add_argument("--max-shear", type=float, default=pc.max_shear)
+    p.add_argument("--kp-weight", type=float, default=d.kp_weight, help="weight of the MSIP keypoint loss")
 
 
 def _add_benchmark(sub) -> None:
@@ -106,6 +121,22 @@ def _add_benchmark(sub) -> None:
     p.add_argument("--weights", default=None, help="ssfeat weights/run (default: bundled model)")
     p.add_argument("--json", required=True, help="output JSON path")
     p.add_argument("--plot", default=None, help="MMA-vs-threshold PNG (default: next to the JSON)")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    from .evaluation.detector import DETECTOR_PIPELINES
+
+    p = bsub.add_parser("detector", help="keypoint detectors on real pairs: repeatability, orientation, matching")
+    p.add_argument(
+        "--root", required=True, action="append", help="folder of HPatches / Oxford / EVD sequences (repeatable)"
+    )
+    p.add_argument(
+        "--pipelines",
+        default=",".join(DETECTOR_PIPELINES),
+        help="comma-separated pipelines: sift, hessian (kornia), rekd (ssfeat detector), rekd_upright; '*' filter",
+    )
+    p.add_argument("--max-keypoints", type=_positive, default=1000, help="per image")
+    p.add_argument("--weights", default="detector", help="ssfeat detector weights/run (default: bundled)")
+    p.add_argument("--json", required=True, help="output JSON path")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
 
@@ -161,21 +192,52 @@ def cmd_train(args) -> int:
     from .training import TrainConfig, fit
 
     _set_threads(args.threads)
+    if args.model == "detector":
+        return _train_detector(args)
     cfg = TrainConfig(
-        images=args.images,
-        val_images=args.val_images,
-        steps=args.steps or TrainConfig.steps,
-        init_weights=args.init,
+        **_loop_kwargs(args, TrainConfig.steps),
         scale_loss=args.scale_loss,
         warmup_steps=args.warmup_steps,
+        model=PatchPoseConfig(backbone=args.backbone, c4_symmetric=args.c4),
+        pairs=PairConfig(support=args.support, blur=args.blur, seed=args.seed),
+    )
+    last = fit(cfg, args.out, resume=args.resume, progress=not args.no_progress, total_steps=args.steps)
+    print(f"checkpoint: {last}")
+    return 0
+
+
+def _loop_kwargs(args, default_steps: int) -> dict:
+    """Training-loop fields shared by every ``ssfeat train`` command."""
+    return dict(
+        images=args.images,
+        val_images=args.val_images,
+        steps=args.steps or default_steps,
         time_budget_min=args.time_budget,
         batch_size=args.batch_size,
         lr=args.lr,
         workers=args.workers,
+        init_weights=args.init,
         val_every=args.val_every,
         seed=args.seed,
-        model=PatchPoseConfig(backbone=args.backbone, c4_symmetric=args.c4),
-        pairs=PairConfig(support=args.support, blur=args.blur, seed=args.seed),
+    )
+
+
+def _train_detector(args) -> int:
+    from .data.homography_pairs import HomographyPairConfig
+    from .models.detector import DetectorConfig
+    from .training import DetectorTrainConfig, fit
+
+    try:
+        fields = tuple(int(f) for f in args.fields.split(","))
+    except ValueError:
+        raise ValueError(f"--fields expects comma-separated integers, got {args.fields!r}") from None
+    cfg = DetectorTrainConfig(
+        **_loop_kwargs(args, DetectorTrainConfig.steps),
+        kp_weight=args.kp_weight,
+        model=DetectorConfig(group_order=args.group_order, fields=fields),
+        pairs=HomographyPairConfig(
+            size=args.size, max_log2_scale=args.max_scale, max_shear=args.max_shear, seed=args.seed
+        ),
     )
     last = fit(cfg, args.out, resume=args.resume, progress=not args.no_progress, total_steps=args.steps)
     print(f"checkpoint: {last}")
@@ -205,6 +267,8 @@ def cmd_benchmark(args) -> int:
     _set_threads(args.threads)
     if args.bench == "matching":
         return cmd_benchmark_matching(args)
+    if args.bench == "detector":
+        return cmd_benchmark_detector(args)
     methods = build_methods(args.weights, _extra(args.extra))
     if args.bench == "patchpose":
         cfg = BenchmarkConfig(n_pairs=args.n_pairs, support=args.support, seed=args.seed)
@@ -214,6 +278,27 @@ def cmd_benchmark(args) -> int:
         result = run_sequences(args.root, methods, cfg)
     print(f"{args.bench}: {result['n_pairs']} pairs")
     print(format_table(result))
+    print(f"results: {write_json(result, args.json)}")
+    return 0
+
+
+def cmd_benchmark_detector(args) -> int:
+    from .evaluation.benchmarks import write_json
+    from .evaluation.detector import format_detector_table, run_detector_benchmark
+
+    names = [n.strip() for n in args.pipelines.split(",") if n.strip()]
+    if not names:
+        raise ValueError("--pipelines is empty")
+    result = run_detector_benchmark(args.root, names, args.max_keypoints, args.weights, progress=not args.no_progress)
+    print(f"detector benchmark: {result['n_pairs']} image pairs, {args.max_keypoints} keypoints per image")
+    for g in ("all", "dataset", "category"):
+        print(format_detector_table(result, g))
+        print()
+    e, t = result["equivariance_error_rot90"], result["detector_time_640x480_s"]
+    eq = f"score {e['score_abs']:.2e}, orientation logits {e['ori_logits_abs']:.2e}"
+    print(f"90-degree equivariance error (max abs): {eq}")
+    tt = f"ssfeat detector {t['ssfeat_detector']:.3f} s, OpenCV SIFT detect {t['opencv_sift_detect']:.3f} s"
+    print(f"640x480 image: {tt}")
     print(f"results: {write_json(result, args.json)}")
     return 0
 

@@ -1,4 +1,5 @@
-"""Weights files: save/load PatchPoseNet as safetensors with its config in the metadata.
+"""Weights files: save/load PatchPoseNet and OrientedKeypointNet as safetensors with their config
+in the metadata.
 
 Bundled weights ship inside the package (``ssfeat/weights``); nothing is ever downloaded.
 """
@@ -14,6 +15,7 @@ from . import __version__
 from .models.patch_pose import PatchPoseConfig, PatchPoseNet
 
 WEIGHTS_FORMAT = "ssfeat-patchpose-1"
+DETECTOR_FORMAT = "ssfeat-detector-1"
 # bundled name -> file in ssfeat/weights
 BUNDLED = {
     "patchpose": "patchpose_fast.safetensors",  # default estimator: best patch-pose accuracy
@@ -21,15 +23,21 @@ BUNDLED = {
 }
 
 
-def save_weights(model: PatchPoseNet, path: str | Path) -> Path:
-    """Write ``model``'s weights and config to a safetensors file."""
+# bundled detector name -> file in ssfeat/weights
+BUNDLED_DETECTORS = {"detector": "detector.safetensors"}
+
+
+def save_weights(model, path: str | Path) -> Path:
+    """Write a PatchPoseNet's or OrientedKeypointNet's weights and config to a safetensors file."""
     from safetensors.torch import save_file
+
+    from .models.detector import OrientedKeypointNet
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {
-        "format": WEIGHTS_FORMAT,
+        "format": DETECTOR_FORMAT if isinstance(model, OrientedKeypointNet) else WEIGHTS_FORMAT,
         "config": json.dumps(dataclasses.asdict(model.config)),
         "ssfeat_version": __version__,
     }
@@ -37,16 +45,43 @@ def save_weights(model: PatchPoseNet, path: str | Path) -> Path:
     return path
 
 
-def load_weights(path: str | Path) -> PatchPoseNet:
-    """Build a PatchPoseNet from a weights file written by :func:`save_weights` (strict load).
+def load_detector(name_or_path: str | Path = "detector"):
+    """An OrientedKeypointNet (eval mode): bundled name, ``.safetensors`` file or detector run folder.
 
     Raises:
-        ValueError: the file is missing, not safetensors, or not an ssfeat patch-pose file.
+        ValueError: missing/foreign file, or weights of another kind of model.
     """
+    from .models.detector import DetectorConfig, OrientedKeypointNet
+
+    name = str(name_or_path)
+    if name in BUNDLED_DETECTORS:
+        path = Path(str(resources.files("ssfeat") / "weights" / BUNDLED_DETECTORS[name]))
+    else:
+        path = Path(name_or_path)
+    if path.is_dir() or path.suffix == ".pt":
+        from .training import config_from_checkpoint, load_checkpoint
+
+        ckpt = load_checkpoint(checkpoint_file(path))
+        cfg = config_from_checkpoint(ckpt)
+        if not hasattr(cfg.model, "group_order"):
+            raise ValueError(f"{path}: not a detector training run")
+        net = OrientedKeypointNet(cfg.model)
+        net.load_state_dict(ckpt["model"])
+        return net.eval()
+    meta, state = _read_weights(path, DETECTOR_FORMAT, "detector")
+    try:
+        net = OrientedKeypointNet(DetectorConfig.from_dict(json.loads(meta["config"])))
+        net.load_state_dict(state, strict=True)
+    except (KeyError, TypeError, RuntimeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: weights do not match this ssfeat version ({e})") from e
+    return net.eval()
+
+
+def _read_weights(path: Path, fmt: str, what: str) -> tuple[dict, dict]:
+    """Metadata and tensors of a safetensors file of format ``fmt`` (clear errors otherwise)."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such weights file")
     try:
@@ -55,8 +90,19 @@ def load_weights(path: str | Path) -> PatchPoseNet:
         state = load_file(str(path))
     except Exception as e:
         raise ValueError(f"{path}: not a safetensors weights file ({e})") from e
-    if meta.get("format") != WEIGHTS_FORMAT:
-        raise ValueError(f"{path}: not an ssfeat patch-pose weights file (format {meta.get('format')!r})")
+    if meta.get("format") != fmt:
+        raise ValueError(f"{path}: not an ssfeat {what} weights file (format {meta.get('format')!r})")
+    return meta, state
+
+
+def load_weights(path: str | Path) -> PatchPoseNet:
+    """Build a PatchPoseNet from a weights file written by :func:`save_weights` (strict load).
+
+    Raises:
+        ValueError: the file is missing, not safetensors, or not an ssfeat patch-pose file.
+    """
+
+    meta, state = _read_weights(Path(path), WEIGHTS_FORMAT, "patch-pose")
     try:
         model = PatchPoseNet(PatchPoseConfig(**json.loads(meta["config"])))
         model.load_state_dict(state, strict=True)
@@ -77,7 +123,10 @@ def load_model(name_or_path: str | Path = "patchpose") -> PatchPoseNet:
         return load_weights(bundled_path(str(name_or_path)))
     p = Path(name_or_path)
     if p.is_dir() or p.suffix == ".pt":
-        return model_from_checkpoint(p)
+        model = model_from_checkpoint(p)
+        if not isinstance(model, PatchPoseNet):
+            raise ValueError(f"{p}: a detector run, not a patch-pose run")
+        return model
     return load_weights(p)
 
 
@@ -92,13 +141,16 @@ def checkpoint_file(run: str | Path) -> Path:
     return run
 
 
-def model_from_checkpoint(run: str | Path) -> PatchPoseNet:
-    from .training import TrainConfig, load_checkpoint
+def model_from_checkpoint(run: str | Path):
+    """The model of a training run (PatchPoseNet or OrientedKeypointNet, eval mode)."""
+    from .models.detector import OrientedKeypointNet
+    from .training import config_from_checkpoint, load_checkpoint
 
     path = checkpoint_file(run)
     ckpt = load_checkpoint(path)
     try:
-        model = PatchPoseNet(TrainConfig.from_dict(ckpt["config"]).model)
+        cfg = config_from_checkpoint(ckpt)
+        model = OrientedKeypointNet(cfg.model) if ckpt.get("task") == "detector" else PatchPoseNet(cfg.model)
         model.load_state_dict(ckpt["model"], strict=True)
     except (KeyError, TypeError, RuntimeError) as e:
         raise ValueError(f"{path}: checkpoint does not match this ssfeat version ({e})") from e
@@ -111,6 +163,6 @@ def export(run: str | Path, out: str | Path, c4: bool | None = None) -> Path:
     ``c4`` switches the averaging over the four 90-degree rotations on or off at inference
     (the weights are unchanged; ``None`` keeps the training setting)."""
     model = model_from_checkpoint(run)
-    if c4 is not None:
+    if c4 is not None and isinstance(model, PatchPoseNet):
         model.set_c4(c4)
     return save_weights(model, out)

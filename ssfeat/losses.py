@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -81,3 +83,131 @@ def histogram_alignment_loss(
     if not circular and scale_mode == "shared":
         terms = terms * shared_bins(shift, q.shape[-1])
     return terms.sum(-1).mean()
+
+
+# ------------------------------------------------------------------------------------------------
+# dense losses of the keypoint detector (ReKD)
+
+
+def warp_to_view0(x1: torch.Tensor, H_0to1: torch.Tensor, mode: str = "bilinear") -> tuple[torch.Tensor, torch.Tensor]:
+    """Resample view-1 maps on the view-0 pixel grid: ``out(x0) = x1(H_0to1 x0)``.
+
+    Args:
+        x1: ``(B, C, H, W)`` maps of view 1 (both views are ``H x W``).
+        H_0to1: ``(B, 3, 3)``.
+
+    Returns:
+        the warped maps ``(B, C, H, W)`` and ``(B, 1, H, W)`` mask of view-0 pixels that land inside view 1.
+    """
+    B, _, H, W = x1.shape
+    kw = {"dtype": x1.dtype, "device": x1.device}
+    ys, xs = torch.meshgrid(torch.arange(H, **kw), torch.arange(W, **kw), indexing="ij")
+    p = torch.stack([xs, ys, torch.ones_like(xs)], -1).view(1, -1, 3) @ H_0to1.to(x1.dtype).transpose(1, 2)
+    p = p[..., :2] / p[..., 2:3]
+    inside = ((p[..., 0] >= 0) & (p[..., 0] <= W - 1) & (p[..., 1] >= 0) & (p[..., 1] <= H - 1)).view(B, 1, H, W)
+    scale = torch.tensor([2.0 / max(W - 1, 1), 2.0 / max(H - 1, 1)], dtype=x1.dtype, device=x1.device)
+    g = (p * scale - 1.0).view(B, H, W, 2)
+    out = F.grid_sample(x1, g, mode=mode, padding_mode="zeros", align_corners=True)
+    return out, inside.to(x1.dtype)
+
+
+def visibility_masks(
+    H_0to1: torch.Tensor, valid0: torch.Tensor, valid1: torch.Tensor, border: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(B, 1, H, W)`` masks of the pixels of view 0 (resp. 1) that are valid, at least ``border``
+    pixels from the edge, and seen validly by the other view."""
+    w1, in1 = warp_to_view0(valid1, H_0to1, "nearest")
+    w0, in0 = warp_to_view0(valid0, torch.linalg.inv(H_0to1), "nearest")
+    m0, m1 = valid0 * w1 * in1, valid1 * w0 * in0
+    if border > 0:
+        b = torch.zeros_like(m0)
+        b[..., border:-border, border:-border] = 1
+        m0, m1 = m0 * b, m1 * b
+    return m0, m1
+
+
+def dense_orientation_loss(
+    logits0: torch.Tensor,
+    logits1: torch.Tensor,
+    H_0to1: torch.Tensor,
+    rotation: torch.Tensor,
+    mask0: torch.Tensor,
+    symmetric: bool = True,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """Dense orientation alignment (ReKD) with a fractional circular shift.
+
+    At every view-0 pixel of ``mask0``, view 1's orientation histogram (sampled at the
+    corresponding point) must equal view 0's histogram shifted by ``rotation / (2 pi / N)`` bins.
+
+    Args:
+        logits0, logits1: ``(B, N, H, W)`` orientation logits of the two views.
+        H_0to1: ``(B, 3, 3)``; rotation: ``(B,)`` local rotation of ``H_0to1`` (radians CCW).
+        mask0: ``(B, 1, H, W)`` view-0 pixels to use (visible in both views).
+    """
+    B, N, H, W = logits0.shape
+    w1, _ = warp_to_view0(logits1, H_0to1)
+    sel = mask0[:, 0] > 0.5  # (B, H, W)
+    if not sel.any():
+        return logits0.sum() * 0.0
+    l0 = logits0.permute(0, 2, 3, 1)[sel]
+    l1 = w1.permute(0, 2, 3, 1)[sel]
+    shift = (rotation / (2 * math.pi / N))[:, None, None].expand(B, H, W)[sel]
+    return histogram_alignment_loss(l0, l1, shift, circular=True, temperature=temperature, symmetric=symmetric)
+
+
+MSIP_WINDOWS = ((8, 256.0), (16, 64.0), (24, 16.0), (32, 4.0), (40, 1.0))
+
+
+def _msip_one_way(score: torch.Tensor, target: torch.Tensor, vis: torch.Tensor, w: int) -> torch.Tensor:
+    """Index-proposal loss of ``score`` against the window-wise argmax of ``target`` (both
+    ``(B, 1, H, W)``, ``target`` already in this view's frame and detached)."""
+    B, _, H, W = score.shape
+    Hc, Wc = H // w * w, W // w * w
+    s = F.unfold(score[..., :Hc, :Wc], w, stride=w)  # (B, w*w, L)
+    t = F.unfold(target[..., :Hc, :Wc], w, stride=w)
+    v = F.unfold(vis[..., :Hc, :Wc], w, stride=w).amin(1)  # (B, L): window fully visible
+    m = s.amax(1, keepdim=True).detach()
+    e = torch.exp(s / (m + 1e-6)) - 1.0 + 1e-6  # soft index proposal (Key.Net)
+    idx = torch.arange(w * w, device=score.device, dtype=score.dtype)
+    pos = torch.stack([idx % w, torch.div(idx, w, rounding_mode="floor")], -1)  # (w*w, 2) x, y in window
+    soft = (e.unsqueeze(-1) * pos[None, :, None, :]).sum(1) / e.sum(1).unsqueeze(-1)  # (B, L, 2)
+    hard = pos[t.argmax(1)]  # (B, L, 2)
+    sc = ((e * s).sum(1) / e.sum(1)).detach()  # (B, L) soft score
+    lo, hi = sc.amin(1, keepdim=True), sc.amax(1, keepdim=True)
+    rel = torch.where(hi - lo > 1e-6, (sc - lo) / (hi - lo).clamp_min(1e-6), torch.ones_like(sc))
+    weight = rel * v * (t.amax(1) > 0)
+    d2 = (((soft - hard) / w) ** 2).sum(-1)
+    return (weight * d2).sum() / weight.sum().clamp_min(1e-6)
+
+
+def msip_loss(
+    score0: torch.Tensor,
+    score1: torch.Tensor,
+    H_0to1: torch.Tensor,
+    mask0: torch.Tensor,
+    mask1: torch.Tensor,
+    windows: tuple[tuple[int, float], ...] = MSIP_WINDOWS,
+) -> torch.Tensor:
+    """Multi-scale index-proposal keypoint loss (Key.Net, as used by ReKD), symmetric.
+
+    In each non-overlapping ``w x w`` window, the soft-argmax of one view's score map must land on
+    the argmax of the other view's (detached, warped) map. Windows are weighted by their
+    normalised soft score and must be fully visible; the window sizes are combined with the
+    weights ``windows`` (normalised to sum 1), so the loss is in units of squared window sides.
+
+    Args:
+        score0, score1: ``(B, 1, H, W)`` non-negative score maps; H_0to1: ``(B, 3, 3)``;
+        mask0, mask1: ``(B, 1, H, W)`` visibility masks of :func:`visibility_masks`.
+    """
+    t0, _ = warp_to_view0(score1.detach(), H_0to1)
+    t1, _ = warp_to_view0(score0.detach(), torch.linalg.inv(H_0to1))
+    total = sum(wt for _, wt in windows)
+    loss = score0.sum() * 0.0
+    for w, wt in windows:
+        if w > min(score0.shape[-2:]):
+            continue
+        l01 = _msip_one_way(score0 * mask0, t0 * mask0, mask0, w)
+        l10 = _msip_one_way(score1 * mask1, t1 * mask1, mask1, w)
+        loss = loss + wt / total * 0.5 * (l01 + l10)
+    return loss

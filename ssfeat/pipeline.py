@@ -60,6 +60,44 @@ class SIFTDetector:
         return Features.from_cv2(keep, image.shape)
 
 
+class LearnedDetector:
+    """ssfeat's equivariant keypoint detector (:class:`ssfeat.detector.KeypointDetector`): keypoints
+    with the network's own orientation and the pyramid level's size."""
+
+    def __init__(self, max_keypoints: int = 1000, weights: str = "detector", detector=None) -> None:
+        from .detector import DetectConfig, KeypointDetector
+
+        if max_keypoints < 1:
+            raise ValueError(f"max_keypoints must be >= 1, got {max_keypoints}")
+        self.max_keypoints = max_keypoints
+        self.detector = detector or KeypointDetector.from_pretrained(weights, DetectConfig(max_keypoints=max_keypoints))
+        self.detector.config.max_keypoints = max_keypoints
+
+    def __call__(self, image: np.ndarray) -> Features:
+        return self.detector(image)
+
+
+class KorniaHessianDetector:
+    """kornia's ``ScaleSpaceDetector`` (Hessian blobs, scale-space NMS) with kornia's dominant
+    gradient orientation (``LAFOrienter``); no learned weights."""
+
+    def __init__(self, max_keypoints: int = 1000, mr_size: float = 6.0) -> None:
+        from kornia.feature import BlobHessian, LAFOrienter, ScaleSpaceDetector
+
+        self.max_keypoints, self.mr_size = max_keypoints, mr_size
+        self.op = ScaleSpaceDetector(
+            max_keypoints, mr_size=mr_size, resp_module=BlobHessian(), ori_module=LAFOrienter(32)
+        ).eval()
+
+    @torch.inference_mode()
+    def __call__(self, image: np.ndarray) -> Features:
+        lafs, resp = self.op(torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None])
+        keep = resp[0] > 0
+        f = Features.from_laf(lafs[:, keep], image.shape, self.mr_size)
+        f.scores = resp[0, keep].float().numpy()
+        return f
+
+
 # ------------------------------------------------------------------------------------------------
 # orienters
 
@@ -76,6 +114,22 @@ class Upright:
 
     def __call__(self, image: np.ndarray, feats: Features) -> Features:
         return replace(feats, orientations=np.zeros(len(feats), np.float32))
+
+
+class LearnedDetectorOrienter:
+    """Orientation from the equivariant detector's dense histogram map at any keypoints (read at
+    the pyramid level matching each feature's size); scale unchanged."""
+
+    def __init__(self, weights: str = "detector", detector=None) -> None:
+        from .detector import KeypointDetector
+
+        self.detector = detector or KeypointDetector.from_pretrained(weights)
+
+    def __call__(self, image: np.ndarray, feats: Features) -> Features:
+        if len(feats) == 0:
+            return feats
+        ori = self.detector.orientations(image, feats.keypoints, feats.scales)
+        return replace(feats, orientations=ori)
 
 
 class KorniaOrienter:
@@ -377,8 +431,8 @@ class Pipeline:
         return MatchResult(f0, f1, self.match_features(f0, f1))
 
 
-# Every named pipeline uses SIFT keypoints, the SIFT descriptor on the oriented, scaled patch and
-# mutual nearest neighbours; they differ in the orienter (the thing ssfeat learns).
+# Named pipelines use SIFT keypoints (unless "detector" says otherwise), the SIFT descriptor on the
+# oriented, scaled patch and mutual nearest neighbours; most differ only in the orienter.
 PIPELINES: dict[str, dict] = {
     "sift": {"orienter": "sift"},  # SIFT's own orientation and scale
     "upright": {"orienter": "upright"},
@@ -390,6 +444,11 @@ PIPELINES: dict[str, dict] = {
     "ssfeat_rootsift": {"orienter": "ssfeat", "descriptor": "rootsift"},
     "sift_ratio": {"orienter": "sift", "matcher": "ratio"},
     "ssfeat_ratio": {"orienter": "ssfeat", "matcher": "ratio"},
+    # other detectors, each with its own orientation
+    "rekd": {"detector": "learned", "orienter": "sift"},  # ssfeat's equivariant detector (issue 4)
+    "rekd_upright": {"detector": "learned", "orienter": "upright"},
+    "hessian": {"detector": "kornia", "orienter": "sift"},  # kornia Hessian blobs + dominant gradient
+    "sift_rekdori": {"orienter": "rekd"},  # SIFT keypoints, orientation from the detector's histogram map
 }
 
 
@@ -400,6 +459,8 @@ def _orienter(name: str, estimator: PatchPoseEstimator | None):
         return Upright()
     if name == "kornia":
         return KorniaOrienter()
+    if name == "rekd":
+        return LearnedDetectorOrienter()
     est = estimator or PatchPoseEstimator.from_pretrained(PIPELINE_MODEL)
     if name == "ssfeat":
         return PatchPoseOrienter(est)
@@ -431,8 +492,15 @@ def build_pipeline(
     filters = [OrientationFilter()] if name.endswith("*") else []
     if ransac:
         filters.append(RansacHomography())
+    det = conf.get("detector", "sift")
+    if det == "learned":
+        detector = LearnedDetector(max_keypoints)
+    elif det == "kornia":
+        detector = KorniaHessianDetector(max_keypoints)
+    else:
+        detector = SIFTDetector(max_keypoints)
     return Pipeline(
-        SIFTDetector(max_keypoints),
+        detector,
         _orienter(conf["orienter"], estimator),
         SIFTDescriptor(root=conf.get("descriptor") == "rootsift"),
         RatioTest() if conf.get("matcher") == "ratio" else MutualNearestNeighbor(),
@@ -444,7 +512,10 @@ def build_pipeline(
 __all__ = [
     "PIPELINES",
     "DetectorPose",
+    "KorniaHessianDetector",
     "KorniaOrienter",
+    "LearnedDetector",
+    "LearnedDetectorOrienter",
     "MatchResult",
     "Matches",
     "MutualNearestNeighbor",

@@ -26,10 +26,12 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import __version__
 from . import distributed as du
+from .data.homography_pairs import HomographyPairConfig, HomographyPairSynthesizer
 from .data.images import load_folder
 from .data.synthesis import PairConfig, PairSynthesizer, split_by_image
 from .evaluation.metrics import pose_accuracies
-from .losses import histogram_alignment_loss
+from .losses import dense_orientation_loss, histogram_alignment_loss, msip_loss, visibility_masks
+from .models.detector import DetectorConfig, OrientedKeypointNet
 from .models.patch_pose import PatchPoseConfig, PatchPoseNet, decode_pose
 
 logger = logging.getLogger(__name__)
@@ -38,30 +40,37 @@ CHECKPOINT_VERSION = 1
 
 
 @dataclass
-class TrainConfig:
-    """Everything a training run needs; stored in every checkpoint."""
+class LoopConfig:
+    """Fields every training task shares."""
 
     images: str = ""  # folder of training photos (recursive)
     val_images: str | None = None  # image-disjoint validation folder; default: hold out images
     val_fraction: float = 0.05  # share of ``images`` held out (by image) when val_images is None
     steps: int = 3000  # optimisation steps (ignored when time_budget_min is set)
     time_budget_min: float | None = None  # fit the schedule into this many minutes of training
-    batch_size: int = 128  # pairs of each kind (orientation and scale) per step, over all processes
+    batch_size: int = 128
     lr: float = 2e-3
     weight_decay: float = 1e-4
     warmup_steps: int = 100
+    val_every: int = 250
+    val_pairs: int = 512
+    ckpt_every: int = 250
+    workers: int = 1  # background processes synthesising batches (0: in the training process)
+    init_weights: str | None = None  # start from these weights (fine-tuning; same architecture)
+    seed: int = 0
+
+
+@dataclass
+class TrainConfig(LoopConfig):
+    """Patch-pose training; stored in every checkpoint. ``batch_size``/``val_pairs`` count pairs of
+    each kind (orientation and scale) per step, over all processes."""
+
     temperature: float = 1.0  # of the loss softmax (the model already fixes the logit norm)
     symmetric: bool = True  # symmetric cross-entropy (paper Eq. 6-7)
     scale_loss: str = "full"  # "full" or "shared" (paper Eq. 4); see losses.histogram_alignment_loss
     scale_full_steps: int = 0  # with scale_loss="shared": use "full" for these first steps (warm start)
     ori_weight: float = 1.0
     scale_weight: float = 1.0
-    val_every: int = 250
-    val_pairs: int = 512  # pairs of each kind in the fixed validation set
-    ckpt_every: int = 250
-    workers: int = 1  # background processes synthesising batches (0: in the training process)
-    init_weights: str | None = None  # start from these weights (fine-tuning; same architecture)
-    seed: int = 0
     model: PatchPoseConfig = field(default_factory=PatchPoseConfig)
     pairs: PairConfig = field(default_factory=PairConfig)
 
@@ -71,6 +80,41 @@ class TrainConfig:
         d["model"] = PatchPoseConfig(**d.get("model", {}))
         d["pairs"] = PairConfig(**d.get("pairs", {}))
         return cls(**d)
+
+
+@dataclass
+class DetectorTrainConfig(LoopConfig):
+    """Keypoint-detector training (ReKD losses); stored in every checkpoint.
+
+    Loss = ``ori_weight * dense orientation alignment + kp_weight * MSIP`` (see :mod:`ssfeat.losses`);
+    the orientation term is a cross-entropy (about ``ln N`` at the start), the MSIP term a mean squared
+    offset in window sides (about 0.1 at the start), hence ``kp_weight = 10``."""
+
+    batch_size: int = 8  # image pairs per step, over all processes
+    lr: float = 1e-3
+    warmup_steps: int = 50
+    val_every: int = 100
+    val_pairs: int = 32
+    ckpt_every: int = 100
+    ori_weight: float = 1.0
+    kp_weight: float = 10.0
+    symmetric: bool = True
+    border: int = 8  # pixels of each view's border left out of the losses
+    model: DetectorConfig = field(default_factory=DetectorConfig)
+    pairs: HomographyPairConfig = field(default_factory=HomographyPairConfig)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DetectorTrainConfig:
+        d = dict(d)
+        d["model"] = DetectorConfig.from_dict(d.get("model", {}))
+        d["pairs"] = HomographyPairConfig(**d.get("pairs", {}))
+        return cls(**d)
+
+
+def config_from_checkpoint(ckpt: dict) -> TrainConfig | DetectorTrainConfig:
+    """The typed training config stored in a checkpoint (``task`` "pose", the default, or "detector")."""
+    cls = DetectorTrainConfig if ckpt.get("task", "pose") == "detector" else TrainConfig
+    return cls.from_dict(ckpt["config"])
 
 
 def save_atomic(obj, path: Path) -> None:
@@ -170,10 +214,10 @@ def _to(batch: dict, device: torch.device) -> dict:
 
 
 class _StepBatches(torch.utils.data.Dataset):
-    """Item ``s`` = this process's orientation and scale batches of step ``s`` (deterministic)."""
+    """Item ``s`` = this process's training batch of step ``s`` (deterministic)."""
 
-    def __init__(self, synth: PairSynthesizer, cfg: TrainConfig, start: int, total: int, rank: int, world: int):
-        self.synth, self.start, self.total = synth, start, total
+    def __init__(self, task, synth, cfg: LoopConfig, start: int, total: int, rank: int, world: int):
+        self.task, self.synth, self.start, self.total = task, synth, start, total
         self.B, self.b, self.rank = cfg.batch_size, cfg.batch_size // world, rank
 
     def __len__(self) -> int:
@@ -181,32 +225,149 @@ class _StepBatches(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         base = (self.start + i) * self.B + self.rank * self.b
-        return {k: self.synth.batch(k, range(base, base + self.b)) for k in ("ori", "scale")}
+        return self.task.make_batch(self.synth, range(base, base + self.b))
 
 
-def make_synthesizers(cfg: TrainConfig) -> tuple[PairSynthesizer, PairSynthesizer]:
-    """Training and validation synthesisers, split by image."""
+def _split_images(cfg: LoopConfig) -> tuple[list, list, list, list]:
+    """Training and validation ``(paths, images)``, split by image (or from ``val_images``)."""
     paths, images, _ = load_folder(cfg.images, as_uint8=True)
     if not images:
         raise ValueError(f"no readable images under {cfg.images}")
     if cfg.val_images:
         vpaths, vimages, _ = load_folder(cfg.val_images, as_uint8=True)
-        train_idx = list(range(len(images)))
-    else:
-        train_idx, val_idx = split_by_image(paths, cfg.val_fraction, Path(cfg.images))
-        if not val_idx or not train_idx:  # tiny folders: hold out the last image
-            train_idx, val_idx = list(range(max(1, len(images) - 1))), [len(images) - 1]
-        vpaths, vimages = [paths[i] for i in val_idx], [images[i] for i in val_idx]
-    train = PairSynthesizer([images[i] for i in train_idx], cfg.pairs, [str(paths[i]) for i in train_idx])
+        if not vimages:
+            raise ValueError(f"no readable images under {cfg.val_images}")
+        return paths, images, vpaths, vimages
+    train_idx, val_idx = split_by_image(paths, cfg.val_fraction, Path(cfg.images))
+    if not val_idx or not train_idx:  # tiny folders: hold out the last image
+        train_idx, val_idx = list(range(max(1, len(images) - 1))), [len(images) - 1]
+    return (
+        [paths[i] for i in train_idx],
+        [images[i] for i in train_idx],
+        [paths[i] for i in val_idx],
+        [images[i] for i in val_idx],
+    )
+
+
+def make_synthesizers(cfg: TrainConfig) -> tuple[PairSynthesizer, PairSynthesizer]:
+    """Patch-pose training and validation synthesisers, split by image."""
+    paths, images, vpaths, vimages = _split_images(cfg)
+    train = PairSynthesizer(images, cfg.pairs, [str(p) for p in paths])
     vcfg = dataclasses.replace(cfg.pairs, photometric=False, ref_random_pose=False, seed=cfg.pairs.seed + 1)
     val = PairSynthesizer(vimages, vcfg, [str(p) for p in vpaths])
     return train, val
 
 
+class PoseTask:
+    """Patch pose by histogram alignment (orientation and scale pair batches)."""
+
+    name = "pose"
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+
+    def build_model(self) -> PatchPoseNet:
+        return PatchPoseNet(self.cfg.model)
+
+    def init_state(self, path: str) -> dict:
+        from .hub import load_model
+
+        init = load_model(path)
+        if init.config != self.cfg.model:
+            raise ValueError(f"--init {path} has architecture {init.config}, not {self.cfg.model}")
+        return init.state_dict()
+
+    def synthesizers(self):
+        return make_synthesizers(self.cfg)
+
+    def make_batch(self, synth: PairSynthesizer, indices) -> dict:
+        return {k: synth.batch(k, indices) for k in ("ori", "scale")}
+
+    def val_batch(self, synth: PairSynthesizer) -> dict:
+        return self.make_batch(synth, range(self.cfg.val_pairs))
+
+    def loss(self, net, batch: dict, step: int):
+        return pair_loss(net, batch, self.cfg, step)
+
+    def evaluate(self, model, val: dict) -> dict[str, float]:
+        return evaluate_pairs(model, val, self.cfg.model)
+
+    @staticmethod
+    def score(m: dict[str, float]) -> float:
+        return m["ori_acc@10deg"] + m["scale_acc@0.333"]
+
+    postfix = {"ori10": "ori_acc@10deg", "sca13": "scale_acc@0.333"}
+
+
+class DetectorTask:
+    """Oriented keypoint detector: dense orientation alignment + MSIP on synthetic view pairs."""
+
+    name = "detector"
+
+    def __init__(self, cfg: DetectorTrainConfig) -> None:
+        self.cfg = cfg
+
+    def build_model(self) -> OrientedKeypointNet:
+        return OrientedKeypointNet(self.cfg.model)
+
+    def init_state(self, path: str) -> dict:
+        from .hub import load_detector
+
+        init = load_detector(path)
+        if init.config != self.cfg.model:
+            raise ValueError(f"--init {path} has architecture {init.config}, not {self.cfg.model}")
+        return init.state_dict()
+
+    def synthesizers(self):
+        _, images, _, vimages = _split_images(self.cfg)
+        vcfg = dataclasses.replace(self.cfg.pairs, photometric=False, seed=self.cfg.pairs.seed + 1)
+        return HomographyPairSynthesizer(images, self.cfg.pairs), HomographyPairSynthesizer(vimages, vcfg)
+
+    def make_batch(self, synth: HomographyPairSynthesizer, indices) -> dict:
+        return synth.batch(indices)
+
+    def val_batch(self, synth: HomographyPairSynthesizer) -> dict:
+        return synth.batch(range(self.cfg.val_pairs))
+
+    def loss(self, net, batch: dict, step: int):
+        cfg = self.cfg
+        B = batch["image0"].shape[0]
+        score, ori = net(torch.cat([batch["image0"], batch["image1"]]))
+        m0, m1 = visibility_masks(batch["H_0to1"], batch["valid0"], batch["valid1"], cfg.border)
+        lo = dense_orientation_loss(ori[:B], ori[B:], batch["H_0to1"], batch["rotation"], m0, cfg.symmetric)
+        lk = msip_loss(score[:B], score[B:], batch["H_0to1"], m0, m1)
+        return cfg.ori_weight * lo + cfg.kp_weight * lk, {"loss_ori": lo.item(), "loss_kp": lk.item()}
+
+    @torch.no_grad()
+    def evaluate(self, model, val: dict) -> dict[str, float]:
+        from .evaluation.detector import pair_metrics
+
+        was = model.training
+        model.eval()
+        out = pair_metrics(model, val, border=self.cfg.border)
+        model.train(was)
+        return out
+
+    @staticmethod
+    def score(m: dict[str, float]) -> float:
+        return m["rep@3px"] + m["ori_acc@10deg"]
+
+    postfix = {"rep": "rep@3px", "ori10": "ori_acc@10deg"}
+
+
+def task_for(cfg: LoopConfig):
+    return DetectorTask(cfg) if isinstance(cfg, DetectorTrainConfig) else PoseTask(cfg)
+
+
 def fit(
-    cfg: TrainConfig, out_dir: str | Path, resume: bool = False, progress: bool = True, total_steps: int | None = None
+    cfg: TrainConfig | DetectorTrainConfig,
+    out_dir: str | Path,
+    resume: bool = False,
+    progress: bool = True,
+    total_steps: int | None = None,
 ) -> Path:
-    """Train (or resume) a PatchPoseNet; returns the path of the final checkpoint ``last.pt``.
+    """Train (or resume) a PatchPoseNet (``TrainConfig``) or an OrientedKeypointNet
+    (``DetectorTrainConfig``); returns the path of the final checkpoint ``last.pt``.
 
     With ``resume``, the run continues from ``out_dir/last.pt`` with the configuration and schedule
     stored there (``cfg`` is ignored); ``total_steps`` changes the run's length. Under ``torchrun``
@@ -219,7 +380,7 @@ def fit(
     ckpt = None
     if resume and last.exists():
         ckpt = load_checkpoint(last)
-        cfg = TrainConfig.from_dict(ckpt["config"])
+        cfg = config_from_checkpoint(ckpt)
     elif resume:
         logger.warning("no checkpoint at %s: starting a new run", last)
     if cfg.batch_size % world:
@@ -227,15 +388,11 @@ def fit(
     if du.is_main():
         out_dir.mkdir(parents=True, exist_ok=True)
 
+    task = task_for(cfg)
     torch.manual_seed(cfg.seed)
-    model = PatchPoseNet(cfg.model).to(device)
+    model = task.build_model().to(device)
     if cfg.init_weights and ckpt is None:
-        from .hub import load_model
-
-        init = load_model(cfg.init_weights)
-        if init.config != cfg.model:
-            raise ValueError(f"--init {cfg.init_weights} has architecture {init.config}, not {cfg.model}")
-        model.load_state_dict(init.state_dict())
+        model.load_state_dict(task.init_state(cfg.init_weights))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step, total, best, history = 0, cfg.steps, -1.0, []
     if ckpt is not None:
@@ -244,8 +401,8 @@ def fit(
         step, best, history = ckpt["step"], ckpt["best_score"], ckpt["history"]
         total = total_steps or ckpt["total_steps"]
         logger.info("resumed %s at step %d / %d", last, step, total)
-    train_synth, val_synth = make_synthesizers(cfg)
-    val_batches = _to({k: val_synth.batch(k, range(cfg.val_pairs)) for k in ("ori", "scale")}, device)
+    train_synth, val_synth = task.synthesizers()
+    val_batches = _to(task.val_batch(val_synth), device)
     net = DistributedDataParallel(model) if world > 1 else model
     # the time budget applies to a fresh run; a resumed run keeps the schedule fitted then
     budget_s = cfg.time_budget_min * 60 if cfg.time_budget_min and ckpt is None else None
@@ -256,6 +413,7 @@ def fit(
             save_atomic(
                 {
                     "checkpoint_version": CHECKPOINT_VERSION,
+                    "task": task.name,
                     "ssfeat_version": __version__,
                     "config": dataclasses.asdict(cfg),
                     "model": model.state_dict(),
@@ -272,14 +430,14 @@ def fit(
     if progress and du.is_main():
         from tqdm import tqdm
 
-        bar = tqdm(total=total, initial=step, desc="train pose", dynamic_ncols=True)
+        bar = tqdm(total=total, initial=step, desc=f"train {task.name}", dynamic_ncols=True)
     net.train()
     metrics: dict[str, float] = {}
     # upper bound for the loader; a time budget fixes ``total`` after 40 steps
     horizon = total if calibrated else 10**7
     loader = iter(
         torch.utils.data.DataLoader(
-            _StepBatches(train_synth, cfg, step, horizon, rank, world),
+            _StepBatches(task, train_synth, cfg, step, horizon, rank, world),
             batch_size=None,
             num_workers=cfg.workers,
             prefetch_factor=4 if cfg.workers else None,
@@ -291,7 +449,7 @@ def fit(
         for g in opt.param_groups:
             g["lr"] = lr
         batch = _to(next(loader), device)
-        loss, parts = pair_loss(net, batch, cfg, step)
+        loss, parts = task.loss(net, batch, step)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss at step {step}: {parts}")
         opt.zero_grad(set_to_none=True)
@@ -310,8 +468,8 @@ def fit(
                 bar.total = total
             logger.info("time budget %.1f min: %d steps at %.3f s/step", cfg.time_budget_min, total, per_step)
         if step % cfg.val_every == 0 or step == total:
-            metrics = evaluate_pairs(model, val_batches, cfg.model)
-            score = metrics["ori_acc@10deg"] + metrics["scale_acc@0.333"]
+            metrics = task.evaluate(model, val_batches)
+            score = task.score(metrics)
             history.append({"step": step, "loss": loss_val, "lr": lr, **metrics})
             if du.is_main():
                 with open(out_dir / "log.jsonl", "a") as f:
@@ -324,9 +482,7 @@ def fit(
         if bar is not None:
             bar.update(1)
             bar.set_postfix(
-                loss=f"{loss_val:.3f}",
-                ori10=f"{metrics.get('ori_acc@10deg', float('nan')):.1f}",
-                sca13=f"{metrics.get('scale_acc@0.333', float('nan')):.1f}",
+                loss=f"{loss_val:.3f}", **{k: f"{metrics.get(m, float('nan')):.1f}" for k, m in task.postfix.items()}
             )
         if budget_s is not None and du.any_true(time.time() - t0 > budget_s * 1.05 and step < total):
             logger.warning("time budget exceeded at step %d / %d: checkpoint saved, resume with --resume", step, total)

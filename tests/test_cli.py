@@ -11,6 +11,8 @@ from ssfeat.hub import load_weights
     [
         [],
         ["train", "pose"],
+        ["train", "detector"],
+        ["benchmark", "detector"],
         ["export"],
         ["benchmark", "patchpose"],
         ["benchmark", "sequences"],
@@ -118,3 +120,28 @@ def test_match_and_matching_benchmark(oxford_dir, tmp_path, capsys):
     bad = tmp_path / "bad.jpg"
     bad.write_text("not an image")
     assert main(["match", str(bad), str(toy / "img2.png"), "--out", str(fig)]) == 2
+
+
+def test_detector_train_export_benchmark(image_dir, oxford_dir, tmp_path, capsys):
+    run, w = tmp_path / "det", tmp_path / "det.safetensors"
+    args = ["train", "detector", "--images", str(image_dir), "--out", str(run), "--steps", "2", "--batch-size", "2"]
+    args += ["--size", "64", "--group-order", "8", "--fields", "1,1", "--workers", "0", "--no-progress"]
+    assert main(args) == 0
+    assert main(["export", str(run), "--out", str(w)]) == 0
+    js = tmp_path / "det.json"
+    bench = ["benchmark", "detector", "--root", str(oxford_dir), "--pipelines", "sift,rekd,rekd*", "--weights", str(w)]
+    assert main([*bench, "--max-keypoints", "100", "--json", str(js), "--no-progress"]) == 0
+    res = json.loads(js.read_text())
+    assert set(res["pipelines"]) == {"sift", "rekd", "rekd*"} and res["n_pairs"] == 2
+    assert res["equivariance_error_rot90"]["score_abs"] < 1e-4
+    r = res["pipelines"]["sift"]["all"]
+    assert 0 <= r["rep_oneway"] <= 100 and len(r["ori_acc"]) == 3
+    out = capsys.readouterr().out
+    assert "rep_1way" in out and "equivariance" in out
+    assert main([*args[:-1], "--fields", "a,b"]) == 2
+    assert "--fields" in capsys.readouterr().err
+    # a detector run is not a patch-pose model
+    assert (
+        main(["show", str(oxford_dir / "toy" / "img1.png"), "--weights", str(run), "--out", str(tmp_path / "s.png")])
+        == 2
+    )

@@ -33,7 +33,7 @@ from ..data.images import ImageReadError, read_image
 from ..data.sequences import find_sequences
 from ..estimator import PatchPoseEstimator
 from ..features import Features
-from ..geometry import warp_points
+from ..geometry import angle_diff, local_rotation_scale, warp_points
 from ..pipeline import PIPELINE_MODEL, OrientationFilter, Pipeline, RansacHomography, build_pipeline
 from .benchmarks import BenchmarkConfig, _meta, render_rows
 
@@ -132,6 +132,41 @@ def repeatability(f0: Features, f1: Features, H_0to1: np.ndarray, threshold: flo
     return 100.0 * float(rep) / n
 
 
+def keypoint_metrics(f0: Features, f1: Features, H_0to1: np.ndarray, threshold: float = 3.0) -> dict:
+    """Detector metrics of one pair beyond :func:`repeatability`.
+
+    * ``rep_oneway``: ReKD's one-directional repeatability (%): the share of all image-0 features
+      whose projection has an image-1 feature within ``threshold`` px, with no visibility mask
+      (features projecting outside image 1 count as failures);
+    * ``ori_acc``: ``[acc@5, acc@10, acc@20]`` (%) of the features' orientations on repeated
+      keypoints (mutual nearest neighbours in position within ``threshold`` px): the relative
+      orientation ``o1 - o0`` against the homography's local rotation at the keypoint;
+      ``None`` without repeated keypoints; ``n_repeated`` their number.
+    """
+    out: dict = {"rep_oneway": None, "ori_acc": None, "n_repeated": 0}
+    if len(f0) == 0:
+        return out
+    w0 = _warp(f0.keypoints.astype(np.float64), H_0to1)
+    if len(f1) == 0:
+        out["rep_oneway"] = 0.0
+        return out
+    d = torch.cdist(torch.from_numpy(w0), torch.from_numpy(f1.keypoints.astype(np.float64)))
+    dmin, j = d.min(1)
+    out["rep_oneway"] = 100.0 * float((dmin <= threshold).double().mean())
+    i_back = d.argmin(0)
+    mutual = (i_back[j] == torch.arange(len(f0))) & (dmin <= threshold)
+    i = torch.nonzero(mutual)[:, 0]
+    if len(i) == 0:
+        return out
+    i_np, j_np = i.numpy(), j[i].numpy()
+    theta, _ = local_rotation_scale(torch.from_numpy(f0.keypoints[i_np].astype(np.float64)), torch.from_numpy(H_0to1))
+    rel = f1.orientations[j_np].astype(np.float64) - f0.orientations[i_np].astype(np.float64)
+    err = np.abs(angle_diff(rel, theta.numpy()))
+    out["ori_acc"] = [100.0 * float((err <= np.radians(t)).mean()) for t in (5, 10, 20)]
+    out["n_repeated"] = int(len(i_np))
+    return out
+
+
 def corner_error(H_est: np.ndarray | None, H_gt: np.ndarray, shape0: tuple[int, int]) -> float:
     """Mean distance (px) between image-0 corners mapped by ``H_est`` and by ``H_gt`` (inf if none)."""
     if H_est is None:
@@ -165,6 +200,10 @@ def _mean(rows: list[dict]) -> dict:
         out[k] = round(float(np.mean([r[k] for r in rows])), 2)
     reps = [r["repeatability"] for r in rows if r["repeatability"] is not None]
     out["repeatability"] = round(float(np.mean(reps)), 2) if reps else None
+    one = [r["rep_oneway"] for r in rows if r.get("rep_oneway") is not None]
+    out["rep_oneway"] = round(float(np.mean(one)), 2) if one else None
+    ori = [r["ori_acc"] for r in rows if r.get("ori_acc") is not None]
+    out["ori_acc"] = np.mean(ori, 0).round(2).tolist() if ori else None
     out["median_corner_error"] = round(float(np.median([r["corner_error"] for r in rows])), 3)
     return out
 
@@ -276,6 +315,7 @@ def run_matching(
                 category=pair.category,
                 target=pair.path1.name,
                 repeatability=repeatability(f0, f1, pair.H_0to1, cfg.rep_threshold),
+                **keypoint_metrics(f0, f1, pair.H_0to1, cfg.rep_threshold),
             )
             per_pair[name].append(r)
     if not any(per_pair.values()):

@@ -1,0 +1,170 @@
+"""Oriented keypoints from the equivariant detector: the public inference API.
+
+``KeypointDetector(image)`` runs the (exported) :class:`~ssfeat.models.detector.OrientedKeypointNet`
+on an image pyramid (factor ``sqrt 2``), keeps local maxima of each level's score map away from the
+border (non-maximum suppression in a ``(2 r + 1)^2`` window), and returns the ``max_keypoints``
+strongest over all levels as :class:`~ssfeat.features.Features`: position in the original image,
+``scales`` = ``base_size * factor**level`` pixels (``cv2.KeyPoint.size`` meaning), score, and the
+orientation read from the orientation histogram **at the level that detected the keypoint**
+(parabola-refined peak, radians counter-clockwise).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .features import Features
+from .models.detector import ExportedKeypointNet, OrientedKeypointNet
+from .models.patch_pose import histogram_peaks
+
+
+@dataclass
+class DetectConfig:
+    max_keypoints: int = 1000
+    nms_radius: int = 4  # suppression window (2 r + 1) pixels at each level
+    border: int = 8  # pixels ignored at each level's border
+    pyramid_factor: float = math.sqrt(2.0)
+    min_level_size: int = 48  # smallest level side
+    max_levels: int = 6
+    base_size: float = 12.0  # feature size (px, cv2.KeyPoint.size) of level-0 keypoints
+
+
+def decode_orientation(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dominant orientation of ``(M, N)`` orientation logits: ``(M,)`` radians CCW in ``[0, 2pi)``
+    (parabola-refined histogram peak) and its probability ``(M,)``."""
+    if logits.shape[0] == 0:
+        return logits.new_zeros(0), logits.new_zeros(0)
+    N = logits.shape[-1]
+    pos, score = histogram_peaks(torch.softmax(logits.float(), -1), 1, circular=True)
+    return torch.remainder(pos[:, 0] * (2 * math.pi / N), 2 * math.pi), score[:, 0]
+
+
+def nms_candidates(score: torch.Tensor, radius: int, border: int, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Local maxima of a ``(H, W)`` score map, at least ``border`` pixels from the edges, strongest
+    first (at most ``limit``). Returns ``(K, 2)`` integer ``(x, y)`` and ``(K,)`` scores."""
+    H, W = score.shape
+    s = score[None, None]
+    peak = (s == F.max_pool2d(s, 2 * radius + 1, stride=1, padding=radius)) & (s > 0)
+    if border > 0:
+        m = torch.zeros_like(peak)
+        m[..., border : H - border, border : W - border] = True
+        peak &= m
+    ys, xs = torch.nonzero(peak[0, 0], as_tuple=True)
+    vals = score[ys, xs]
+    order = torch.argsort(vals, descending=True)[:limit]
+    return torch.stack([xs[order], ys[order]], -1), vals[order]
+
+
+class KeypointDetector:
+    """Learned oriented keypoints (see the module docstring).
+
+    Args:
+        net: a trained :class:`OrientedKeypointNet` (exported for speed here) or an exported one.
+        config: :class:`DetectConfig`.
+    """
+
+    def __init__(self, net: OrientedKeypointNet | ExportedKeypointNet, config: DetectConfig | None = None) -> None:
+        self.net = net.export() if isinstance(net, OrientedKeypointNet) else net.eval()
+        self.config = config or DetectConfig()
+
+    @classmethod
+    def from_pretrained(
+        cls, name_or_path: str | Path = "detector", config: DetectConfig | None = None, device: str = "cpu"
+    ) -> KeypointDetector:
+        """The bundled detector (default; offline), a weights file of ``ssfeat export`` or a run folder."""
+        from .hub import load_detector
+
+        det = cls(load_detector(name_or_path), config)
+        det.net.to(device)
+        return det
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+    def levels(self, shape: tuple[int, int]) -> list[tuple[int, int, float]]:
+        """``(height, width, factor)`` of the pyramid levels of an image of ``shape``."""
+        cfg, (H, W) = self.config, shape
+        out = []
+        for i in range(cfg.max_levels):
+            f = cfg.pyramid_factor**i
+            h, w = round(H / f), round(W / f)
+            if min(h, w) < cfg.min_level_size and i > 0:
+                break
+            out.append((h, w, f))
+        return out
+
+    @torch.no_grad()
+    def orientations(self, image, keypoints: np.ndarray, sizes: np.ndarray | None = None) -> np.ndarray:
+        """Orientations (radians CCW) of the network's histograms at given keypoints ``(K, 2)``:
+        each is read (bilinearly) at the pyramid level whose feature size is closest to its size
+        ``sizes`` ``(K,)`` (pixels, ``cv2.KeyPoint.size``; default: level 0)."""
+        from .estimator import _as_image
+
+        img = _as_image(image)
+        kp = np.asarray(keypoints, np.float64).reshape(-1, 2)
+        out = np.zeros(len(kp), np.float32)
+        if len(kp) == 0:
+            return out
+        H, W = img.shape
+        levels = self.levels((H, W))
+        lv = np.zeros(len(kp), int)
+        if sizes is not None:
+            f = np.log(np.maximum(np.asarray(sizes, np.float64), 1e-6) / self.config.base_size)
+            lv = np.clip(np.round(f / math.log(self.config.pyramid_factor)).astype(int), 0, len(levels) - 1)
+        for i in np.unique(lv):
+            h, w, _ = levels[i]
+            level = img if i == 0 else cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
+            x = torch.from_numpy(np.ascontiguousarray(level, dtype=np.float32))[None, None].to(self.device)
+            _, ori = self.net(x)
+            sel = np.flatnonzero(lv == i)
+            px = (kp[sel, 0] + 0.5) * w / W - 0.5
+            py = (kp[sel, 1] + 0.5) * h / H - 0.5
+            g = torch.from_numpy(np.stack([px * 2 / max(w - 1, 1) - 1, py * 2 / max(h - 1, 1) - 1], -1)).float()
+            logits = F.grid_sample(ori, g.view(1, 1, -1, 2).to(ori), align_corners=True, padding_mode="border")
+            out[sel] = decode_orientation(logits[0, :, 0].T)[0].cpu().numpy()
+        return out
+
+    @torch.no_grad()
+    def __call__(self, image) -> Features:
+        """Detect in ``image`` (path or array, any depth/channels; see :func:`ssfeat.estimator._as_image`)."""
+        from .estimator import _as_image
+
+        img = _as_image(image)
+        cfg = self.config
+        H, W = img.shape
+        if min(H, W) < 2 * cfg.border + 3:
+            raise ValueError(f"the {W}x{H} image is too small for the detector (border {cfg.border} px)")
+        xy_all, sc_all, size_all, ori_all = [], [], [], []
+        for h, w, f in self.levels((H, W)):
+            level = img if f == 1.0 else cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
+            x = torch.from_numpy(np.ascontiguousarray(level, dtype=np.float32))[None, None].to(self.device)
+            score, ori = self.net(x)
+            xy, s = nms_candidates(score[0, 0], cfg.nms_radius, cfg.border, cfg.max_keypoints)
+            if len(s) == 0:
+                continue
+            angle, _ = decode_orientation(ori[0, :, xy[:, 1], xy[:, 0]].T)
+            sx, sy = W / w, H / h  # cv2.resize pixel-centre convention
+            pts = torch.stack([(xy[:, 0].double() + 0.5) * sx - 0.5, (xy[:, 1].double() + 0.5) * sy - 0.5], -1)
+            xy_all.append(pts.cpu().numpy())
+            sc_all.append(s.cpu().numpy())
+            size_all.append(np.full(len(s), cfg.base_size * f))
+            ori_all.append(angle.cpu().numpy())
+        if not xy_all:
+            return Features.empty((H, W))
+        xy, sc = np.concatenate(xy_all), np.concatenate(sc_all)
+        order = np.argsort(-sc, kind="stable")[: cfg.max_keypoints]
+        return Features(
+            keypoints=xy[order].astype(np.float32),
+            scales=np.concatenate(size_all)[order].astype(np.float32),
+            orientations=np.concatenate(ori_all)[order].astype(np.float32),
+            scores=sc[order].astype(np.float32),
+            image_size=(H, W),
+        )

@@ -1,0 +1,278 @@
+"""Equivariant layers, the oriented keypoint detector, its pair synthesis, losses, training and inference."""
+
+import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ssfeat.data.homography_pairs import HomographyPairConfig, HomographyPairSynthesizer, pair_affine
+from ssfeat.detector import DetectConfig, KeypointDetector, decode_orientation
+from ssfeat.geometry import angle_diff, warp_points
+from ssfeat.hub import load_detector, save_weights
+from ssfeat.losses import dense_orientation_loss, msip_loss, visibility_masks, warp_to_view0
+from ssfeat.models.detector import DetectorConfig, OrientedKeypointNet, box_mean
+from ssfeat.models.equivariant import GroupConv, LiftingConv, disc_mask, group_pool, rotation_resampler
+from ssfeat.training import DetectorTask, DetectorTrainConfig, fit, load_checkpoint
+
+from .conftest import textured_image
+
+SMALL = DetectorConfig(group_order=8, fields=(2, 2, 1), internal_scales=(1.0, 0.5))
+
+
+def rot_fields(x: torch.Tensor, N: int, k: int = 1) -> torch.Tensor:
+    """Rotate maps by k quarter turns (CCW as displayed) and roll every regular field by k N / 4."""
+    B, C, H, W = x.shape
+    r = torch.rot90(x, k, (-2, -1))
+    return torch.roll(r.reshape(B, C // N, N, W if k % 2 else H, H if k % 2 else W), k * N // 4, 2).reshape(r.shape)
+
+
+def trained_bn(net: OrientedKeypointNet) -> OrientedKeypointNet:
+    """Non-trivial batch-norm statistics, then eval mode."""
+    net.train()
+    with torch.no_grad():
+        net(torch.rand(2, 1, 48, 48))
+    return net.eval()
+
+
+def test_filter_rotation_is_exact_for_quarter_turns_and_ccw():
+    w = torch.randn(5, 5) * disc_mask(5)
+    M = rotation_resampler(5, math.pi / 2)
+    assert torch.allclose((M @ w.flatten()).view(5, 5), torch.rot90(w, 1, (0, 1)), atol=1e-6)
+    # a filter that is a bright pixel right of the centre, rotated CCW by 90 degrees, points up (y down)
+    e = torch.zeros(5, 5)
+    e[2, 4] = 1
+    assert (M @ e.flatten()).view(5, 5)[0, 2] == pytest.approx(1.0)
+    # 45 degrees: the mass lands on the up-right diagonal (centroid at 45 degrees CCW)
+    r45 = (rotation_resampler(5, math.pi / 4) @ e.flatten()).view(5, 5)
+    u = torch.arange(5.0) - 2
+    cx, cy = (r45 * u[None, :]).sum(), (r45 * u[:, None]).sum()
+    assert math.degrees(math.atan2(-cy, cx)) == pytest.approx(45.0, abs=1e-3) and cx > 0
+
+
+@pytest.mark.parametrize("N", [4, 8, 16])
+def test_group_convolutions_are_exactly_equivariant_to_quarter_turns(N):
+    lift, g = LiftingConv(1, 2, N, 5), GroupConv(2, 3, N, 3)
+
+    def f(x):
+        return g(torch.relu(lift(x)))
+
+    x = torch.rand(2, 1, 21, 30)
+    y = f(x)
+    for k in (1, 2, 3):
+        assert torch.allclose(f(torch.rot90(x, k, (-2, -1))), rot_fields(y, N, k), atol=1e-5)
+    inv = group_pool(y, N)  # group pooling: rotation invariant
+    assert torch.allclose(group_pool(f(torch.rot90(x, 1, (-2, -1))), N), torch.rot90(inv, 1, (-2, -1)), atol=1e-5)
+
+
+def test_group_conv_is_approximately_equivariant_to_one_group_step():
+    """Rotating the input by 360/N degrees (not a quarter turn) rolls the fibre at the rotation
+    centre by about one bin (filters are resampled, so only approximately)."""
+    N = 8
+    lift = LiftingConv(1, 1, N, 9)
+    yy, xx = torch.meshgrid(torch.arange(31.0), torch.arange(31.0), indexing="ij")
+
+    def ray(a):  # a ray from the centre in direction a (CCW as displayed, y down)
+        u, v = xx - 15, 15 - yy
+        along = u * math.cos(a) + v * math.sin(a)
+        across = -u * math.sin(a) + v * math.cos(a)
+        return (torch.exp(-(across**2) / 2) * (along > 0) * (along < 5))[None, None]
+
+    for a in (0.3, 1.0, 2.0):
+        f0 = lift(ray(a))[0, :, 15, 15].detach()
+        f1 = lift(ray(a + 2 * math.pi / N))[0, :, 15, 15].detach()
+        cos = torch.nn.functional.cosine_similarity(f1 - f1.mean(), torch.roll(f0 - f0.mean(), 1), 0)
+        assert cos > 0.9, (a, cos)
+
+
+def test_bad_group_settings():
+    with pytest.raises(ValueError, match="multiple of 4"):
+        LiftingConv(1, 1, 6, 3)
+    with pytest.raises(ValueError, match="odd"):
+        GroupConv(1, 1, 8, 4)
+
+
+def test_model_equivariance_and_export_equal_outputs():
+    net = trained_bn(OrientedKeypointNet(SMALL))
+    exported = net.export()
+    x = torch.rand(1, 1, 57, 70)
+    with torch.no_grad():
+        s, o = net(x)
+        s2, o2 = exported(x)
+        assert torch.allclose(s, s2, atol=1e-5) and torch.allclose(o, o2, atol=1e-4)
+        for k in (1, 2, 3):
+            sr, orr = exported(torch.rot90(x, k, (-2, -1)))
+            assert (sr - torch.rot90(s, k, (-2, -1))).abs().max() < 1e-4
+            assert (orr - rot_fields(o, 8, k)).abs().max() < 1e-4
+    assert s.shape == (1, 1, 57, 70) and o.shape == (1, 8, 57, 70) and (s >= 0).all()
+    assert all(type(m).__name__ in ("ExportedKeypointNet", "ModuleList", "Conv2d") for m in exported.modules())
+
+
+def test_box_mean_matches_avg_pool():
+    x = torch.rand(1, 1, 20, 23)
+    assert torch.allclose(box_mean(x, 7), torch.nn.functional.avg_pool2d(x, 7, stride=1), atol=1e-6)
+
+
+def test_pair_synthesis_geometry(image_dir):
+    from ssfeat.data.images import load_folder
+
+    _, images, _ = load_folder(image_dir, as_uint8=True)
+    cfg = HomographyPairConfig(size=96, photometric=False)
+    b = HomographyPairSynthesizer(images, cfg).batch(range(6))
+    assert b["image0"].shape == (6, 1, 96, 96) and b["H_0to1"].shape == (6, 3, 3)
+    assert np.array_equal(HomographyPairSynthesizer(images, cfg).batch([3])["image1"], b["image1"][3:4])  # reproducible
+    wrong = b["H_0to1"].clone()
+    wrong[:, :2, 2] += 3.0
+    for H, expect_small in ((b["H_0to1"], True), (wrong, False)):
+        w, inside = warp_to_view0(b["image1"], H)
+        m = inside * warp_to_view0(b["valid1"], H)[0].eq(1)
+        err = ((w - b["image0"]).abs() * m).sum() / m.sum()
+        assert (err < 0.03) == expect_small, err
+    # scale and shear take effect: the affine part of H is pair_affine
+    A = pair_affine(0.4, 0.5, 0.1)
+    assert np.isclose(abs(np.linalg.det(A)), 2.0, atol=1e-6) and not np.allclose(A @ A.T, A.T @ A)
+    with pytest.raises(ValueError, match="at least"):
+        HomographyPairSynthesizer([np.zeros((50, 50), np.uint8)], cfg)
+
+
+def test_dense_orientation_loss_prefers_the_true_shift():
+    N, B, H, W = 8, 2, 12, 12
+    base = torch.randn(B, N, H, W) * 3
+    rotation = torch.tensor([2 * math.pi / N * 2, 2 * math.pi / N * 5])
+    Hid = torch.eye(3).repeat(B, 1, 1)
+    mask = torch.ones(B, 1, H, W)
+    good = torch.stack([torch.roll(base[0], 2, 0), torch.roll(base[1], 5, 0)])
+    bad = torch.stack([torch.roll(base[0], 3, 0), torch.roll(base[1], 1, 0)])
+    lg = dense_orientation_loss(base, good, Hid, rotation, mask)
+    lb = dense_orientation_loss(base, bad, Hid, rotation, mask)
+    assert lg < lb
+    assert dense_orientation_loss(base, good, Hid, rotation, torch.zeros_like(mask)) == 0
+
+
+def test_msip_loss_is_low_for_consistent_peaks():
+    B, H, W = 1, 64, 64
+    Hid = torch.eye(3)[None]
+    m0, m1 = visibility_masks(Hid, torch.ones(B, 1, H, W), torch.ones(B, 1, H, W), 0)
+    peaks = torch.zeros(B, 1, H, W)
+    peaks[..., 5::8, 3::8] = 5.0
+    other = torch.zeros(B, 1, H, W)
+    other[..., 1::8, 6::8] = 5.0
+    same = msip_loss(peaks, peaks, Hid, m0, m1)
+    diff = msip_loss(peaks, other, Hid, m0, m1)
+    assert same < 0.5 * diff and diff > 0.01
+
+
+def tiny_det_cfg(images, steps=4, **kw) -> DetectorTrainConfig:
+    base = dict(batch_size=4, val_pairs=4, val_every=2, ckpt_every=2, warmup_steps=2, workers=0, lr=3e-3)
+    return DetectorTrainConfig(
+        images=str(images), steps=steps, model=SMALL, pairs=HomographyPairConfig(size=64), **{**base, **kw}
+    )
+
+
+def test_detector_overfits_one_batch(image_dir):
+    task = DetectorTask(tiny_det_cfg(image_dir))
+    synth, _ = task.synthesizers()
+    batch = task.make_batch(synth, range(4))
+    net = task.build_model()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(30):
+        loss, parts = task.loss(net, batch, 0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(parts["loss_ori"])
+    assert np.mean(losses[-3:]) < 0.8 * losses[0]
+
+
+def test_detector_training_resume_export_and_inference(image_dir, tmp_path):
+    cfg = tiny_det_cfg(image_dir, steps=4)
+    fit(cfg, tmp_path / "full", progress=False)
+    fit(tiny_det_cfg(image_dir, steps=2), tmp_path / "part", progress=False)
+    fit(cfg, tmp_path / "part", resume=True, total_steps=4, progress=False)
+    a, b = load_checkpoint(tmp_path / "full" / "last.pt"), load_checkpoint(tmp_path / "part" / "last.pt")
+    assert a["task"] == "detector" and b["step"] == 4
+    for k in a["model"]:
+        assert torch.allclose(a["model"][k].float(), b["model"][k].float(), atol=1e-6), k
+    assert "rep@3px" in (tmp_path / "full" / "log.jsonl").read_text()
+    net = load_detector(tmp_path / "full")
+    path = save_weights(net, tmp_path / "det.safetensors")
+    det = KeypointDetector.from_pretrained(path, DetectConfig(max_keypoints=50))
+    img = textured_image(200, 260, seed=3).astype(np.float32) / 255
+    f = det(img)
+    assert 0 < len(f) <= 50 and f.image_size == (200, 260)
+    assert (np.diff(f.scores) <= 0).all() and ((f.orientations >= 0) & (f.orientations < 2 * math.pi)).all()
+    levels = 12.0 * math.sqrt(2) ** np.arange(6)
+    assert np.isclose(f.scales[:, None], levels[None], rtol=1e-5).any(1).all()
+    with pytest.raises(ValueError, match="not an ssfeat detector"):
+        load_detector(Path(__file__).parents[1] / "ssfeat" / "weights" / "patchpose_fast.safetensors")
+    with pytest.raises(ValueError, match="too small"):
+        det(np.zeros((10, 10), np.float32))
+    with pytest.raises(ValueError, match="NaN"):
+        det(np.full((64, 64), np.nan, np.float32))
+
+
+def test_bundled_detector_rotation_by_90_degrees():
+    """Keypoints of a rotated image are the rotated keypoints and their orientations turn by 90 degrees."""
+    det = KeypointDetector.from_pretrained(config=DetectConfig(max_keypoints=200))
+    img = textured_image(192, 256, seed=5).astype(np.float32) / 255
+    rot = np.ascontiguousarray(np.rot90(img, 1))  # CCW as displayed
+    f0, f1 = det(img), det(rot)
+    H, W = img.shape
+    H_0to1 = torch.tensor([[0.0, 1.0, 0.0], [-1.0, 0.0, W - 1.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    p = warp_points(torch.from_numpy(f0.keypoints).double(), H_0to1)
+    d = torch.cdist(p, torch.from_numpy(f1.keypoints).double())
+    dmin, j = d.min(1)
+    close = dmin < 1.0
+    assert close.float().mean() > 0.8
+    err = angle_diff(f1.orientations[j[close].numpy()] - f0.orientations[close.numpy()], math.pi / 2)
+    assert np.median(np.abs(err)) < 1e-3
+
+
+def test_decode_orientation():
+    N = 16
+    logits = torch.full((3, N), -5.0)
+    logits[0, 4] = 5
+    logits[1, 0] = 5
+    logits[1, 15] = 5  # two equal neighbours: between them
+    out, _ = decode_orientation(logits[:2])
+    assert out[0].item() == pytest.approx(math.pi / 2, abs=1e-4)
+    assert out[1].item() == pytest.approx(2 * math.pi - math.pi / N, abs=1e-3)
+    assert decode_orientation(torch.zeros(0, N))[0].shape == (0,)
+
+
+def test_detector_ddp_two_processes(image_dir, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
+    cmd += ["-m", "ssfeat", "train", "detector", "--images", str(image_dir), "--out", str(tmp_path / "ddp")]
+    cmd += ["--steps", "2", "--batch-size", "2", "--size", "64", "--group-order", "8", "--workers", "0"]
+    cmd += ["--val-every", "2", "--no-progress"]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert load_checkpoint(tmp_path / "ddp" / "last.pt")["step"] == 2
+
+
+def test_detector_orientation_at_given_keypoints_and_pipelines():
+    from ssfeat.pipeline import build_pipeline
+
+    img = textured_image(160, 200, seed=8).astype(np.float32) / 255
+    det = KeypointDetector.from_pretrained()
+    xy = np.array([[50.0, 60.0], [120.5, 80.25], [100.0, 100.0]])
+    a0 = det.orientations(img, xy, np.array([12.0, 17.0, 24.0]))
+    # the same points in the image rotated by 90 degrees CCW: orientations + 90 degrees
+    W = img.shape[1]
+    xy_r = np.stack([xy[:, 1], W - 1 - xy[:, 0]], -1)
+    a1 = det.orientations(np.ascontiguousarray(np.rot90(img, 1)), xy_r, np.array([12.0, 17.0, 24.0]))
+    assert np.abs(angle_diff(a1 - a0, math.pi / 2)).max() < 1e-3
+    assert det.orientations(img, np.zeros((0, 2))).shape == (0,)
+    for name in ("rekd", "sift_rekdori"):
+        f = build_pipeline(name, 80).extract(img)
+        assert 0 < len(f) <= 80 and f.descriptors.shape == (len(f), 128)
