@@ -5,8 +5,9 @@ on an image pyramid (factor ``sqrt 2``), keeps local maxima of each level's scor
 border (non-maximum suppression in a ``(2 r + 1)^2`` window), and returns the ``max_keypoints``
 strongest over all levels as :class:`~ssfeat.features.Features`: position in the original image,
 ``scales`` = ``base_size * factor**level`` pixels (``cv2.KeyPoint.size`` meaning), score, and the
-orientation read from the orientation histogram **at the level that detected the keypoint**
-(parabola-refined peak, radians counter-clockwise).
+orientation read from the orientation histogram (parabola-refined peak, radians counter-clockwise)
+at the level that detected the keypoint, or ``orientation_levels_up`` levels above it (default 4,
+i.e. a 4x larger window: much more accurate, see ``DetectConfig``).
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ class DetectConfig:
     min_level_size: int = 48  # smallest level side
     max_levels: int = 6
     base_size: float = 12.0  # feature size (px, cv2.KeyPoint.size) of level-0 keypoints
+    # orientation read this many levels above the detecting one (more context; clamped to the
+    # coarsest level). 0 = at the detecting level (ReKD's intent). Measured on Oxford + HPatches:
+    # +-10 degree accuracy of repeated keypoints 39% at 0, 52% at 2, 60% at 4.
+    orientation_levels_up: int = 4
 
 
 def decode_orientation(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,11 +106,29 @@ class KeypointDetector:
             out.append((h, w, f))
         return out
 
+    def _run(self, img: np.ndarray, level: tuple[int, int, float]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Score ``(1, 1, h, w)`` and orientation logits ``(1, N, h, w)`` of one pyramid level."""
+        h, w, f = level
+        lev = img if f == 1.0 else cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
+        return self.net(torch.from_numpy(np.ascontiguousarray(lev, dtype=np.float32))[None, None].to(self.device))
+
+    @staticmethod
+    def _read(ori: torch.Tensor, xy: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+        """Orientations of logits ``ori`` ``(1, N, h, w)`` at full-image points ``xy`` ``(K, 2)``
+        of an image of ``shape`` (bilinear; cv2.resize pixel-centre convention)."""
+        (H, W), (h, w) = shape, ori.shape[-2:]
+        px = (xy[:, 0] + 0.5) * w / W - 0.5
+        py = (xy[:, 1] + 0.5) * h / H - 0.5
+        g = torch.from_numpy(np.stack([px * 2 / max(w - 1, 1) - 1, py * 2 / max(h - 1, 1) - 1], -1)).float()
+        logits = F.grid_sample(ori, g.view(1, 1, -1, 2).to(ori), align_corners=True, padding_mode="border")
+        return decode_orientation(logits[0, :, 0].T)[0].cpu().numpy()
+
     @torch.no_grad()
     def orientations(self, image, keypoints: np.ndarray, sizes: np.ndarray | None = None) -> np.ndarray:
         """Orientations (radians CCW) of the network's histograms at given keypoints ``(K, 2)``:
         each is read (bilinearly) at the pyramid level whose feature size is closest to its size
-        ``sizes`` ``(K,)`` (pixels, ``cv2.KeyPoint.size``; default: level 0)."""
+        ``sizes`` ``(K,)`` (pixels, ``cv2.KeyPoint.size``; default: level 0), plus
+        ``config.orientation_levels_up``."""
         from .estimator import _as_image
 
         img = _as_image(image)
@@ -113,23 +136,15 @@ class KeypointDetector:
         out = np.zeros(len(kp), np.float32)
         if len(kp) == 0:
             return out
-        H, W = img.shape
-        levels = self.levels((H, W))
+        levels = self.levels(img.shape)
         lv = np.zeros(len(kp), int)
         if sizes is not None:
             f = np.log(np.maximum(np.asarray(sizes, np.float64), 1e-6) / self.config.base_size)
-            lv = np.clip(np.round(f / math.log(self.config.pyramid_factor)).astype(int), 0, len(levels) - 1)
+            lv = np.round(f / math.log(self.config.pyramid_factor)).astype(int)
+        lv = np.clip(lv + self.config.orientation_levels_up, 0, len(levels) - 1)
         for i in np.unique(lv):
-            h, w, _ = levels[i]
-            level = img if i == 0 else cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
-            x = torch.from_numpy(np.ascontiguousarray(level, dtype=np.float32))[None, None].to(self.device)
-            _, ori = self.net(x)
             sel = np.flatnonzero(lv == i)
-            px = (kp[sel, 0] + 0.5) * w / W - 0.5
-            py = (kp[sel, 1] + 0.5) * h / H - 0.5
-            g = torch.from_numpy(np.stack([px * 2 / max(w - 1, 1) - 1, py * 2 / max(h - 1, 1) - 1], -1)).float()
-            logits = F.grid_sample(ori, g.view(1, 1, -1, 2).to(ori), align_corners=True, padding_mode="border")
-            out[sel] = decode_orientation(logits[0, :, 0].T)[0].cpu().numpy()
+            out[sel] = self._read(self._run(img, levels[i])[1], kp[sel], img.shape)
         return out
 
     @torch.no_grad()
@@ -142,29 +157,33 @@ class KeypointDetector:
         H, W = img.shape
         if min(H, W) < 2 * cfg.border + 3:
             raise ValueError(f"the {W}x{H} image is too small for the detector (border {cfg.border} px)")
-        xy_all, sc_all, size_all, ori_all = [], [], [], []
-        for h, w, f in self.levels((H, W)):
-            level = img if f == 1.0 else cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
-            x = torch.from_numpy(np.ascontiguousarray(level, dtype=np.float32))[None, None].to(self.device)
-            score, ori = self.net(x)
+        levels = self.levels((H, W))
+        outs = [self._run(img, lev) for lev in levels]
+        xy_all, sc_all, size_all, lv_all = [], [], [], []
+        for i, ((h, w, f), (score, _)) in enumerate(zip(levels, outs)):
             xy, s = nms_candidates(score[0, 0], cfg.nms_radius, cfg.border, cfg.max_keypoints)
             if len(s) == 0:
                 continue
-            angle, _ = decode_orientation(ori[0, :, xy[:, 1], xy[:, 0]].T)
             sx, sy = W / w, H / h  # cv2.resize pixel-centre convention
             pts = torch.stack([(xy[:, 0].double() + 0.5) * sx - 0.5, (xy[:, 1].double() + 0.5) * sy - 0.5], -1)
             xy_all.append(pts.cpu().numpy())
             sc_all.append(s.cpu().numpy())
             size_all.append(np.full(len(s), cfg.base_size * f))
-            ori_all.append(angle.cpu().numpy())
+            lv_all.append(np.full(len(s), i))
         if not xy_all:
             return Features.empty((H, W))
         xy, sc = np.concatenate(xy_all), np.concatenate(sc_all)
         order = np.argsort(-sc, kind="stable")[: cfg.max_keypoints]
+        xy, lv = xy[order], np.concatenate(lv_all)[order]
+        ori = np.zeros(len(order), np.float32)
+        read = np.clip(lv + cfg.orientation_levels_up, 0, len(levels) - 1)
+        for j in np.unique(read):
+            sel = np.flatnonzero(read == j)
+            ori[sel] = self._read(outs[j][1], xy[sel], (H, W))
         return Features(
-            keypoints=xy[order].astype(np.float32),
+            keypoints=xy.astype(np.float32),
             scales=np.concatenate(size_all)[order].astype(np.float32),
-            orientations=np.concatenate(ori_all)[order].astype(np.float32),
+            orientations=ori,
             scores=sc[order].astype(np.float32),
             image_size=(H, W),
         )

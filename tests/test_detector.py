@@ -209,6 +209,8 @@ def test_detector_training_resume_export_and_inference(image_dir, tmp_path):
     assert (np.diff(f.scores) <= 0).all() and ((f.orientations >= 0) & (f.orientations < 2 * math.pi)).all()
     levels = 12.0 * math.sqrt(2) ** np.arange(6)
     assert np.isclose(f.scales[:, None], levels[None], rtol=1e-5).any(1).all()
+    same_level = KeypointDetector.from_pretrained(path, DetectConfig(max_keypoints=50, orientation_levels_up=0))(img)
+    assert np.array_equal(same_level.keypoints, f.keypoints)  # only the orientation's context changes
     with pytest.raises(ValueError, match="not an ssfeat detector"):
         load_detector(Path(__file__).parents[1] / "ssfeat" / "weights" / "patchpose_fast.safetensors")
     with pytest.raises(ValueError, match="too small"):
