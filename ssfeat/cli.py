@@ -171,6 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-keypoints", type=_positive, default=1000)
     p.add_argument("--weights", default=None)
     p.add_argument("--out", required=True, help="PNG path")
+    p = sub.add_parser("detect", help="detect oriented keypoints with the equivariant detector and draw them")
+    p.add_argument("image")
+    p.add_argument("--out", required=True, help="PNG path")
+    p.add_argument("--max-keypoints", type=_positive, default=300)
+    p.add_argument("--weights", default=None, help="detector weights/run (default: bundled)")
     p = sub.add_parser("demo", help="bundled model on bundled photos: accuracy table vs baselines and a figure")
     p.add_argument("--images", default=None, help="your own photo folder (default: bundled samples)")
     p.add_argument("--out", default="ssfeat_demo", help="output folder")
@@ -396,6 +401,22 @@ def show(
     )
 
 
+def detect(
+    image: str | Path, out: str | Path, max_keypoints: int = 300, weights: str | None = None, detector=None
+) -> tuple[Path, int]:
+    """Detect oriented keypoints with the equivariant detector and draw them (circle = feature
+    size, line = orientation). Returns the figure path and the number of keypoints."""
+    from .data.images import read_image
+    from .detector import DetectConfig, KeypointDetector
+    from .viz import draw_poses
+
+    img = read_image(image)
+    det = detector or KeypointDetector.from_pretrained(weights or "detector", DetectConfig(max_keypoints=max_keypoints))
+    f = det(img)
+    title = f"ssfeat detector: {len(f)} keypoints (circle: size, line: orientation)"
+    return draw_poses(img, f.keypoints, f.orientations, f.scales, out, title=title), len(f)
+
+
 def demo(
     images: str | Path | None = None, out: str | Path = "ssfeat_demo", weights: str | None = None, n_pairs: int = 400
 ) -> dict:
@@ -419,6 +440,11 @@ def demo(
     for p in paths[:4]:
         try:
             figs.append(show(p, out / f"{p.stem}_poses.png", histograms=True, estimator=methods[0].estimator))
+        except ValueError as e:
+            print(f"skipped {p}: {e}")
+    for p in paths[:2]:
+        try:
+            figs.append(detect(p, out / f"{p.stem}_keypoints.png")[0])
         except ValueError as e:
             print(f"skipped {p}: {e}")
     print("\nfigures: " + ", ".join(str(f) for f in figs))
@@ -453,6 +479,10 @@ def main(argv: list[str] | None = None) -> int:
             if r["H_0to1"] is not None:
                 print("H_0to1 =\n" + "\n".join("  " + " ".join(f"{v: .6g}" for v in row) for row in r["H_0to1"]))
             print(f"figure: {r['figure']}")
+            return 0
+        if args.cmd == "detect":
+            fig, n = detect(args.image, args.out, args.max_keypoints, args.weights)
+            print(f"{n} keypoints\nfigure: {fig}")
             return 0
         if args.cmd == "demo":
             demo(args.images, args.out, args.weights, args.n_pairs)

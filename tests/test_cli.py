@@ -19,6 +19,7 @@ from ssfeat.hub import load_weights
         ["benchmark", "matching"],
         ["show"],
         ["match"],
+        ["detect"],
         ["demo"],
     ],
 )
@@ -140,6 +141,9 @@ def test_detector_train_export_benchmark(image_dir, oxford_dir, tmp_path, capsys
     assert "rep_1way" in out and "equivariance" in out
     assert main([*args[:-1], "--fields", "a,b"]) == 2
     assert "--fields" in capsys.readouterr().err
+    fig = tmp_path / "kp.png"
+    assert main(["detect", str(oxford_dir / "toy" / "img1.png"), "--weights", str(w), "--out", str(fig)]) == 0
+    assert fig.stat().st_size > 1000 and "keypoints" in capsys.readouterr().out
     # a detector run is not a patch-pose model
     assert (
         main(["show", str(oxford_dir / "toy" / "img1.png"), "--weights", str(run), "--out", str(tmp_path / "s.png")])
