@@ -134,23 +134,18 @@ def run_detector_benchmark(
     import cv2
 
     from ..detector import DetectConfig, KeypointDetector
-    from ..pipeline import LearnedDetector, build_pipeline
+    from ..pipeline import LearnedDetector, LearnedDetectorOrienter, build_pipeline
     from .matching import MatchingConfig, image_pairs, run_matching
 
     det = KeypointDetector.from_pretrained(weights, DetectConfig(max_keypoints=max_keypoints))
     pipes = {}
     for name in pipelines:
         base = name.rstrip("*")
-        if base not in {n.rstrip("*"): 1 for n in pipes}:
-            p = build_pipeline(base, max_keypoints) if not base.startswith("rekd") else None
-            if p is None:
-                p = build_pipeline("sift", max_keypoints)
-                p.detector = LearnedDetector(max_keypoints, detector=det)
-                if base == "rekd_upright":
-                    from ..pipeline import Upright
-
-                    p.orienter = Upright()
-                p.name = base
+        if base not in pipes:
+            p = build_pipeline(base, max_keypoints)
+            for stage in (p.detector, p.orienter):  # the detector under test, not the bundled one
+                if isinstance(stage, (LearnedDetector, LearnedDetectorOrienter)):
+                    stage.detector = det
             pipes[base] = p
         pipes[name] = pipes[base]
     pipes = {k: pipes[k] for k in pipelines}
