@@ -163,30 +163,20 @@ def run_detector_benchmark(
 def format_detector_table(result: dict, group: str = "all") -> str:
     """One row per pipeline: repeatability (symmetric / one-way), orientation accuracy of repeated
     keypoints at 5/10/20 degrees, MMA@3/5, matches, correct."""
-    from .benchmarks import render_rows
+    from .matching import format_grouped_table
 
     ts = list(result["config"]["mma_thresholds"])
     head = ["pipeline", "rep", "rep_1way", "ori@5", "ori@10", "ori@20", "MMA@3", "MMA@5", "matches", "correct"]
-    first = next(iter(result["pipelines"].values()))
-    keys = [("all", None)] if group == "all" else [(group, k) for k in first[group]]
-    blocks = []
-    for g, k in keys:
-        rows = [head]
-        for name, s in result["pipelines"].items():
-            r = s[g] if k is None else s[g].get(k)
-            if r is None:
-                continue
 
-            def f(v):
-                return "-" if v is None else f"{v:.1f}"
+    def f(v) -> str:
+        return "-" if v is None else f"{v:.1f}"
 
-            oa = r.get("ori_acc") or [None] * 3
-            rows.append(
-                [name, f(r["repeatability"]), f(r.get("rep_oneway"))]
-                + [f(v) for v in oa]
-                + [f"{100 * r['mma'][ts.index(t)]:.1f}" for t in (3, 5)]
-                + [f"{r['matches']:.0f}", f"{r['correct']:.0f}"]
-            )
-        n = first[g]["pairs"] if k is None else first[g][k]["pairs"]
-        blocks.append(f"{'all pairs' if k is None else f'{g} {k}'} ({n} pairs)\n" + render_rows(rows))
-    return "\n\n".join(blocks)
+    def row(name: str, r: dict) -> list[str]:
+        return (
+            [name, f(r["repeatability"]), f(r.get("rep_oneway"))]
+            + [f(v) for v in (r.get("ori_acc") or [None] * 3)]
+            + [f"{100 * r['mma'][ts.index(t)]:.1f}" for t in (3, 5)]
+            + [f"{r['matches']:.0f}", f"{r['correct']:.0f}"]
+        )
+
+    return format_grouped_table(result, group, head, row)

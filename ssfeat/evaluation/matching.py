@@ -334,32 +334,40 @@ def run_matching(
     return out
 
 
+def format_grouped_table(result: dict, group: str, head: list[str], row) -> str:
+    """Text tables of per-pipeline summaries (``result["pipelines"]``), one block for all pairs or
+    one per key of ``group``; ``row(name, summary)`` gives a row's cells under ``head``."""
+    first = next(iter(result["pipelines"].values()))
+    keys = [("all", None)] if group == "all" else [(group, k) for k in first[group]]
+    blocks = []
+    for g, k in keys:
+        rows = [head]
+        for name, s in result["pipelines"].items():
+            r = s[g] if k is None else s[g].get(k)
+            if r is not None:
+                rows.append(row(name, r))
+        n = first[g]["pairs"] if k is None else first[g][k]["pairs"]
+        blocks.append(f"{'all pairs' if k is None else f'{g} {k}'} ({n} pairs)\n" + render_rows(rows))
+    return "\n\n".join(blocks)
+
+
 def format_matching_table(result: dict, group: str = "all") -> str:
     """One row per pipeline: repeatability, MMA@1/3/5/10, matches, correct, H-acc@1/3/5/10."""
     cfg = result["config"]
     ts, hs = list(cfg["mma_thresholds"]), list(cfg["h_thresholds"])
     head = ["pipeline", "rep"] + [f"MMA@{t}" for t in (1, 3, 5, 10)] + ["matches", "correct"]
     head += [f"H@{t}px" for t in hs]
-    blocks = []
-    keys = [("all", None)] if group == "all" else [(group, k) for k in next(iter(result["pipelines"].values()))[group]]
-    for g, k in keys:
-        rows = [head]
-        for name, s in result["pipelines"].items():
-            r = s[g] if k is None else s[g].get(k)
-            if r is None:
-                continue
-            rep = "-" if r["repeatability"] is None else f"{r['repeatability']:.1f}"
-            rows.append(
-                [name, rep]
-                + [f"{100 * r['mma'][ts.index(t)]:.1f}" for t in (1, 3, 5, 10)]
-                + [f"{r['matches']:.0f}", f"{r['correct']:.0f}"]
-                + [f"{100 * a:.1f}" for a in r["h_acc"]]
-            )
-        title = "all pairs" if k is None else f"{g} {k}"
-        pairs = next(iter(result["pipelines"].values()))[g]
-        n = pairs["pairs"] if k is None else pairs[k]["pairs"]
-        blocks.append(f"{title} ({n} pairs)\n" + render_rows(rows))
-    return "\n\n".join(blocks)
+
+    def row(name: str, r: dict) -> list[str]:
+        rep = "-" if r["repeatability"] is None else f"{r['repeatability']:.1f}"
+        return (
+            [name, rep]
+            + [f"{100 * r['mma'][ts.index(t)]:.1f}" for t in (1, 3, 5, 10)]
+            + [f"{r['matches']:.0f}", f"{r['correct']:.0f}"]
+            + [f"{100 * a:.1f}" for a in r["h_acc"]]
+        )
+
+    return format_grouped_table(result, group, head, row)
 
 
 def plot_mma(result: dict, out: str | Path) -> Path:
