@@ -76,6 +76,25 @@ def _add_train(sub) -> None:
     p.add_argument("--max-shear", type=float, default=pc.max_shear)
     p.add_argument("--kp-weight", type=float, default=d.kp_weight, help="weight of the MSIP keypoint loss")
 
+    from .data.descriptor_pairs import DescriptorPairConfig
+    from .models.descriptor import DescriptorConfig
+    from .training import DescriptorTrainConfig
+
+    d, m, pc = DescriptorTrainConfig(), DescriptorConfig(), DescriptorPairConfig()
+    p = tr.add_parser("descriptor", help="train the dense descriptor network (HNDesc) on unlabeled photos")
+    _add_loop_args(p, d, "image pairs per step, all processes")
+    p.add_argument("--loss", default=d.loss, choices=["ap", "triplet"], help="listwise AP or hardest-negative triplet")
+    p.add_argument("--negatives", type=_positive, default=d.negatives, help="hardest in-batch negatives per anchor")
+    p.add_argument(
+        "--same-image-negatives",
+        action="store_true",
+        help=f"also draw negatives from the same pair (> {d.negative_radius:g} px from the match)",
+    )
+    p.add_argument("--keypoints", default=pc.keypoints, choices=["sift", "detector", "random"])
+    p.add_argument("--size", type=_positive, default=pc.size, help="side of the training views (px)")
+    p.add_argument("--max-rotation", type=float, default=pc.max_rotation_deg, help="per-view rotation range (deg)")
+    p.add_argument("--dim", type=_positive, default=m.dim, help="descriptor length")
+
 
 def _add_benchmark(sub) -> None:
     from .evaluation.benchmarks import BenchmarkConfig
@@ -123,22 +142,39 @@ def _add_benchmark(sub) -> None:
     p.add_argument("--plot", default=None, help="MMA-vs-threshold PNG (default: next to the JSON)")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
+    from .evaluation.descriptor import DESCRIPTOR_PIPELINES
     from .evaluation.detector import DETECTOR_PIPELINES
 
-    p = bsub.add_parser("detector", help="keypoint detectors on real pairs: repeatability, orientation, matching")
-    p.add_argument(
-        "--root", required=True, action="append", help="folder of HPatches / Oxford / EVD sequences (repeatable)"
-    )
-    p.add_argument(
-        "--pipelines",
-        default=",".join(DETECTOR_PIPELINES),
-        help="comma-separated pipelines: sift, hessian (kornia), rekd (ssfeat detector), rekd_upright; '*' filter",
-    )
-    p.add_argument("--max-keypoints", type=_positive, default=1000, help="per image")
-    p.add_argument("--weights", default="detector", help="ssfeat detector weights/run (default: bundled)")
-    p.add_argument("--json", required=True, help="output JSON path")
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true")
+    for name, helptext, pipes, pipes_help, weights, plot in (
+        (
+            "detector",
+            "keypoint detectors on real pairs: repeatability, orientation, matching",
+            DETECTOR_PIPELINES,
+            "sift, hessian (kornia), rekd (ssfeat detector), rekd_upright; '*' filter",
+            "detector",
+            False,
+        ),
+        (
+            "descriptor",
+            "learned descriptors vs SIFT / RootSIFT at the same SIFT keypoints",
+            DESCRIPTOR_PIPELINES,
+            "sift, sift_rootsift, hndesc (dense), hndesc_patch, ssfeat_hndesc_patch",
+            "descriptor",
+            True,
+        ),
+    ):
+        p = bsub.add_parser(name, help=helptext)
+        p.add_argument(
+            "--root", required=True, action="append", help="folder of HPatches / Oxford / EVD sequences (repeatable)"
+        )
+        p.add_argument("--pipelines", default=",".join(pipes), help=f"comma-separated pipelines: {pipes_help}")
+        p.add_argument("--max-keypoints", type=_positive, default=1000, help="per image")
+        p.add_argument("--weights", default=weights, help=f"ssfeat {weights} weights/run (default: bundled)")
+        p.add_argument("--json", required=True, help="output JSON path")
+        if plot:
+            p.add_argument("--plot", default=None, help="MMA-vs-threshold PNG (default: next to the JSON)")
+        p.add_argument("--threads", type=int, default=0)
+        p.add_argument("--no-progress", action="store_true")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -171,6 +207,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-keypoints", type=_positive, default=1000)
     p.add_argument("--weights", default=None)
     p.add_argument("--out", required=True, help="PNG path")
+    from .extract import ExtractConfig
+
+    p = sub.add_parser("extract", help="features of every image of a folder into one HDF5 file (resumable)")
+    p.add_argument("--images", required=True, help="image folder (recursive)")
+    p.add_argument("--out", required=True, help="output .h5 file (run again to resume)")
+    p.add_argument("--pipeline", default=ExtractConfig.pipeline, help="named pipeline (see ssfeat match --help)")
+    p.add_argument("--max-keypoints", type=_positive, default=ExtractConfig.max_keypoints)
+    p.add_argument("--max-side", type=int, default=ExtractConfig.max_side, help="shrink larger images (0: never)")
+    p.add_argument("--part-size", type=_positive, default=ExtractConfig.part_size, help="images per part file")
+    p.add_argument("--workers", type=int, default=0, help="extraction processes (0/1: this process)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    p.add_argument("--no-progress", action="store_true")
     p = sub.add_parser("detect", help="detect oriented keypoints with the equivariant detector and draw them")
     p.add_argument("image")
     p.add_argument("--out", required=True, help="PNG path")
@@ -199,6 +247,8 @@ def cmd_train(args) -> int:
     _set_threads(args.threads)
     if args.model == "detector":
         return _train_detector(args)
+    if args.model == "descriptor":
+        return _train_descriptor(args)
     cfg = TrainConfig(
         **_loop_kwargs(args, TrainConfig.steps),
         scale_loss=args.scale_loss,
@@ -249,6 +299,26 @@ def _train_detector(args) -> int:
     return 0
 
 
+def _train_descriptor(args) -> int:
+    from .data.descriptor_pairs import DescriptorPairConfig
+    from .models.descriptor import DescriptorConfig
+    from .training import DescriptorTrainConfig, fit
+
+    cfg = DescriptorTrainConfig(
+        **_loop_kwargs(args, DescriptorTrainConfig.steps),
+        loss=args.loss,
+        negatives=args.negatives,
+        same_image_negatives=args.same_image_negatives,
+        model=DescriptorConfig(dim=args.dim),
+        pairs=DescriptorPairConfig(
+            size=args.size, max_rotation_deg=args.max_rotation, keypoints=args.keypoints, seed=args.seed
+        ),
+    )
+    last = fit(cfg, args.out, resume=args.resume, progress=not args.no_progress, total_steps=args.steps)
+    print(f"checkpoint: {last}")
+    return 0
+
+
 def _extra(items: list[str]) -> dict[str, str]:
     out = {}
     for it in items:
@@ -274,6 +344,8 @@ def cmd_benchmark(args) -> int:
         return cmd_benchmark_matching(args)
     if args.bench == "detector":
         return cmd_benchmark_detector(args)
+    if args.bench == "descriptor":
+        return cmd_benchmark_descriptor(args)
     methods = build_methods(args.weights, _extra(args.extra))
     if args.bench == "patchpose":
         cfg = BenchmarkConfig(n_pairs=args.n_pairs, support=args.support, seed=args.seed)
@@ -329,6 +401,33 @@ def cmd_benchmark_matching(args) -> int:
     ratio = result["timing_ratio_vs_opencv"]
     print("\n640x480 pair, extraction + matching, relative to OpenCV SIFT detectAndCompute + match:")
     print("  " + ", ".join(f"{k} {v:.2f}x" for k, v in ratio.items()))
+    out = write_json(result, args.json)
+    plot = plot_mma(result, args.plot or out.with_suffix(".png"))
+    print(f"results: {out}\nplot: {plot}")
+    return 0
+
+
+def cmd_benchmark_descriptor(args) -> int:
+    from .evaluation.benchmarks import write_json
+    from .evaluation.descriptor import format_d2net_table, run_descriptor_benchmark
+    from .evaluation.matching import format_matching_table, plot_mma
+
+    names = [n.strip() for n in args.pipelines.split(",") if n.strip()]
+    if not names:
+        raise ValueError("--pipelines is empty")
+    result = run_descriptor_benchmark(args.root, names, args.max_keypoints, args.weights, progress=not args.no_progress)
+    print(f"descriptor benchmark: {result['n_pairs']} image pairs, {args.max_keypoints} SIFT keypoints per image")
+    for g in ("all", "dataset", "category"):
+        print(format_matching_table(result, g, with_repeatability=False))
+        print()
+    print(format_d2net_table(result))
+    t = result["describe_2000_640x480_s"]
+    if t:
+        n = t["n_keypoints"]
+        print(
+            f"\ndescribing {n} keypoints of a 640x480 image (s): "
+            + ", ".join(f"{k} {v:.3f}" for k, v in t.items() if k != "n_keypoints")
+        )
     out = write_json(result, args.json)
     plot = plot_mma(result, args.plot or out.with_suffix(".png"))
     print(f"results: {out}\nplot: {plot}")
@@ -452,6 +551,26 @@ def demo(
     return result
 
 
+def cmd_extract(args) -> int:
+    from . import distributed as du
+    from .extract import ExtractConfig, extract_folder
+
+    _set_threads(args.threads)
+    cfg = ExtractConfig(args.pipeline, args.max_keypoints, args.max_side, args.part_size)
+    du.init_from_env()  # under torchrun: shard the images over the processes
+    rank = du.rank()
+    try:
+        st = extract_folder(args.images, args.out, cfg, workers=args.workers, progress=not args.no_progress)
+    finally:
+        du.cleanup()
+    if rank == 0:
+        print(
+            f"{st['n_done']} of {st['n_images']} images in {args.out} ({st['n_skipped']} skipped); "
+            f"this run: {st['n_new']} new in {st['seconds']:.1f} s, {st['images_per_s']} images/s"
+        )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -487,6 +606,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "demo":
             demo(args.images, args.out, args.weights, args.n_pairs)
             return 0
+        if args.cmd == "extract":
+            return cmd_extract(args)
     except (ValueError, OSError, ImageReadError, FloatingPointError) as e:
         print(f"ssfeat: error: {e}", file=sys.stderr)
         return 2

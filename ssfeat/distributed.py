@@ -72,3 +72,25 @@ def any_true(flag: bool) -> bool:
     t = torch.tensor([int(flag)], dtype=torch.long)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
+
+
+def gather_rows(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Concatenate every process's rows of ``x`` ``(n_r, ...)`` (``n_r`` may differ) in rank order.
+
+    Returns the ``(sum n_r, ...)`` tensor, in which only this process's own rows carry gradients,
+    and the offset of those rows. Single process: ``(x, 0)``.
+    """
+    if not is_dist():
+        return x, 0
+    W = world_size()
+    n = torch.tensor([len(x)], dtype=torch.long, device=x.device)
+    sizes = [torch.zeros_like(n) for _ in range(W)]
+    dist.all_gather(sizes, n)
+    sizes = [int(v.item()) for v in sizes]
+    pad = x.new_zeros((max(sizes),) + tuple(x.shape[1:]))
+    pad[: len(x)] = x.detach()
+    out = [torch.empty_like(pad) for _ in range(W)]
+    dist.all_gather(out, pad)
+    parts = [o[:k] for o, k in zip(out, sizes)]
+    parts[rank()] = x
+    return torch.cat(parts), sum(sizes[: rank()])

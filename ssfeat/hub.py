@@ -1,5 +1,5 @@
-"""Weights files: save/load PatchPoseNet and OrientedKeypointNet as safetensors with their config
-in the metadata.
+"""Weights files: save/load PatchPoseNet, OrientedKeypointNet and DescriptorNet as safetensors with
+their config in the metadata.
 
 Bundled weights ship inside the package (``ssfeat/weights``); nothing is ever downloaded.
 """
@@ -23,26 +23,62 @@ BUNDLED = {
 }
 
 
-# bundled detector name -> file in ssfeat/weights
+# bundled detector / descriptor name -> file in ssfeat/weights
 BUNDLED_DETECTORS = {"detector": "detector.safetensors"}
+DESCRIPTOR_FORMAT = "ssfeat-descriptor-1"
+BUNDLED_DESCRIPTORS = {"descriptor": "descriptor.safetensors"}
+
+
+def _kinds() -> dict[str, tuple]:
+    """Training task -> (weights format, model class, config class, bundled names)."""
+    from .models.descriptor import DescriptorConfig, DescriptorNet
+    from .models.detector import DetectorConfig, OrientedKeypointNet
+
+    return {
+        "pose": (WEIGHTS_FORMAT, PatchPoseNet, PatchPoseConfig, BUNDLED),
+        "detector": (DETECTOR_FORMAT, OrientedKeypointNet, DetectorConfig, BUNDLED_DETECTORS),
+        "descriptor": (DESCRIPTOR_FORMAT, DescriptorNet, DescriptorConfig, BUNDLED_DESCRIPTORS),
+    }
 
 
 def save_weights(model, path: str | Path) -> Path:
-    """Write a PatchPoseNet's or OrientedKeypointNet's weights and config to a safetensors file."""
+    """Write a PatchPoseNet's, OrientedKeypointNet's or DescriptorNet's weights and config to a
+    safetensors file."""
     from safetensors.torch import save_file
 
-    from .models.detector import OrientedKeypointNet
-
+    fmt = next((k[0] for k in _kinds().values() if type(model) is k[1]), None)
+    if fmt is None:
+        raise TypeError(f"cannot save a {type(model).__name__}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {
-        "format": DETECTOR_FORMAT if isinstance(model, OrientedKeypointNet) else WEIGHTS_FORMAT,
+        "format": fmt,
         "config": json.dumps(dataclasses.asdict(model.config)),
         "ssfeat_version": __version__,
     }
     save_file(state, str(path), metadata=meta)
     return path
+
+
+def _load_kind(name_or_path: str | Path, task: str, what: str):
+    """A model of training task ``task`` (eval mode): bundled name, ``.safetensors`` file or run
+    folder / checkpoint of that task."""
+    fmt, model_cls, config_cls, bundled = _kinds()[task]
+    name = str(name_or_path)
+    path = Path(str(resources.files("ssfeat") / "weights" / bundled[name])) if name in bundled else Path(name)
+    if path.is_dir() or path.suffix == ".pt":
+        model = model_from_checkpoint(path)
+        if not isinstance(model, model_cls):
+            raise ValueError(f"{path}: not a {what} training run")
+        return model
+    meta, state = _read_weights(path, fmt, what)
+    try:
+        net = model_cls(config_cls.from_dict(json.loads(meta["config"])))
+        net.load_state_dict(state, strict=True)
+    except (KeyError, TypeError, RuntimeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: weights do not match this ssfeat version ({e})") from e
+    return net.eval()
 
 
 def load_detector(name_or_path: str | Path = "detector"):
@@ -51,30 +87,16 @@ def load_detector(name_or_path: str | Path = "detector"):
     Raises:
         ValueError: missing/foreign file, or weights of another kind of model.
     """
-    from .models.detector import DetectorConfig, OrientedKeypointNet
+    return _load_kind(name_or_path, "detector", "detector")
 
-    name = str(name_or_path)
-    if name in BUNDLED_DETECTORS:
-        path = Path(str(resources.files("ssfeat") / "weights" / BUNDLED_DETECTORS[name]))
-    else:
-        path = Path(name_or_path)
-    if path.is_dir() or path.suffix == ".pt":
-        from .training import config_from_checkpoint, load_checkpoint
 
-        ckpt = load_checkpoint(checkpoint_file(path))
-        cfg = config_from_checkpoint(ckpt)
-        if not hasattr(cfg.model, "group_order"):
-            raise ValueError(f"{path}: not a detector training run")
-        net = OrientedKeypointNet(cfg.model)
-        net.load_state_dict(ckpt["model"])
-        return net.eval()
-    meta, state = _read_weights(path, DETECTOR_FORMAT, "detector")
-    try:
-        net = OrientedKeypointNet(DetectorConfig.from_dict(json.loads(meta["config"])))
-        net.load_state_dict(state, strict=True)
-    except (KeyError, TypeError, RuntimeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: weights do not match this ssfeat version ({e})") from e
-    return net.eval()
+def load_descriptor(name_or_path: str | Path = "descriptor"):
+    """A DescriptorNet (eval mode): bundled name, ``.safetensors`` file or descriptor run folder.
+
+    Raises:
+        ValueError: missing/foreign file, or weights of another kind of model.
+    """
+    return _load_kind(name_or_path, "descriptor", "descriptor")
 
 
 def _read_weights(path: Path, fmt: str, what: str) -> tuple[dict, dict]:
@@ -101,14 +123,7 @@ def load_weights(path: str | Path) -> PatchPoseNet:
     Raises:
         ValueError: the file is missing, not safetensors, or not an ssfeat patch-pose file.
     """
-
-    meta, state = _read_weights(Path(path), WEIGHTS_FORMAT, "patch-pose")
-    try:
-        model = PatchPoseNet(PatchPoseConfig(**json.loads(meta["config"])))
-        model.load_state_dict(state, strict=True)
-    except (KeyError, TypeError, RuntimeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: weights do not match this ssfeat version ({e})") from e
-    return model.eval()
+    return _load_kind(path, "pose", "patch-pose")
 
 
 def bundled_path(name: str = "patchpose") -> Path:
@@ -125,7 +140,7 @@ def load_model(name_or_path: str | Path = "patchpose") -> PatchPoseNet:
     if p.is_dir() or p.suffix == ".pt":
         model = model_from_checkpoint(p)
         if not isinstance(model, PatchPoseNet):
-            raise ValueError(f"{p}: a detector run, not a patch-pose run")
+            raise ValueError(f"{p}: a {type(model).__name__} run, not a patch-pose run")
         return model
     return load_weights(p)
 
@@ -142,15 +157,14 @@ def checkpoint_file(run: str | Path) -> Path:
 
 
 def model_from_checkpoint(run: str | Path):
-    """The model of a training run (PatchPoseNet or OrientedKeypointNet, eval mode)."""
-    from .models.detector import OrientedKeypointNet
+    """The model of a training run (PatchPoseNet, OrientedKeypointNet or DescriptorNet, eval mode)."""
     from .training import config_from_checkpoint, load_checkpoint
 
     path = checkpoint_file(run)
     ckpt = load_checkpoint(path)
     try:
         cfg = config_from_checkpoint(ckpt)
-        model = OrientedKeypointNet(cfg.model) if ckpt.get("task") == "detector" else PatchPoseNet(cfg.model)
+        model = _kinds()[ckpt.get("task", "pose")][1](cfg.model)
         model.load_state_dict(ckpt["model"], strict=True)
     except (KeyError, TypeError, RuntimeError) as e:
         raise ValueError(f"{path}: checkpoint does not match this ssfeat version ({e})") from e

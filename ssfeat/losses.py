@@ -1,4 +1,6 @@
-"""Histogram alignment losses (Lee et al., BMVC 2021, Eq. 3-7), vectorised."""
+"""Training losses, vectorised: histogram alignment (patch pose, Lee et al. BMVC 2021, Eq. 3-7),
+dense orientation alignment and MSIP (keypoint detector, ReKD), listwise AP and hardest-negative
+triplet with in-batch hard negatives (descriptors, HNDesc)."""
 
 from __future__ import annotations
 
@@ -211,3 +213,99 @@ def msip_loss(
         l10 = _msip_one_way(score1 * mask1, t1 * mask1, mask1, w)
         loss = loss + wt / total * 0.5 * (l01 + l10)
     return loss
+
+
+# ------------------------------------------------------------------------------------------------
+# descriptors (HNDesc)
+
+
+def hard_negatives(
+    anchors: torch.Tensor,
+    positives: torch.Tensor,
+    group: torch.Tensor,
+    k: int,
+    exclude_same_group: bool = True,
+    same_group_far: torch.Tensor | None = None,
+    offset: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Similarities of each anchor to its positive and to its ``k`` hardest in-batch negatives.
+
+    Anchor ``i``'s positive is row ``offset + i`` of ``positives``; its candidates are the other
+    rows; with ``exclude_same_group`` only those of other groups (other images: HNDesc's in-batch
+    negatives), except where ``same_group_far`` ``(N, M)`` bool allows a same-group candidate (e.g.
+    keypoints far enough from the true match). With fewer than ``k`` candidates the weakest one is
+    repeated (as HNDesc pads).
+
+    Args:
+        anchors: ``(N, D)`` unit descriptors; positives: ``(M, D)``, ``M >= offset + N`` (e.g. the
+            positives of all processes, :func:`ssfeat.distributed.gather_rows`).
+        group: ``(M,)`` image index of every positive (anchor ``i`` has ``group[offset + i]``).
+        k: negatives per anchor.
+
+    Returns:
+        ``s_pos`` ``(N,)`` and ``s_neg`` ``(N, k)`` cosine similarities, hardest first.
+    """
+    S = anchors @ positives.T
+    N, M = S.shape
+    rows = torch.arange(N, device=S.device)
+    own = torch.zeros(N, M, dtype=torch.bool, device=S.device)
+    own[rows, rows + offset] = True
+    same = group[offset : offset + N, None] == group[None, :]
+    allowed = ~same if exclude_same_group else ~own
+    if same_group_far is not None:
+        allowed = allowed | (same & same_group_far)
+    allowed = allowed & ~own
+    masked = S.masked_fill(~allowed, float("-inf"))
+    kk = min(k, max(M - 1, 1))
+    s_neg, _ = masked.topk(kk, dim=1)
+    n_allowed = allowed.sum(1, keepdim=True).clamp(min=1)
+    # pad rows with fewer than k candidates by repeating their weakest one
+    col = torch.arange(kk, device=S.device)[None].expand(N, kk)
+    s_neg = torch.gather(s_neg, 1, torch.minimum(col, n_allowed - 1))
+    if kk < k:
+        s_neg = torch.cat([s_neg, s_neg[:, -1:].expand(N, k - kk)], 1)
+    return S[rows, rows + offset], s_neg
+
+
+def quantized_ap(
+    scores: torch.Tensor, labels: torch.Tensor, nq: int = 20, lo: float = 0.0, hi: float = 1.0
+) -> torch.Tensor:
+    """Differentiable average precision of ranked lists (R2D2/HNDesc quantised AP).
+
+    Scores are soft-assigned to ``nq`` triangular bins evenly spaced on ``[lo, hi]`` (the top and
+    bottom bins saturate); per bin, precision = cumulative positives / cumulative count from the
+    highest bin down, and AP = sum over bins of precision x the bin's share of the positives.
+
+    Args:
+        scores: ``(N, M)`` similarities; labels: ``(N, M)`` 1 for positives, 0 for negatives.
+
+    Returns:
+        ``(N,)`` AP in ``[0, 1]``.
+    """
+    delta = (hi - lo) / (nq - 1)
+    centers = torch.linspace(hi, lo, nq, device=scores.device, dtype=scores.dtype)  # highest first
+    q = (1.0 - (scores[:, None, :] - centers[None, :, None]).abs() / delta).clamp(0, 1)  # (N, nq, M)
+    q[:, 0] = torch.where(scores >= hi, torch.ones_like(scores), q[:, 0])
+    q[:, -1] = torch.where(scores <= lo, torch.ones_like(scores), q[:, -1])
+    labels = labels.to(scores.dtype)
+    npos = (q * labels[:, None]).sum(-1)  # (N, nq)
+    nall = q.sum(-1)
+    prec = npos.cumsum(1) / (nall.cumsum(1) + 1e-8)
+    rec = npos / labels.sum(1, keepdim=True).clamp(min=1e-8)
+    return (prec * rec).sum(1)
+
+
+def ap_loss(s_pos: torch.Tensor, s_neg: torch.Tensor, nq: int = 20) -> torch.Tensor:
+    """Listwise AP loss ``mean(1 - AP)`` of lists ``[s_pos, s_neg...]`` (HNDesc): ``s_pos`` ``(N,)``,
+    ``s_neg`` ``(N, k)`` from :func:`hard_negatives`."""
+    scores = torch.cat([s_pos[:, None], s_neg], 1)
+    labels = torch.zeros_like(scores)
+    labels[:, 0] = 1
+    return (1.0 - quantized_ap(scores, labels, nq)).mean()
+
+
+def triplet_loss(s_pos: torch.Tensor, s_neg: torch.Tensor, margin: float = 1.0) -> torch.Tensor:
+    """Hardest-negative triplet loss ``mean(relu(margin + d(a, p) - d(a, n_hardest)))`` with the
+    descriptor distance ``d = sqrt(2 - 2 cos)``; ``s_neg`` ``(N, k)`` hardest first."""
+    d = lambda s: (2.0 - 2.0 * s).clamp(min=1e-8).sqrt()  # noqa: E731
+    return F.relu(margin + d(s_pos) - d(s_neg[:, 0])).mean()

@@ -31,6 +31,15 @@ def _inputs(image, centers, affines) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return image, centers, affines
 
 
+def feature_affines(sides: np.ndarray, orientations: np.ndarray, patch_size: int) -> np.ndarray:
+    """``(N, 2, 2)`` patch-to-image maps of canonical feature patches: the patch covers ``sides``
+    ``(N,)`` image pixels and is turned so that the feature's orientation (``(N,)`` radians, CCW as
+    displayed) points along the patch's ``+x`` axis (``A = side / P * rotation_matrix(theta)``)."""
+    c, s = np.cos(orientations), np.sin(orientations)
+    R = np.stack([np.stack([c, s], -1), np.stack([-s, c], -1)], -2)  # geometry.rotation_matrix
+    return (np.asarray(sides, np.float64) / patch_size)[:, None, None] * R
+
+
 def extract_patches(image: np.ndarray, centers: np.ndarray, affines: np.ndarray, patch_size: int = 32) -> np.ndarray:
     """Sample patches from a single-channel float image.
 

@@ -267,6 +267,73 @@ class SIFTDescriptor:
         return replace(feats, descriptors=desc)
 
 
+class LearnedDescriptor:
+    """ssfeat's dense descriptor network (:class:`ssfeat.models.descriptor.DescriptorNet`, HNDesc).
+
+    * ``mode="dense"``: one forward pass over the image, descriptors read bilinearly at the keypoint
+      positions (the feature's orientation and size are ignored; the network is invariant only to
+      what training varied: rotations up to about 25 degrees, zoom within about a factor 1.3,
+      perspective, illumination);
+    * ``mode="patch"``: each feature's canonical patch (side ``magnification * size`` pixels,
+      turned by its orientation, resampled to ``patch_size``) is described on its own, so the
+      descriptor follows the orienter's rotation and the detector's (or orienter's) scale.
+
+    Images whose sides are not multiples of 8 are padded internally; an image smaller than 8 px is
+    an error. Descriptors are ``(N, dim)`` float32, unit L2 norm.
+    """
+
+    def __init__(
+        self,
+        weights: str = "descriptor",
+        mode: str = "dense",
+        patch_size: int = 32,
+        magnification: float = 10.0,
+        batch_size: int = 512,
+        net=None,
+        device: str | torch.device | None = None,
+    ) -> None:
+        from .hub import load_descriptor
+
+        if mode not in ("dense", "patch"):
+            raise ValueError(f"mode must be 'dense' or 'patch', not {mode!r}")
+        self.net = net if net is not None else load_descriptor(weights)
+        self.net.eval()
+        if device is not None:
+            self.net.to(device)
+        self.mode, self.patch_size, self.magnification, self.batch_size = mode, patch_size, magnification, batch_size
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+    @torch.inference_mode()
+    def __call__(self, image: np.ndarray, feats: Features) -> Features:
+        from .models.descriptor import sample_descriptors
+        from .patches import feature_affines
+
+        dim = self.net.config.dim
+        image = _as_image(image)  # any supported input; NaN / Inf are rejected with a clear error
+        if len(feats) == 0:
+            return replace(feats, descriptors=np.zeros((0, dim), np.float32))
+        if min(image.shape) < 8:
+            raise ValueError(f"the {image.shape[1]}x{image.shape[0]} image is too small to describe (< 8 px)")
+        if self.mode == "dense":
+            x = torch.from_numpy(np.ascontiguousarray(image, np.float32))[None, None].to(self.device)
+            kp = torch.from_numpy(feats.keypoints.astype(np.float32))[None].to(self.device)
+            d = sample_descriptors(self.net(x), kp, image.shape)[0]
+        else:
+            P = self.patch_size
+            A = feature_affines(self.magnification * feats.scales, feats.orientations, P)
+            patches = sample_patches(image, feats.keypoints, A, P)[:, None]
+            d = torch.cat(
+                [
+                    self.net.describe_patches(patches[i : i + self.batch_size].to(self.device))
+                    for i in range(0, len(patches), self.batch_size)
+                ]
+            )
+        return replace(feats, descriptors=d.float().cpu().numpy())
+
+
 # ------------------------------------------------------------------------------------------------
 # matching and filters
 
@@ -449,6 +516,11 @@ PIPELINES: dict[str, dict] = {
     "rekd_upright": {"detector": "learned", "orienter": "upright"},
     "hessian": {"detector": "kornia", "orienter": "sift"},  # kornia Hessian blobs + dominant gradient
     "sift_rekdori": {"orienter": "rekd"},  # SIFT keypoints, orientation from the detector's histogram map
+    # descriptors (issue 5): same SIFT keypoints, ssfeat's learned descriptor
+    "hndesc": {"orienter": "sift", "descriptor": "hndesc"},  # dense map sampled at the keypoints
+    "hndesc_patch": {"orienter": "sift", "descriptor": "hndesc_patch"},  # SIFT-oriented patches
+    "ssfeat_hndesc_patch": {"orienter": "ssfeat", "descriptor": "hndesc_patch"},  # ssfeat-oriented patches
+    "rekd_hndesc": {"detector": "learned", "orienter": "sift", "descriptor": "hndesc"},
 }
 
 
@@ -471,11 +543,20 @@ def _orienter(name: str, estimator: PatchPoseEstimator | None):
     raise ValueError(f"unknown orienter {name!r}")
 
 
+def _descriptor(name: str, weights: str):
+    if name in ("sift", "rootsift"):
+        return SIFTDescriptor(root=name == "rootsift")
+    if name in ("hndesc", "hndesc_patch"):
+        return LearnedDescriptor(weights, mode="patch" if name == "hndesc_patch" else "dense")
+    raise ValueError(f"unknown descriptor {name!r}")
+
+
 def build_pipeline(
     name: str = "ssfeat",
     max_keypoints: int = 1000,
     estimator: PatchPoseEstimator | None = None,
     ransac: bool = False,
+    descriptor_weights: str = "descriptor",
 ) -> Pipeline:
     """A named pipeline (see :data:`PIPELINES`; a trailing ``*`` adds :class:`OrientationFilter`).
 
@@ -484,6 +565,8 @@ def build_pipeline(
         max_keypoints: keypoint budget per image (the same for every pipeline).
         estimator: patch-pose estimator for the ssfeat orienters (default: the bundled model).
         ransac: append a :class:`RansacHomography` filter.
+        descriptor_weights: weights of the learned descriptor (``hndesc*`` pipelines): bundled
+            name, ``.safetensors`` file or descriptor run folder.
     """
     base = name.rstrip("*")
     if base not in PIPELINES:
@@ -502,7 +585,7 @@ def build_pipeline(
     return Pipeline(
         detector,
         _orienter(conf["orienter"], estimator),
-        SIFTDescriptor(root=conf.get("descriptor") == "rootsift"),
+        _descriptor(conf.get("descriptor", "sift"), descriptor_weights),
         RatioTest() if conf.get("matcher") == "ratio" else MutualNearestNeighbor(),
         filters,
         name=name,
@@ -514,6 +597,7 @@ __all__ = [
     "DetectorPose",
     "KorniaHessianDetector",
     "KorniaOrienter",
+    "LearnedDescriptor",
     "LearnedDetector",
     "LearnedDetectorOrienter",
     "MatchResult",

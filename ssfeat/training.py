@@ -1,4 +1,5 @@
-"""Self-supervised training of PatchPoseNet by histogram alignment.
+"""Self-supervised training: patch pose (histogram alignment), the oriented keypoint detector
+(ReKD losses) and dense descriptors (HNDesc AP loss), each a *task* run by one training loop.
 
 One function, :func:`fit`, runs single-process or under ``torchrun`` (DDP; gloo on CPU, NCCL on
 GPU) through the same code. Every sample is a pure function of its global index, so a run resumed
@@ -26,11 +27,21 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import __version__
 from . import distributed as du
+from .data.descriptor_pairs import DescriptorPairConfig, DescriptorPairSynthesizer
 from .data.homography_pairs import HomographyPairConfig, HomographyPairSynthesizer
 from .data.images import load_folder
 from .data.synthesis import PairConfig, PairSynthesizer, split_by_image
 from .evaluation.metrics import pose_accuracies
-from .losses import dense_orientation_loss, histogram_alignment_loss, msip_loss, visibility_masks
+from .losses import (
+    ap_loss,
+    dense_orientation_loss,
+    hard_negatives,
+    histogram_alignment_loss,
+    msip_loss,
+    triplet_loss,
+    visibility_masks,
+)
+from .models.descriptor import DescriptorConfig, DescriptorNet, sample_descriptors
 from .models.detector import DetectorConfig, OrientedKeypointNet
 from .models.patch_pose import PatchPoseConfig, PatchPoseNet, decode_pose
 
@@ -111,10 +122,53 @@ class DetectorTrainConfig(LoopConfig):
         return cls(**d)
 
 
-def config_from_checkpoint(ckpt: dict) -> TrainConfig | DetectorTrainConfig:
-    """The typed training config stored in a checkpoint (``task`` "pose", the default, or "detector")."""
-    cls = DetectorTrainConfig if ckpt.get("task", "pose") == "detector" else TrainConfig
-    return cls.from_dict(ckpt["config"])
+@dataclass
+class DescriptorTrainConfig(LoopConfig):
+    """Dense-descriptor training (HNDesc); stored in every checkpoint.
+
+    ``loss="ap"``: listwise AP (``ap_bins`` bins) of each anchor's positive against its
+    ``negatives`` hardest in-batch negatives; ``"triplet"``: hardest-negative triplet with
+    ``margin``. Negatives come from the *other* images of the batch (HNDesc), and with
+    ``same_image_negatives`` also from the other keypoints of the same pair that lie more than
+    ``negative_radius`` px from the true match."""
+
+    batch_size: int = 8  # image pairs per step, over all processes
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    val_every: int = 250
+    val_pairs: int = 64
+    ckpt_every: int = 250
+    loss: str = "ap"  # "ap" or "triplet"
+    negatives: int = 20
+    ap_bins: int = 20
+    margin: float = 1.0
+    same_image_negatives: bool = False
+    negative_radius: float = 8.0
+    model: DescriptorConfig = field(default_factory=DescriptorConfig)
+    pairs: DescriptorPairConfig = field(default_factory=DescriptorPairConfig)
+
+    def __post_init__(self) -> None:
+        if self.loss not in ("ap", "triplet"):
+            raise ValueError(f"loss must be 'ap' or 'triplet', not {self.loss!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DescriptorTrainConfig:
+        d = dict(d)
+        d["model"] = DescriptorConfig.from_dict(d.get("model", {}))
+        d["pairs"] = DescriptorPairConfig(**d.get("pairs", {}))
+        return cls(**d)
+
+
+CONFIGS = {"pose": TrainConfig, "detector": DetectorTrainConfig, "descriptor": DescriptorTrainConfig}
+
+
+def config_from_checkpoint(ckpt: dict) -> LoopConfig:
+    """The typed training config stored in a checkpoint (``task`` "pose", the default, "detector"
+    or "descriptor")."""
+    task = ckpt.get("task", "pose")
+    if task not in CONFIGS:
+        raise ValueError(f"unknown training task {task!r} in the checkpoint")
+    return CONFIGS[task].from_dict(ckpt["config"])
 
 
 def save_atomic(obj, path: Path) -> None:
@@ -258,6 +312,14 @@ def make_synthesizers(cfg: TrainConfig) -> tuple[PairSynthesizer, PairSynthesize
     return train, val
 
 
+def _init_state(load, path: str, arch) -> dict:
+    """Weights of ``load(path)`` (a hub loader) for fine-tuning; the architecture must be ``arch``."""
+    init = load(path)
+    if init.config != arch:
+        raise ValueError(f"--init {path} has architecture {init.config}, not {arch}")
+    return init.state_dict()
+
+
 class PoseTask:
     """Patch pose by histogram alignment (orientation and scale pair batches)."""
 
@@ -272,10 +334,7 @@ class PoseTask:
     def init_state(self, path: str) -> dict:
         from .hub import load_model
 
-        init = load_model(path)
-        if init.config != self.cfg.model:
-            raise ValueError(f"--init {path} has architecture {init.config}, not {self.cfg.model}")
-        return init.state_dict()
+        return _init_state(load_model, path, self.cfg.model)
 
     def synthesizers(self):
         return make_synthesizers(self.cfg)
@@ -313,10 +372,7 @@ class DetectorTask:
     def init_state(self, path: str) -> dict:
         from .hub import load_detector
 
-        init = load_detector(path)
-        if init.config != self.cfg.model:
-            raise ValueError(f"--init {path} has architecture {init.config}, not {self.cfg.model}")
-        return init.state_dict()
+        return _init_state(load_detector, path, self.cfg.model)
 
     def synthesizers(self):
         _, images, _, vimages = _split_images(self.cfg)
@@ -355,19 +411,117 @@ class DetectorTask:
     postfix = {"rep": "rep@3px", "ori10": "ori_acc@10deg"}
 
 
+def descriptor_pair_terms(net, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Descriptors of a descriptor-pair batch at its valid keypoints.
+
+    Returns:
+        ``d0``, ``d1`` ``(N, D)`` unit descriptors of the N valid correspondences (view 0 at
+        ``kp0``, view 1 at ``kp1``), ``group`` ``(N,)`` their pair index, ``kp1`` ``(N, 2)``.
+    """
+    B = batch["image0"].shape[0]
+    size = tuple(batch["image0"].shape[-2:])
+    dense = net(torch.cat([batch["image0"], batch["image1"]]))
+    d0 = sample_descriptors(dense[:B], batch["kp0"], size)
+    d1 = sample_descriptors(dense[B:], batch["kp1"], size)
+    m = batch["kp_valid"]
+    group = torch.arange(B, device=m.device)[:, None].expand_as(m)
+    return d0[m], d1[m], group[m], batch["kp1"][m]
+
+
+class DescriptorTask:
+    """Dense descriptors: AP (or triplet) loss with in-batch hardest negatives on perspective pairs."""
+
+    name = "descriptor"
+
+    def __init__(self, cfg: DescriptorTrainConfig) -> None:
+        self.cfg = cfg
+
+    def build_model(self) -> DescriptorNet:
+        return DescriptorNet(self.cfg.model)
+
+    def init_state(self, path: str) -> dict:
+        from .hub import load_descriptor
+
+        return _init_state(load_descriptor, path, self.cfg.model)
+
+    def synthesizers(self):
+        _, images, _, vimages = _split_images(self.cfg)
+        vcfg = dataclasses.replace(self.cfg.pairs, seed=self.cfg.pairs.seed + 1)
+        return DescriptorPairSynthesizer(images, self.cfg.pairs), DescriptorPairSynthesizer(vimages, vcfg)
+
+    def make_batch(self, synth: DescriptorPairSynthesizer, indices) -> dict:
+        return synth.batch(indices)
+
+    def val_batch(self, synth: DescriptorPairSynthesizer) -> dict:
+        return synth.batch(range(self.cfg.val_pairs))
+
+    def loss(self, net, batch: dict, step: int):
+        cfg = self.cfg
+        d0, d1, group, kp1 = descriptor_pair_terms(net, batch)
+        # under DDP the negatives come from every process's positives (the whole global batch)
+        group = group + du.rank() * batch["image0"].shape[0]
+        d1_all, offset = du.gather_rows(d1)
+        group_all, _ = du.gather_rows(group)
+        far = None
+        if cfg.same_image_negatives:
+            far = torch.cdist(kp1, du.gather_rows(kp1)[0]) > cfg.negative_radius
+        if len(d0) == 0 or len(d1_all) < 2:  # nothing to learn from (every process still steps)
+            return sum(p.sum() for p in net.parameters()) * 0.0, {"loss_desc": 0.0}
+        s_pos, s_neg = hard_negatives(d0, d1_all, group_all, cfg.negatives, True, far, offset)
+        if cfg.loss == "ap":
+            loss = ap_loss(s_pos, s_neg, cfg.ap_bins)
+        else:
+            loss = triplet_loss(s_pos, s_neg, cfg.margin)
+        return loss, {"loss_desc": loss.item()}
+
+    @torch.no_grad()
+    def evaluate(self, model, val: dict) -> dict[str, float]:
+        """``match_acc``: share (%) of view-0 keypoints whose nearest view-1 descriptor in the same
+        pair is the true match; ``ap``: mean AP (%) against the hardest in-batch negatives."""
+        was = model.training
+        model.eval()
+        hits, total, aps = 0, 0, []
+        for i in range(0, val["image0"].shape[0], 16):
+            part = {k: v[i : i + 16] for k, v in val.items()}
+            d0, d1, group, kp1 = descriptor_pair_terms(model, part)
+            if len(d0) < 2:
+                continue
+            S = d0 @ d1.T
+            S = S.masked_fill(group[:, None] != group[None, :], float("-inf"))
+            hits += int((S.argmax(1) == torch.arange(len(d0))).sum())
+            total += len(d0)
+            s_pos, s_neg = hard_negatives(d0, d1, group, self.cfg.negatives)
+            aps.append(1.0 - ap_loss(s_pos, s_neg, self.cfg.ap_bins).item())
+        model.train(was)
+        return {"match_acc": 100.0 * hits / max(total, 1), "ap": 100.0 * float(sum(aps) / max(len(aps), 1))}
+
+    @staticmethod
+    def score(m: dict[str, float]) -> float:
+        return m["match_acc"]
+
+    postfix = {"acc": "match_acc", "ap": "ap"}
+
+
+TASKS = {"pose": PoseTask, "detector": DetectorTask, "descriptor": DescriptorTask}
+
+
 def task_for(cfg: LoopConfig):
-    return DetectorTask(cfg) if isinstance(cfg, DetectorTrainConfig) else PoseTask(cfg)
+    for name, cls in CONFIGS.items():
+        if type(cfg) is cls:
+            return TASKS[name](cfg)
+    raise TypeError(f"no training task for {type(cfg).__name__}")
 
 
 def fit(
-    cfg: TrainConfig | DetectorTrainConfig,
+    cfg: LoopConfig,
     out_dir: str | Path,
     resume: bool = False,
     progress: bool = True,
     total_steps: int | None = None,
 ) -> Path:
-    """Train (or resume) a PatchPoseNet (``TrainConfig``) or an OrientedKeypointNet
-    (``DetectorTrainConfig``); returns the path of the final checkpoint ``last.pt``.
+    """Train (or resume) a PatchPoseNet (``TrainConfig``), an OrientedKeypointNet
+    (``DetectorTrainConfig``) or a DescriptorNet (``DescriptorTrainConfig``); returns the path of
+    the final checkpoint ``last.pt``.
 
     With ``resume``, the run continues from ``out_dir/last.pt`` with the configuration and schedule
     stored there (``cfg`` is ignored); ``total_steps`` changes the run's length. Under ``torchrun``

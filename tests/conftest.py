@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -58,3 +64,16 @@ def oxford_dir(tmp_path_factory):
         fs.write(f"H1{k}", H)
         fs.release()
     return d.parent
+
+
+def run_torchrun(args: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
+    """``torchrun --nproc_per_node nproc -m ssfeat ARGS`` on CPU (gloo, one thread per process, a
+    free port so that parallel runs do not collide); fails the test with the tail of stderr."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(port)]
+    r = subprocess.run([*cmd, "-m", "ssfeat", *args], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r

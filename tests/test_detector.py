@@ -1,10 +1,6 @@
 """Equivariant layers, the oriented keypoint detector, its pair synthesis, losses, training and inference."""
 
 import math
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +16,7 @@ from ssfeat.models.detector import DetectorConfig, OrientedKeypointNet, box_mean
 from ssfeat.models.equivariant import GroupConv, LiftingConv, disc_mask, group_pool, rotation_resampler
 from ssfeat.training import DetectorTask, DetectorTrainConfig, fit, load_checkpoint
 
-from .conftest import textured_image
+from .conftest import run_torchrun, textured_image
 
 SMALL = DetectorConfig(group_order=8, fields=(2, 2, 1), internal_scales=(1.0, 0.5))
 
@@ -249,16 +245,9 @@ def test_decode_orientation():
 
 
 def test_detector_ddp_two_processes(image_dir, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
-    cmd += ["-m", "ssfeat", "train", "detector", "--images", str(image_dir), "--out", str(tmp_path / "ddp")]
-    cmd += ["--steps", "2", "--batch-size", "2", "--size", "64", "--group-order", "8", "--workers", "0"]
-    cmd += ["--val-every", "2", "--no-progress"]
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
+    args = ["train", "detector", "--images", str(image_dir), "--out", str(tmp_path / "ddp")]
+    args += ["--steps", "2", "--batch-size", "2", "--size", "64", "--group-order", "8", "--workers", "0"]
+    run_torchrun([*args, "--val-every", "2", "--no-progress"])
     assert load_checkpoint(tmp_path / "ddp" / "last.pt")["step"] == 2
 
 

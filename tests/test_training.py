@@ -1,7 +1,3 @@
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +8,8 @@ from ssfeat.cli import main
 from ssfeat.data.synthesis import PairConfig, PairSynthesizer
 from ssfeat.models import PatchPoseConfig, PatchPoseNet
 from ssfeat.training import TrainConfig, fit, load_checkpoint, pair_loss, save_atomic
+
+from .conftest import run_torchrun
 
 
 def tiny_cfg(images, steps=4, **kw) -> TrainConfig:
@@ -88,37 +86,7 @@ def test_checkpoint_is_atomic_and_versioned(tmp_path):
 
 def test_ddp_two_processes(image_dir, tmp_path):
     """The training command under torchrun with 2 CPU processes (gloo)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
-    with socket.socket() as sock:  # a free port, so parallel runs do not collide
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        str(port),
-        "-m",
-        "ssfeat",
-        "train",
-        "pose",
-        "--images",
-        str(image_dir),
-        "--out",
-        str(tmp_path / "ddp"),
-        "--steps",
-        "3",
-        "--batch-size",
-        "8",
-        "--workers",
-        "0",
-        "--val-every",
-        "3",
-        "--no-progress",
-    ]
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
+    args = ["train", "pose", "--images", str(image_dir), "--out", str(tmp_path / "ddp"), "--steps", "3"]
+    run_torchrun([*args, "--batch-size", "8", "--workers", "0", "--val-every", "3", "--no-progress"])
     ck = load_checkpoint(tmp_path / "ddp" / "last.pt")
     assert ck["step"] == 3

@@ -41,6 +41,21 @@ def pair_affine(rotation: float, log2_scale: float, shear: float) -> np.ndarray:
     return (2.0**log2_scale) * R @ Sh
 
 
+def render_view(img: np.ndarray, M: np.ndarray, P: int, shrink: float) -> tuple[np.ndarray, np.ndarray]:
+    """A ``P x P`` view of ``img`` whose pixel ``x`` shows photo pixel ``M x`` (``M`` ``(2, 3)``
+    affine or ``(3, 3)`` homography), antialiased by a Gaussian blur when the view shrinks the photo
+    by ``shrink`` (photo pixels per view pixel) > 1; borders reflected. Returns the view and its
+    validity mask (1 where the source pixel lies inside the photo)."""
+    src = img
+    if shrink > 1.0:
+        src = cv2.GaussianBlur(img, (0, 0), 0.5 * math.sqrt(shrink**2 - 1), borderType=cv2.BORDER_REFLECT_101)
+    warp = cv2.warpPerspective if M.shape[0] == 3 else cv2.warpAffine
+    v = warp(src, M, (P, P), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT_101)
+    ones = np.ones_like(img)
+    valid = warp(ones, M, (P, P), flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP, borderValue=0.0)
+    return v, valid
+
+
 class HomographyPairSynthesizer:
     """Pairs of views of ``images`` (list of gray ``(H, W)`` uint8 or float arrays)."""
 
@@ -77,14 +92,7 @@ class HomographyPairSynthesizer:
         # view 1: photo pixel of view-1 pixel x1 is off0 + A^-1 (x1 - cP) + cP
         Ainv = np.linalg.inv(A)
         M = np.concatenate([Ainv, (off0 + cP - Ainv @ cP)[:, None]], 1)
-        src = img
-        shrink = 1.0 / math.sqrt(abs(np.linalg.det(A)))  # photo pixels per view-1 pixel
-        if shrink > 1.0:
-            src = cv2.GaussianBlur(img, (0, 0), 0.5 * math.sqrt(shrink**2 - 1), borderType=cv2.BORDER_REFLECT_101)
-        flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
-        v1 = cv2.warpAffine(src, M, (P, P), flags=flags, borderMode=cv2.BORDER_REFLECT_101)
-        ones = np.ones_like(img)
-        valid1 = cv2.warpAffine(ones, M, (P, P), flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP, borderValue=0.0)
+        v1, valid1 = render_view(img, M, P, 1.0 / math.sqrt(abs(np.linalg.det(A))))
         v0 = np.ascontiguousarray(v0)
         if cfg.photometric:
             v0, v1 = _photometric(v0, rng), _photometric(v1, rng)

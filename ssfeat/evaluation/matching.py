@@ -351,17 +351,19 @@ def format_grouped_table(result: dict, group: str, head: list[str], row) -> str:
     return "\n\n".join(blocks)
 
 
-def format_matching_table(result: dict, group: str = "all") -> str:
-    """One row per pipeline: repeatability, MMA@1/3/5/10, matches, correct, H-acc@1/3/5/10."""
+def format_matching_table(result: dict, group: str = "all", with_repeatability: bool = True) -> str:
+    """One row per pipeline: repeatability (optional), MMA@1/3/5/10, matches, correct, H-acc@1/3/5/10
+    (``group``: "all", "dataset" or "category")."""
     cfg = result["config"]
     ts, hs = list(cfg["mma_thresholds"]), list(cfg["h_thresholds"])
-    head = ["pipeline", "rep"] + [f"MMA@{t}" for t in (1, 3, 5, 10)] + ["matches", "correct"]
+    head = ["pipeline"] + ["rep"] * with_repeatability + [f"MMA@{t}" for t in (1, 3, 5, 10)] + ["matches", "correct"]
     head += [f"H@{t}px" for t in hs]
 
     def row(name: str, r: dict) -> list[str]:
         rep = "-" if r["repeatability"] is None else f"{r['repeatability']:.1f}"
         return (
-            [name, rep]
+            [name]
+            + [rep] * with_repeatability
             + [f"{100 * r['mma'][ts.index(t)]:.1f}" for t in (1, 3, 5, 10)]
             + [f"{r['matches']:.0f}", f"{r['correct']:.0f}"]
             + [f"{100 * a:.1f}" for a in r["h_acc"]]

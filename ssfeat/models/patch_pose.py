@@ -24,6 +24,10 @@ class PatchPoseConfig:
     c4_symmetric: bool = False  # average over the four 90-degree rotations (exact C4 equivariance)
     logit_norm: float = 12.0  # centre logits and rescale to this L2 norm (0: raw logits)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> PatchPoseConfig:
+        return cls(**d)
+
     @property
     def ori_bin_width(self) -> float:
         return 2 * math.pi / self.n_ori_bins

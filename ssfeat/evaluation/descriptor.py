@@ -1,0 +1,87 @@
+"""Descriptor benchmark: learned descriptors against SIFT and RootSIFT at the same keypoints.
+
+Every pipeline detects the same OpenCV SIFT keypoints (equal budget) and matches by mutual nearest
+neighbours; only the descriptor differs (and, for ``ssfeat_hndesc_patch``, the orientation of the
+described patch). Metrics are those of :mod:`ssfeat.evaluation.matching` (MMA at 1..10 px, homography
+accuracy at 1/3/5/10 px after RANSAC) per dataset and category, plus the D2-Net average (mean of the
+viewpoint and illumination means) and the time to describe 2000 keypoints of a 640x480 image.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..data.images import ImageReadError, read_image
+from ..pipeline import PIPELINE_MODEL, SIFTDetector, build_pipeline
+from .benchmarks import render_rows
+from .matching import MatchingConfig, image_pairs, run_matching
+
+DESCRIPTOR_PIPELINES = ("sift", "sift_rootsift", "hndesc", "hndesc_patch", "ssfeat_hndesc_patch")
+
+
+def time_descriptors(pipelines: dict, image: np.ndarray, n_keypoints: int = 2000, repeats: int = 3) -> dict:
+    """Seconds (median of ``repeats``, after a warm-up) each pipeline's descriptor stage takes for
+    ``n_keypoints`` SIFT keypoints of ``image`` (resized to 640x480); ``n_keypoints`` is the number
+    actually described."""
+    img = cv2.resize(image, (640, 480), interpolation=cv2.INTER_AREA)
+    feats = SIFTDetector(n_keypoints, contrast_threshold=0.01)(img)
+    out: dict = {"n_keypoints": len(feats)}
+    for name, p in pipelines.items():
+        f = p.orienter(img, feats)  # the orienter is not part of the descriptor's time
+        p.descriptor(img, f)
+        ts = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            p.descriptor(img, f)
+            ts.append(time.perf_counter() - t0)
+        out[name] = float(np.median(ts))
+    return out
+
+
+def run_descriptor_benchmark(
+    roots: list[str | Path],
+    names: list[str] | tuple[str, ...] = DESCRIPTOR_PIPELINES,
+    max_keypoints: int = 1000,
+    weights: str = "descriptor",
+    progress: bool = True,
+) -> dict:
+    """The descriptor pipelines ``names`` (see :data:`ssfeat.pipeline.PIPELINES`) on every pair under
+    ``roots``; ``weights`` is the learned descriptor's (bundled name, file or run)."""
+    from ..estimator import PatchPoseEstimator
+
+    est = PatchPoseEstimator.from_pretrained(PIPELINE_MODEL) if any("ssfeat" in n for n in names) else None
+    pipes = {n: build_pipeline(n, max_keypoints, est, descriptor_weights=weights) for n in names}
+    result = run_matching(roots, pipes, MatchingConfig(max_keypoints=max_keypoints), est, progress)
+    result["benchmark"] = "descriptor"
+    result["descriptor_weights"] = str(weights)
+    first = None
+    for pair in image_pairs(roots):
+        try:
+            first = read_image(pair.path0)
+            break
+        except ImageReadError:
+            continue
+    bases = {n.rstrip("*"): p for n, p in pipes.items()}
+    result["describe_2000_640x480_s"] = time_descriptors(bases, first) if first is not None else None
+    return result
+
+
+def format_d2net_table(result: dict) -> str:
+    """D2-Net average (mean of the viewpoint and illumination means) per pipeline, if both exist."""
+    cfg = result["config"]
+    ts = list(cfg["mma_thresholds"])
+    rows = [["pipeline"] + [f"MMA@{t}" for t in (1, 3, 5, 10)] + [f"H@{t}px" for t in cfg["h_thresholds"]]]
+    for name, s in result["pipelines"].items():
+        a = s.get("d2net_average")
+        if a is None:
+            return "D2-Net average: needs both viewpoint and illumination pairs"
+        rows.append(
+            [name]
+            + [f"{100 * a['mma'][ts.index(t)]:.1f}" for t in (1, 3, 5, 10)]
+            + [f"{100 * v:.1f}" for v in a["h_acc"]]
+        )
+    return "D2-Net average (viewpoint and illumination means)\n" + render_rows(rows)

@@ -1,0 +1,336 @@
+"""Feature extraction over image folders into one HDF5 file: resumable, sharded, kill-safe.
+
+Output (``FEATURES.h5``): one group per image, named by its path relative to the image folder
+(POSIX separators, so sub-folders become nested groups), holding the pipeline's
+:class:`~ssfeat.features.Features`:
+
+* ``keypoints`` ``(N, 2)`` float32 pixel ``(x, y)`` of the original image, ``scales`` ``(N,)``
+  (feature size in pixels, ``cv2.KeyPoint.size`` meaning), ``orientations`` ``(N,)`` (radians,
+  counter-clockwise as displayed), ``scores`` ``(N,)``, ``descriptors`` ``(N, D)`` float32,
+  ``parents`` ``(N,)`` int64 (the detected keypoint of each feature; multi-pose pipelines emit several);
+* attributes ``image_size`` ``(H, W)`` and ``resize`` (the factor the image was shrunk by before
+  extraction when its longer side exceeded ``max_side``; coordinates and sizes are given back in
+  original pixels).
+
+Root attributes: ``pipeline``, ``max_keypoints``, ``max_side``, ``ssfeat_version``, and a
+``skipped`` string dataset of ``"path: reason"`` for files that could not be read or described.
+
+How the work is kept safe: extracted images are written in *part* files
+(``FEATURES.h5.parts/part-r{rank}-{n}.h5``, ``part_size`` images each), every part written to a
+temporary name and renamed when complete. A killed run loses at most the part being written; run the
+same command again and it skips every image found in complete parts (and in an existing
+``FEATURES.h5``), so no image is lost or duplicated. When all images are done, the parts and the
+previous output are merged into a temporary file that atomically replaces ``FEATURES.h5``, and the
+parts are deleted. ``FEATURES.h5`` is therefore always either absent or a complete, readable file,
+and readers that opened it keep a consistent view while a new version is written.
+
+Sharding: ``workers=N`` runs the pipeline in ``N`` processes (one torch thread each, images handed
+out in order); under ``torchrun`` every process takes every ``W``-th remaining image and writes its
+own parts, and rank 0 merges after a barrier.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__
+from . import distributed as du
+
+logger = logging.getLogger(__name__)
+
+FIELDS = ("keypoints", "scales", "orientations", "scores", "descriptors")
+
+
+@dataclass
+class ExtractConfig:
+    pipeline: str = "ssfeat"  # a name of ssfeat.pipeline.PIPELINES
+    max_keypoints: int = 1000
+    max_side: int = 4096  # longer sides are shrunk to this before extraction (0: never)
+    part_size: int = 64  # images per part file
+
+
+def image_key(path: Path, root: Path) -> str:
+    """The HDF5 group name of an image: its POSIX path relative to ``root`` (or its file name)."""
+    root = Path(root)
+    if root.is_file():
+        return path.name
+    return path.relative_to(root).as_posix()
+
+
+def _parts_dir(out: Path) -> Path:
+    return out.with_name(out.name + ".parts")
+
+
+def _h5():
+    try:
+        import h5py
+    except ImportError as e:  # a dependency, but give a clear message if it is missing
+        raise RuntimeError("ssfeat extract needs h5py: pip install h5py") from e
+    return h5py
+
+
+def _keys_in(path: Path) -> tuple[set[str], list[str]]:
+    """Image keys and skipped entries stored in a complete output or part file."""
+    h5py = _h5()
+    keys: set[str] = set()
+    with h5py.File(path, "r") as f:
+
+        def visit(name, obj):
+            if isinstance(obj, h5py.Group) and "keypoints" in obj:
+                keys.add(name)
+
+        f.visititems(visit)
+        skipped = [s.decode() if isinstance(s, bytes) else str(s) for s in f["skipped"][()]] if "skipped" in f else []
+    return keys, skipped
+
+
+def done_images(out: Path) -> tuple[set[str], list[str]]:
+    """Keys already extracted (in ``out`` and its complete parts) and the skipped entries so far."""
+    done: set[str] = set()
+    skipped: list[str] = []
+    files = ([out] if out.is_file() else []) + sorted(_parts_dir(out).glob("part-*.h5"))
+    for p in files:
+        try:
+            k, s = _keys_in(p)
+        except OSError as e:  # a damaged part (should not happen: parts are renamed when complete)
+            logger.warning("ignoring unreadable part %s (%s); its images are extracted again", p, e)
+            p.unlink()
+            continue
+        done |= k
+        skipped += s
+    return done, skipped
+
+
+def _skipped_key(entry: str) -> str:
+    return entry.split(": ", 1)[0]
+
+
+def _write_group(f, key: str, feats, image_size: tuple[int, int], resize: float) -> None:
+    g = f.create_group(key)
+    for name in FIELDS:
+        a = getattr(feats, name)
+        if a is not None:
+            g.create_dataset(name, data=np.asarray(a, np.float32))
+    g.create_dataset("parents", data=np.asarray(feats.parents, np.int64))
+    g.attrs["image_size"] = np.asarray(image_size, np.int64)
+    g.attrs["resize"] = float(resize)
+
+
+def _write_atomic(path: Path, fill) -> None:
+    """Create an HDF5 file by ``fill(h5file)`` under a temporary name, then rename it to ``path``."""
+    h5py = _h5()
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with h5py.File(tmp, "w") as f:
+            fill(f)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+class _Extractor:
+    """Runs a named pipeline's extraction on one image path (built once per process)."""
+
+    def __init__(self, cfg: ExtractConfig) -> None:
+        from .pipeline import build_pipeline
+
+        self.cfg = cfg
+        self.pipe = build_pipeline(cfg.pipeline, cfg.max_keypoints)
+
+    def __call__(self, path: Path):
+        """``(features, (H, W), resize)`` or a ``"path: reason"`` string."""
+        import cv2
+
+        from .data.images import ImageReadError, read_image
+
+        try:
+            img = read_image(path)
+        except ImageReadError as e:
+            return str(e)
+        H, W = img.shape
+        resize = 1.0
+        if self.cfg.max_side and max(H, W) > self.cfg.max_side:
+            resize = self.cfg.max_side / max(H, W)
+            img = cv2.resize(img, (max(1, round(W * resize)), max(1, round(H * resize))), interpolation=cv2.INTER_AREA)
+        try:
+            feats = self.pipe.extract(img)
+        except ValueError as e:  # e.g. an image smaller than the pipeline's patches
+            return f"{path}: {e}"
+        if resize != 1.0:  # back to original pixels (pixel centres at integers)
+            feats = replace(feats, keypoints=(feats.keypoints + 0.5) / resize - 0.5, scales=feats.scales / resize)
+        return feats, (H, W), resize
+
+
+_WORKER: _Extractor | None = None
+
+
+def _worker_init(cfg: ExtractConfig) -> None:
+    global _WORKER
+    torch.set_num_threads(1)
+    _WORKER = _Extractor(cfg)
+
+
+def _worker_run(path: Path):
+    return _WORKER(path)
+
+
+def extract_folder(
+    images: str | Path, out: str | Path, cfg: ExtractConfig | None = None, workers: int = 0, progress: bool = True
+) -> dict:
+    """Extract features of every image below ``images`` into ``out`` (see the module docstring).
+
+    Returns statistics: ``n_images`` (found), ``n_done`` (in the output), ``n_new`` (extracted by
+    this call in this process), ``n_skipped``, ``seconds``, ``images_per_s`` (new images per second
+    of this call; under ``torchrun``, of all processes together).
+    """
+    from .data.images import list_images
+
+    cfg = cfg or ExtractConfig()
+    images, out = Path(images), Path(out)
+    world, rank = du.world_size(), du.rank()
+    paths = list_images(images)
+    if not paths:
+        raise ValueError(f"no image files under {images}")
+    keys = [image_key(p, images) for p in paths]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"duplicate image names under {images}")
+    if du.is_main():
+        _parts_dir(out).mkdir(parents=True, exist_ok=True)
+        for stale in _parts_dir(out).glob(".*.tmp*"):  # a part a killed run was writing
+            stale.unlink()
+        for stale in out.parent.glob(f".{out.name}.tmp*"):
+            stale.unlink()
+    du.barrier()
+    done, skipped = done_images(out)
+    done |= {_skipped_key(s) for s in skipped}
+    todo = [(k, p) for k, p in zip(keys, paths) if k not in done and str(p) not in done]
+    mine = todo[rank::world]
+    seq = len(list(_parts_dir(out).glob(f"part-r{rank}-*.h5")))
+    t0 = time.perf_counter()
+    n_new = n_skip = 0
+    bar = None
+    if progress and du.is_main():
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(todo), desc="extract", unit="img", dynamic_ncols=True)
+
+    pending: list[tuple[str, object]] = []
+
+    def flush() -> None:
+        nonlocal seq, pending
+        if not pending:
+            return
+        batch = pending
+
+        def fill(f):
+            bad = []
+            for key, res in batch:
+                if isinstance(res, str):
+                    bad.append(res)
+                else:
+                    _write_group(f, key, *res)
+            f.create_dataset("skipped", data=np.array(bad, dtype=object), dtype=_h5().string_dtype())
+
+        _write_atomic(_parts_dir(out) / f"part-r{rank}-{seq:06d}.h5", fill)
+        seq += 1
+        pending = []
+
+    def handle(key: str, res) -> None:
+        nonlocal n_new, n_skip
+        if isinstance(res, str):
+            n_skip += 1
+            logger.warning("skipped %s", res)
+        else:
+            n_new += 1
+        pending.append((key, res))
+        if len(pending) >= cfg.part_size:
+            flush()
+        if bar is not None:
+            bar.update(world)
+
+    if workers > 1 and world == 1:
+        import multiprocessing as mp
+
+        with mp.get_context("spawn").Pool(workers, _worker_init, (cfg,)) as pool:
+            for (key, _), res in zip(mine, pool.imap(_worker_run, [p for _, p in mine], chunksize=1)):
+                handle(key, res)
+    else:
+        run = _Extractor(cfg)
+        for key, p in mine:
+            handle(key, run(p))
+    flush()
+    if bar is not None:
+        bar.close()
+    du.barrier()
+    seconds = time.perf_counter() - t0
+    n_all = round(du.all_reduce_mean(torch.tensor(float(n_new + n_skip))).item() * world)
+    stats = {"n_images": len(paths), "n_new": n_new, "seconds": round(seconds, 3)}
+    stats["images_per_s"] = round(n_all / seconds, 3) if seconds > 0 else None
+    if du.is_main():
+        merge(out, cfg)
+    du.barrier()
+    done, skipped = done_images(out)
+    stats.update(n_done=len(done), n_skipped=len(skipped))
+    return stats
+
+
+def merge(out: Path, cfg: ExtractConfig) -> Path:
+    """Merge ``out`` (if any) and its complete parts into a new ``out`` (atomic), then delete the parts."""
+    h5py = _h5()
+    parts = sorted(_parts_dir(out).glob("part-*.h5"))
+    sources = ([out] if out.is_file() else []) + parts
+
+    def fill(f):
+        skipped: list[str] = []
+        for src_path in sources:
+            with h5py.File(src_path, "r") as src:
+                keys, sk = _keys_in(src_path)
+                for k in sorted(keys):
+                    if k not in f:
+                        src.copy(src[k], f, name=k)
+                skipped += sk
+        f.create_dataset("skipped", data=np.array(sorted(set(skipped)), dtype=object), dtype=h5py.string_dtype())
+        f.attrs["pipeline"] = cfg.pipeline
+        f.attrs["max_keypoints"] = cfg.max_keypoints
+        f.attrs["max_side"] = cfg.max_side
+        f.attrs["ssfeat_version"] = __version__
+
+    _write_atomic(out, fill)
+    for p in parts:
+        p.unlink()
+    try:
+        _parts_dir(out).rmdir()
+    except OSError:
+        pass
+    return out
+
+
+def read_features(path: str | Path, key: str):
+    """The :class:`~ssfeat.features.Features` of image ``key`` stored in an extraction file."""
+    from .features import Features
+
+    h5py = _h5()
+    with h5py.File(path, "r") as f:
+        if key not in f or "keypoints" not in f[key]:
+            raise KeyError(f"{path}: no features for {key!r}")
+        g = f[key]
+        H, W = (int(v) for v in g.attrs["image_size"])
+        return Features(
+            g["keypoints"][()],
+            g["scales"][()],
+            g["orientations"][()],
+            g["scores"][()],
+            (H, W),
+            g["descriptors"][()] if "descriptors" in g else None,
+            g["parents"][()] if "parents" in g else None,
+        )

@@ -1,0 +1,246 @@
+"""Descriptor learning (HNDesc): pair synthesis, network conventions, losses, training, inference."""
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ssfeat.cli import main
+from ssfeat.data.descriptor_pairs import DescriptorPairConfig, DescriptorPairSynthesizer
+from ssfeat.features import Features
+from ssfeat.hub import load_descriptor, load_detector, save_weights
+from ssfeat.losses import ap_loss, hard_negatives, quantized_ap, triplet_loss
+from ssfeat.models.descriptor import DescriptorConfig, DescriptorNet, sample_descriptors
+from ssfeat.pipeline import LearnedDescriptor, build_pipeline
+from ssfeat.training import DescriptorTask, DescriptorTrainConfig, fit, load_checkpoint
+
+from .conftest import run_torchrun, textured_image
+
+TINY_NET = DescriptorConfig(channels=(4, 8, 8, 16), decoder_channels=8, dim=16)
+
+
+def tiny_pairs(**kw) -> DescriptorPairConfig:
+    return DescriptorPairConfig(**{"size": 64, "max_keypoints": 16, "random_fill": 16, **kw})
+
+
+def tiny_desc_cfg(images, steps=4, **kw) -> DescriptorTrainConfig:
+    base = dict(batch_size=2, val_pairs=4, val_every=2, ckpt_every=2, warmup_steps=2, workers=0)
+    base.update(model=TINY_NET, pairs=tiny_pairs())
+    return DescriptorTrainConfig(images=str(images), steps=steps, **{**base, **kw})
+
+
+def _images(n=4):
+    return [textured_image(200, 240, seed=s) for s in range(n)]
+
+
+def _bilinear(im: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
+    """``(B, 1, P, P)`` images at ``(B, K, 2)`` pixels -> ``(B, K)``."""
+    P = im.shape[-1]
+    return F.grid_sample(im, (xy / (P - 1) * 2 - 1)[:, None], align_corners=True)[:, 0, 0]
+
+
+def test_pair_synthesis_correspondences_are_exact_and_reproducible():
+    cfg = DescriptorPairConfig(size=96, max_keypoints=40, photometric=False)
+    synth = DescriptorPairSynthesizer(_images(), cfg)
+    b = synth.batch(range(6))
+    assert b["image0"].shape == (6, 1, 96, 96) and b["kp0"].shape == (6, 40, 2)
+    m = b["kp_valid"]
+    assert m.sum() > 60
+    # view 1 at kp1 shows what view 0 shows at kp0; shuffled pairs do not
+    a, c = _bilinear(b["image0"], b["kp0"]), _bilinear(b["image1"], b["kp1"])
+    assert (a - c).abs()[m].mean() < 0.03
+    assert (a - c.roll(1, 1)).abs()[m].mean() > 3 * (a - c).abs()[m].mean()
+    # kp1 is H_0to1 kp0, inside both views
+    p = torch.cat([b["kp0"], torch.ones_like(b["kp0"][..., :1])], -1) @ b["H_0to1"].transpose(1, 2)
+    assert torch.allclose((p[..., :2] / p[..., 2:])[m], b["kp1"][m], atol=1e-3)
+    assert (b["kp1"][m] >= 0).all() and (b["kp1"][m] <= 95).all()
+    # a pure function of the index, photometric jitter included
+    s2 = DescriptorPairSynthesizer(_images(), replace(cfg, photometric=True))
+    x, y = s2.sample(3), s2.sample(3)
+    assert all(np.array_equal(x[k], y[k]) for k in x)
+    assert not np.array_equal(s2.sample(4)["image0"], x["image0"])
+
+
+def test_pair_synthesis_modes_and_bad_settings():
+    rnd = DescriptorPairSynthesizer(_images(2), tiny_pairs(keypoints="random")).sample(0)
+    assert rnd["kp_valid"].sum() == 16
+    det = DescriptorPairSynthesizer(_images(2), tiny_pairs(keypoints="detector", size=96)).sample(0)
+    assert det["kp_valid"].any()
+    with pytest.raises(ValueError, match="keypoints must be"):
+        DescriptorPairSynthesizer(_images(2), tiny_pairs(keypoints="orb"))
+    with pytest.raises(ValueError, match="no image is at least"):
+        DescriptorPairSynthesizer([np.zeros((20, 20), np.uint8)], tiny_pairs())
+
+
+def test_descriptor_map_stride_and_sampling_convention():
+    net = DescriptorNet(TINY_NET).eval()
+    for H, W in ((64, 96), (61, 70)):  # sizes that are not multiples of 8 are padded and cropped
+        with torch.no_grad():
+            dense = net(torch.rand(2, 1, H, W))
+        assert dense.shape == (2, 16, -(-H // 4), -(-W // 4))
+    # output cell (i, j) sits at input pixel (4j + 1.5, 4i + 1.5)
+    dense = torch.randn(1, 16, 8, 10)
+    kp = torch.tensor([[[4 * 3 + 1.5, 4 * 5 + 1.5], [1.5, 1.5]]])
+    d = sample_descriptors(dense, kp, (32, 40))
+    assert torch.allclose(d[0, 0], F.normalize(dense[0, :, 5, 3], dim=0), atol=1e-6)
+    assert torch.allclose(d[0, 1], F.normalize(dense[0, :, 0, 0], dim=0), atol=1e-6)
+    assert torch.allclose(d.norm(dim=-1), torch.ones(1, 2))
+
+
+def test_descriptors_are_translation_equivariant_by_the_stride():
+    """Shifting the image by 8 px shifts the descriptors with it (away from the borders)."""
+    net = DescriptorNet(TINY_NET).eval()
+    img = torch.from_numpy(textured_image(96, 128, seed=2)).float()[None, None] / 255
+    a, b = img[..., :, 8:120], img[..., :, :112]  # b's pixel x + 8 shows a's pixel x
+    kp = torch.tensor([[[40.0, 40.0], [56.5, 50.0], [70.0, 60.0]]])
+    with torch.no_grad():
+        da = sample_descriptors(net(a), kp, a.shape[-2:])
+        db = sample_descriptors(net(b), kp + torch.tensor([8.0, 0.0]), b.shape[-2:])
+    assert (da * db).sum(-1).min() > 0.999
+
+
+def test_ap_and_hard_negatives():
+    labels = torch.tensor([[1.0, 0, 0, 0]])
+    assert quantized_ap(torch.tensor([[0.9, 0.1, 0.2, 0.0]]), labels).item() == pytest.approx(1.0, abs=1e-5)
+    assert quantized_ap(torch.tensor([[0.1, 0.9, 0.8, 0.7]]), labels).item() < 0.3
+    g = torch.tensor([0, 0, 1, 1])
+    a = F.normalize(torch.tensor([[1.0, 0], [0.9, 0.1], [0, 1], [0.1, 1]]), dim=1)
+    p = a.clone()
+    s_pos, s_neg = hard_negatives(a, p, g, k=3)
+    assert torch.allclose(s_pos, torch.ones(4))
+    # anchor 0's hardest candidate is row 1 (same image): excluded; only rows 2, 3 remain, padded
+    assert torch.allclose(s_neg[0], torch.stack([a[0] @ a[3], a[0] @ a[2], a[0] @ a[2]]))
+    s_pos2, s_neg2 = hard_negatives(a, p, g, k=1, same_group_far=torch.ones(4, 4, dtype=torch.bool))
+    assert s_neg2[0, 0] == pytest.approx((a[0] @ a[1]).item())
+    assert ap_loss(s_pos, s_neg).item() < 0.05
+    assert triplet_loss(torch.ones(3), -torch.ones(3, 2)).item() == 0.0
+    assert triplet_loss(torch.zeros(3), torch.ones(3, 2)).item() == pytest.approx(1.0 + 2**0.5, abs=1e-3)
+
+
+@pytest.mark.parametrize("loss", ["ap", "triplet"])
+def test_descriptor_overfits_one_batch(image_dir, loss):
+    cfg = tiny_desc_cfg(image_dir, loss=loss, model=DescriptorConfig(channels=(8, 16, 16, 32), dim=32))
+    synth = DescriptorPairSynthesizer(_images(), replace(cfg.pairs, size=96, max_keypoints=32))
+    batch = synth.batch(range(4))
+    task = DescriptorTask(cfg)
+    net = task.build_model()
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    before = task.evaluate(net, batch)["match_acc"]
+    losses = []
+    for step in range(40):
+        val, _ = task.loss(net, batch, step)
+        opt.zero_grad()
+        val.backward()
+        opt.step()
+        losses.append(val.item())
+    assert np.mean(losses[-3:]) < 0.6 * losses[0]
+    assert task.evaluate(net, batch)["match_acc"] > before + 20
+
+
+def test_descriptor_training_resume_export_and_pipeline(image_dir, tmp_path):
+    cfg = tiny_desc_cfg(image_dir)
+    fit(cfg, tmp_path / "full", progress=False)
+    fit(tiny_desc_cfg(image_dir, steps=2), tmp_path / "part", progress=False)
+    fit(cfg, tmp_path / "part", resume=True, total_steps=4, progress=False)
+    a, b = load_checkpoint(tmp_path / "full" / "last.pt"), load_checkpoint(tmp_path / "part" / "last.pt")
+    assert a["task"] == "descriptor" and b["step"] == 4
+    for k in a["model"]:
+        assert torch.allclose(a["model"][k].float(), b["model"][k].float(), atol=1e-6), k
+    assert "match_acc" in (tmp_path / "full" / "log.jsonl").read_text()
+    net = load_descriptor(tmp_path / "full")
+    path = save_weights(net, tmp_path / "d.safetensors")
+    again = load_descriptor(path)
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, again.state_dict()[k])
+    with pytest.raises(ValueError, match="not an ssfeat descriptor"):
+        load_descriptor(Path(__file__).parents[1] / "ssfeat" / "weights" / "detector.safetensors")
+    with pytest.raises(ValueError, match="not a detector training run"):
+        load_detector(tmp_path / "full")
+    img = textured_image(100, 120, seed=1).astype(np.float32) / 255
+    feats = Features(
+        np.array([[30.0, 40.0], [60.0, 50.0]], np.float32),
+        np.array([4.0, 8.0], np.float32),
+        np.array([0.0, 1.0], np.float32),
+        np.ones(2, np.float32),
+        img.shape,
+    )
+    for mode in ("dense", "patch"):
+        d = LearnedDescriptor(str(path), mode=mode)(img, feats).descriptors
+        assert d.shape == (2, 16) and d.dtype == np.float32
+        assert np.allclose(np.linalg.norm(d, axis=1), 1, atol=1e-5)
+        assert LearnedDescriptor(str(path), mode=mode)(img, feats.subset(np.zeros(0, int))).descriptors.shape == (0, 16)
+    with pytest.raises(ValueError, match="too small"):
+        LearnedDescriptor(str(path))(
+            np.zeros((6, 6), np.float32),
+            Features(
+                np.zeros((1, 2), np.float32),
+                np.ones(1, np.float32),
+                np.zeros(1, np.float32),
+                np.ones(1, np.float32),
+                (6, 6),
+            ),
+        )
+    with pytest.raises(ValueError, match="NaN"):
+        LearnedDescriptor(str(path))(np.full((32, 32), np.nan, np.float32), feats)
+    with pytest.raises(ValueError, match="mode must be"):
+        LearnedDescriptor(str(path), mode="sparse")
+
+
+def test_bundled_descriptor_matches_a_warped_image():
+    """The shipped weights match an image to a rotated (15 deg), zoomed and re-lit copy of itself."""
+    img = textured_image(240, 320, seed=11)
+    M = cv2.getRotationMatrix2D((160, 120), 15, 1.15)
+    H = np.vstack([M, [0, 0, 1]])
+    warped = cv2.warpPerspective(img, H, (320, 240), borderMode=cv2.BORDER_REFLECT)
+    warped = np.clip(warped.astype(np.float32) * 0.7 + 30, 0, 255).astype(np.uint8)
+    for name in ("hndesc", "hndesc_patch"):
+        res = build_pipeline(name, 300)(img, warped)
+        x0 = res.features0.keypoints[res.matches.idx[:, 0]].astype(np.float64)
+        x1 = res.features1.keypoints[res.matches.idx[:, 1]].astype(np.float64)
+        proj = np.concatenate([x0, np.ones((len(x0), 1))], 1) @ H.T
+        err = np.linalg.norm(proj[:, :2] / proj[:, 2:] - x1, axis=1)
+        assert len(err) > 50 and (err <= 3).mean() > 0.7, name
+
+
+def test_descriptor_cli_train_export_benchmark(image_dir, oxford_dir, tmp_path, capsys):
+    run, w = tmp_path / "desc", tmp_path / "desc.safetensors"
+    args = ["train", "descriptor", "--images", str(image_dir), "--out", str(run), "--steps", "2"]
+    args += ["--batch-size", "2", "--size", "64", "--dim", "16", "--workers", "0", "--no-progress"]
+    assert main(args) == 0
+    assert main(["export", str(run), "--out", str(w)]) == 0
+    js = tmp_path / "desc.json"
+    names = "sift,sift_rootsift,hndesc,hndesc_patch"
+    bench = ["benchmark", "descriptor", "--root", str(oxford_dir), "--pipelines", names, "--weights", str(w)]
+    assert main([*bench, "--max-keypoints", "100", "--json", str(js), "--no-progress"]) == 0
+    res = json.loads(js.read_text())
+    assert set(res["pipelines"]) == set(names.split(",")) and res["n_pairs"] == 2
+    t = res["describe_2000_640x480_s"]
+    assert t["n_keypoints"] > 100 and all(t[n] > 0 for n in names.split(","))
+    out = capsys.readouterr().out
+    assert "describing" in out and "MMA@3" in out
+    assert main([*bench[:-2], "--weights", str(tmp_path / "nope.safetensors"), "--json", str(js)]) == 2
+    assert "no such weights file" in capsys.readouterr().err
+
+
+def test_descriptor_ddp_two_processes(image_dir, tmp_path):
+    """2 processes of 1 pair each: every process's negatives come from the other's pair."""
+    args = ["train", "descriptor", "--images", str(image_dir), "--out", str(tmp_path / "ddp")]
+    args += ["--steps", "2", "--batch-size", "2", "--size", "64", "--dim", "16", "--workers", "0"]
+    run_torchrun([*args, "--val-every", "2", "--no-progress"])
+    assert load_checkpoint(tmp_path / "ddp" / "last.pt")["step"] == 2
+
+
+def test_hard_negatives_over_gathered_positives_equal_the_single_batch():
+    """Anchors of one process against the positives of all processes (``offset``) give the same
+    lists as the whole batch in one process."""
+    d = F.normalize(torch.randn(10, 8), dim=1)
+    p = F.normalize(d + 0.3 * torch.randn(10, 8), dim=1)
+    g = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 3, 3])
+    s_pos, s_neg = hard_negatives(d, p, g, 4)
+    s_pos2, s_neg2 = hard_negatives(d[5:], p, g, 4, offset=5)
+    assert torch.allclose(s_pos[5:], s_pos2) and torch.allclose(s_neg[5:], s_neg2)

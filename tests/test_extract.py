@@ -1,0 +1,145 @@
+"""ssfeat extract: one HDF5 file per folder, resumable after a kill, sharded, readable throughout."""
+
+from pathlib import Path
+
+import cv2
+import h5py
+import numpy as np
+import pytest
+
+from ssfeat import extract as ex
+from ssfeat.cli import main
+from ssfeat.extract import ExtractConfig, done_images, extract_folder, read_features
+from ssfeat.pipeline import build_pipeline
+
+from .conftest import run_torchrun, textured_image
+
+CFG = ExtractConfig(pipeline="sift", max_keypoints=50, part_size=2)
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """7 readable images (one in a sub-folder, one 16-bit RGBA, one tiny), a zero-byte file, a
+    truncated JPEG and a text file with an image extension."""
+    d = tmp_path / "imgs"
+    (d / "sub").mkdir(parents=True)
+    for i in range(5):
+        cv2.imwrite(str(d / ("sub" if i == 4 else ".") / f"im{i}.png"), textured_image(120, 160, seed=i))
+    bgr = cv2.cvtColor(textured_image(100, 100, seed=9), cv2.COLOR_GRAY2BGR)
+    rgba = np.dstack([bgr, np.full((100, 100), 255, np.uint8)])
+    cv2.imwrite(str(d / "rgba16.png"), rgba.astype(np.uint16) * 257)
+    cv2.imwrite(str(d / "tiny.png"), np.full((3, 3), 128, np.uint8))
+    (d / "zero.jpg").write_bytes(b"")
+    ok, buf = cv2.imencode(".jpg", textured_image(80, 80, seed=3))
+    (d / "trunc.jpg").write_bytes(buf.tobytes()[: len(buf) // 3])
+    (d / "notes.png").write_text("not an image")
+    return d
+
+
+def _keys(path: Path) -> set[str]:
+    return done_images(path)[0]
+
+
+def test_extract_writes_one_group_per_image_and_reports_skips(folder, tmp_path):
+    out = tmp_path / "f.h5"
+    st = extract_folder(folder, out, CFG, progress=False)
+    keys = _keys(out)
+    assert {"im0.png", "sub/im4.png", "rgba16.png"} <= keys
+    with h5py.File(out, "r") as f:
+        skipped = [s.decode() for s in f["skipped"][()]]
+        assert f.attrs["pipeline"] == "sift"
+    assert any("zero.jpg" in s for s in skipped) and any("notes.png" in s for s in skipped)
+    assert st["n_done"] + st["n_skipped"] == st["n_images"] == 10
+    assert not (tmp_path / "f.h5.parts").exists()
+    # stored features equal the pipeline's
+    img = cv2.imread(str(folder / "im1.png"), cv2.IMREAD_GRAYSCALE).astype(np.float32) / 255
+    ref = build_pipeline("sift", 50).extract(img)
+    got = read_features(out, "im1.png")
+    assert np.allclose(got.keypoints, ref.keypoints) and np.allclose(got.descriptors, ref.descriptors)
+    assert got.image_size == (120, 160)
+    with pytest.raises(KeyError):
+        read_features(out, "missing.png")
+
+
+def test_extract_resumes_after_a_kill_without_loss_or_duplicates(folder, tmp_path, monkeypatch):
+    out = tmp_path / "f.h5"
+    real = ex._write_atomic
+    calls = {"n": 0}
+
+    def die_on_third_part(path, fill):
+        calls["n"] += 1
+        if calls["n"] == 3:  # killed while writing the third part: its temporary file is left behind
+            (Path(path).parent / f".{Path(path).name}.tmp999").write_bytes(b"partial")
+            raise KeyboardInterrupt
+        real(path, fill)
+
+    monkeypatch.setattr(ex, "_write_atomic", die_on_third_part)
+    with pytest.raises(KeyboardInterrupt):
+        extract_folder(folder, out, CFG, progress=False)
+    monkeypatch.setattr(ex, "_write_atomic", real)
+    assert not out.exists()  # the output appears only when complete
+    assert _keys(out) == {"im0.png", "im1.png", "im2.png", "im3.png"}  # the two finished parts
+    st = extract_folder(folder, out, CFG, progress=False)
+    assert st["n_new"] == 3 and st["n_done"] == 7 and st["n_skipped"] == 3  # nothing lost
+    assert not list(tmp_path.glob("**/.*tmp*"))  # the killed run's temporary part is cleaned up
+    ref = tmp_path / "ref.h5"
+    extract_folder(folder, ref, CFG, progress=False)
+    assert _keys(out) == _keys(ref)
+    for k in _keys(ref):
+        a, b = read_features(out, k), read_features(ref, k)
+        assert np.array_equal(a.keypoints, b.keypoints) and np.array_equal(a.descriptors, b.descriptors), k
+    again = extract_folder(folder, out, CFG, progress=False)  # nothing left to do: no duplicates
+    assert again["n_new"] == 0 and _keys(out) == _keys(ref)
+
+
+def test_readers_keep_a_consistent_view_while_new_images_are_added(folder, tmp_path):
+    out = tmp_path / "f.h5"
+    extract_folder(folder, out, CFG, progress=False)
+    n = len(_keys(out))
+    cv2.imwrite(str(folder / "new.png"), textured_image(120, 160, seed=42))
+    with h5py.File(out, "r") as reader:  # opened before the update
+        extract_folder(folder, out, CFG, progress=False)
+        assert "new.png" not in reader and len(reader["im0.png/keypoints"][()]) > 0
+    assert len(_keys(out)) == n + 1
+
+
+def test_huge_images_are_shrunk_and_coordinates_mapped_back(tmp_path):
+    d = tmp_path / "big"
+    d.mkdir()
+    img = textured_image(200, 300, seed=4)
+    cv2.imwrite(str(d / "a.png"), img)
+    small = ExtractConfig(pipeline="sift", max_keypoints=50, max_side=150)
+    extract_folder(d, tmp_path / "s.h5", small, progress=False)
+    f = read_features(tmp_path / "s.h5", "a.png")
+    with h5py.File(tmp_path / "s.h5", "r") as h:
+        assert h["a.png"].attrs["resize"] == pytest.approx(0.5)
+    assert f.image_size == (200, 300) and f.keypoints[:, 0].max() > 150  # original pixel coordinates
+    half = cv2.resize(img.astype(np.float32) / 255, (150, 100), interpolation=cv2.INTER_AREA)
+    ref = build_pipeline("sift", 50).extract(half)
+    assert np.allclose(f.keypoints, (ref.keypoints + 0.5) * 2 - 0.5, atol=1e-4)
+    assert np.allclose(f.scales, ref.scales * 2, atol=1e-4)
+
+
+def test_worker_processes_give_the_same_file(folder, tmp_path):
+    a, b = tmp_path / "a.h5", tmp_path / "b.h5"
+    extract_folder(folder, a, CFG, progress=False)
+    extract_folder(folder, b, CFG, workers=2, progress=False)
+    assert _keys(a) == _keys(b)
+    for k in _keys(a):
+        assert np.array_equal(read_features(a, k).descriptors, read_features(b, k).descriptors), k
+
+
+def test_extract_cli_and_torchrun_sharding(folder, tmp_path, capsys):
+    out = tmp_path / "cli.h5"
+    args = ["extract", "--images", str(folder), "--out", str(out), "--pipeline", "sift", "--max-keypoints", "50"]
+    assert main([*args, "--no-progress"]) == 0
+    assert "7 of 10 images" in capsys.readouterr().out
+    assert main(["extract", "--images", str(tmp_path / "nope"), "--out", str(out)]) == 2
+    assert "no such file" in capsys.readouterr().err
+    dd = tmp_path / "ddp.h5"
+    args = ["extract", "--images", str(folder), "--out", str(dd), "--pipeline", "sift"]
+    r = run_torchrun([*args, "--max-keypoints", "50", "--part-size", "1", "--no-progress"])
+    assert r.stdout.count("images/s") == 1  # rank 0 reports
+    assert _keys(dd) == _keys(out)
+    for k in _keys(out):
+        assert np.array_equal(read_features(dd, k).keypoints, read_features(out, k).keypoints), k
