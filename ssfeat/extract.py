@@ -176,7 +176,10 @@ _WORKER: _Extractor | None = None
 
 def _worker_init(cfg: ExtractConfig) -> None:
     global _WORKER
-    torch.set_num_threads(1)
+    import cv2
+
+    torch.set_num_threads(1)  # one process per core: no oversubscription by torch or OpenCV threads
+    cv2.setNumThreads(1)
     _WORKER = _Extractor(cfg)
 
 
