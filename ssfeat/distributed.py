@@ -77,20 +77,28 @@ def any_true(flag: bool) -> bool:
 def gather_rows(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Concatenate every process's rows of ``x`` ``(n_r, ...)`` (``n_r`` may differ) in rank order.
 
-    Returns the ``(sum n_r, ...)`` tensor, in which only this process's own rows carry gradients,
-    and the offset of those rows. Single process: ``(x, 0)``.
+    Differentiable: gradients with respect to other processes' rows flow back to the process that
+    owns them (``torch.distributed.nn.functional.all_gather``), so a loss over the gathered rows,
+    averaged by DDP, has the gradient of the same loss computed in one process on the whole batch.
+    Returns the ``(sum n_r, ...)`` tensor and the offset of this process's rows. Single process:
+    ``(x, 0)``.
     """
     if not is_dist():
         return x, 0
+    from torch.distributed.nn.functional import all_gather
+
     W = world_size()
     n = torch.tensor([len(x)], dtype=torch.long, device=x.device)
     sizes = [torch.zeros_like(n) for _ in range(W)]
     dist.all_gather(sizes, n)
     sizes = [int(v.item()) for v in sizes]
-    pad = x.new_zeros((max(sizes),) + tuple(x.shape[1:]))
-    pad[: len(x)] = x.detach()
-    out = [torch.empty_like(pad) for _ in range(W)]
-    dist.all_gather(out, pad)
-    parts = [o[:k] for o, k in zip(out, sizes)]
-    parts[rank()] = x
-    return torch.cat(parts), sum(sizes[: rank()])
+    m = max(sizes)
+    pad = torch.cat([x, x.new_zeros((m - len(x),) + tuple(x.shape[1:]))]) if len(x) < m else x
+    parts = all_gather(pad.contiguous()) if x.requires_grad else _gather_plain(pad, W)
+    return torch.cat([p[:k] for p, k in zip(parts, sizes)]), sum(sizes[: rank()])
+
+
+def _gather_plain(x: torch.Tensor, W: int) -> list[torch.Tensor]:
+    out = [torch.empty_like(x) for _ in range(W)]
+    dist.all_gather(out, x)
+    return out

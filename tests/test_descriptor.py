@@ -244,3 +244,43 @@ def test_hard_negatives_over_gathered_positives_equal_the_single_batch():
     s_pos, s_neg = hard_negatives(d, p, g, 4)
     s_pos2, s_neg2 = hard_negatives(d[5:], p, g, 4, offset=5)
     assert torch.allclose(s_pos[5:], s_pos2) and torch.allclose(s_neg[5:], s_neg2)
+
+
+def _ddp_grad_worker(rank: int, init: str, batch: dict, out: str) -> None:
+    """One of 2 gloo processes: the descriptor loss on this process's half of ``batch``."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    torch.manual_seed(0)
+    task = DescriptorTask(DescriptorTrainConfig(model=TINY_NET, negatives=5))
+    net = task.build_model().eval()  # frozen batch norm: per-process statistics would differ
+    half = {k: v[rank * 2 : rank * 2 + 2] for k, v in batch.items()}
+    loss, _ = task.loss(net, half, 0)
+    loss.backward()
+    grads = [p.grad.clone() for p in net.parameters()]
+    for g in grads:  # what DDP does: average the gradients
+        dist.all_reduce(g)
+        g /= 2
+    if rank == 0:
+        torch.save(grads, out)
+    dist.destroy_process_group()
+
+
+def test_ddp_gradient_equals_the_single_process_gradient(tmp_path):
+    """Negatives gathered across processes (with gradients routed back) make the averaged 2-process
+    gradient equal to the 1-process gradient of the whole batch."""
+    import torch.multiprocessing as mp
+
+    batch = DescriptorPairSynthesizer(_images(), tiny_pairs()).batch(range(4))
+    torch.manual_seed(0)
+    task = DescriptorTask(DescriptorTrainConfig(model=TINY_NET, negatives=5))
+    net = task.build_model().eval()
+    loss, _ = task.loss(net, batch, 0)
+    loss.backward()
+    n = batch["kp_valid"].sum(1)
+    if n[:2].sum() != n[2:].sum():  # DDP averages per-process means: equal only for equal halves
+        pytest.skip("halves with different numbers of keypoints")
+    out = tmp_path / "g.pt"
+    mp.spawn(_ddp_grad_worker, args=(f"file://{tmp_path / 'init'}", batch, str(out)), nprocs=2)
+    for p, g in zip(net.parameters(), torch.load(out)):
+        assert torch.allclose(p.grad, g, atol=1e-6, rtol=1e-4)
