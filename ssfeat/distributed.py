@@ -74,19 +74,33 @@ def any_true(flag: bool) -> bool:
     return bool(t.item())
 
 
+class _AllGatherRows(torch.autograd.Function):
+    """``(m, ...)`` -> ``(W, m, ...)``: every process's tensor; the backward sums the gradients of
+    all processes (all-reduce) and returns this process's slice."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        out = [torch.empty_like(x) for _ in range(world_size())]
+        dist.all_gather(out, x.contiguous())
+        return torch.stack(out)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad[rank()]
+
+
 def gather_rows(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Concatenate every process's rows of ``x`` ``(n_r, ...)`` (``n_r`` may differ) in rank order.
 
     Differentiable: gradients with respect to other processes' rows flow back to the process that
-    owns them (``torch.distributed.nn.functional.all_gather``), so a loss over the gathered rows,
-    averaged by DDP, has the gradient of the same loss computed in one process on the whole batch.
-    Returns the ``(sum n_r, ...)`` tensor and the offset of this process's rows. Single process:
-    ``(x, 0)``.
+    owns them, so a loss over the gathered rows, averaged by DDP, has the gradient of the same loss
+    computed in one process on the whole batch. Returns the ``(sum n_r, ...)`` tensor and the
+    offset of this process's rows. Single process: ``(x, 0)``.
     """
     if not is_dist():
         return x, 0
-    from torch.distributed.nn.functional import all_gather
-
     W = world_size()
     n = torch.tensor([len(x)], dtype=torch.long, device=x.device)
     sizes = [torch.zeros_like(n) for _ in range(W)]
@@ -94,11 +108,5 @@ def gather_rows(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     sizes = [int(v.item()) for v in sizes]
     m = max(sizes)
     pad = torch.cat([x, x.new_zeros((m - len(x),) + tuple(x.shape[1:]))]) if len(x) < m else x
-    parts = all_gather(pad.contiguous()) if x.requires_grad else _gather_plain(pad, W)
+    parts = _AllGatherRows.apply(pad)
     return torch.cat([p[:k] for p, k in zip(parts, sizes)]), sum(sizes[: rank()])
-
-
-def _gather_plain(x: torch.Tensor, W: int) -> list[torch.Tensor]:
-    out = [torch.empty_like(x) for _ in range(W)]
-    dist.all_gather(out, x)
-    return out
