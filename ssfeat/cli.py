@@ -207,6 +207,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-keypoints", type=_positive, default=1000)
     p.add_argument("--weights", default=None)
     p.add_argument("--out", required=True, help="PNG path")
+    from .data.geoloc import GeolocMakeConfig
+
+    g = GeolocMakeConfig()
+    data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_cmd", required=True)
+    p = data.add_parser("make-geoloc", help="a synthetic geolocalization dataset from photos (positions synthetic)")
+    p.add_argument("--images", required=True, help="source photos (one place per photo)")
+    p.add_argument("--out", required=True, help="new dataset folder (ROOT/images/{train,val,test}/...)")
+    p.add_argument("--n-gallery", type=_positive, default=g.n_gallery, help="gallery views per place")
+    p.add_argument("--n-queries", type=_positive, default=g.n_queries, help="query views per place")
+    p.add_argument("--k", type=float, default=g.k, help="trapezoid distortion in [0, 1] (a float)")
+    p.add_argument("--splits", default=",".join(map(str, g.splits)), help="train,val,test shares of the places")
+    p.add_argument("--seed", type=int, default=g.seed)
     from .extract import ExtractConfig
 
     p = sub.add_parser("extract", help="features of every image of a folder into one HDF5 file (resumable)")
@@ -593,6 +605,23 @@ def descriptor_demo(path: str | Path, out: str | Path, max_keypoints: int = 500)
     return fig
 
 
+def cmd_make_geoloc(args) -> int:
+    from .data.geoloc import GeolocMakeConfig, make_geoloc_dataset
+
+    try:
+        splits = tuple(float(v) for v in args.splits.split(","))
+    except ValueError:
+        raise ValueError(f"--splits expects three comma-separated fractions, got {args.splits!r}") from None
+    if not 0.0 <= args.k <= 1.0:
+        raise ValueError(f"--k must lie in [0, 1], got {args.k}")
+    cfg = GeolocMakeConfig(n_gallery=args.n_gallery, n_queries=args.n_queries, k=args.k, splits=splits, seed=args.seed)
+    meta = make_geoloc_dataset(args.images, args.out, cfg)
+    for s, c in meta["counts"].items():
+        print(f"{s}: {c['places']} places, {c['gallery']} gallery, {c['queries']} queries")
+    print(f"dataset (synthetic positions): {args.out}; {len(meta['skipped'])} unreadable photos skipped")
+    return 0
+
+
 def cmd_extract(args) -> int:
     from . import distributed as du
     from .extract import ExtractConfig, extract_folder
@@ -650,6 +679,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.cmd == "extract":
             return cmd_extract(args)
+        if args.cmd == "data":
+            return cmd_make_geoloc(args)
     except (ValueError, OSError, ImageReadError, FloatingPointError) as e:
         print(f"ssfeat: error: {e}", file=sys.stderr)
         return 2
