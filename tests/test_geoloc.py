@@ -52,3 +52,35 @@ def test_make_geoloc_cli(image_dir, tmp_path, capsys):
     bad = ["data", "make-geoloc", "--images", str(image_dir), "--out", str(tmp_path / "i"), "--splits", "0.5,0.6,0"]
     assert main(bad) == 2
     assert "splits" in capsys.readouterr().err
+
+
+def test_gem_retrieve_and_recall():
+    import torch
+
+    from ssfeat.retrieval import gem, recall_at, retrieve
+
+    x = torch.rand(2, 3, 4, 5)
+    assert torch.allclose(gem(x, p=1.0), x.mean((-2, -1)), atol=1e-6)
+    assert torch.allclose(gem(torch.full((1, 2, 3, 3), 0.5)), torch.full((1, 2), 0.5))
+    assert (gem(x, p=8.0) <= x.amax((-2, -1)) + 1e-6).all() and (gem(x, p=8.0) >= gem(x, p=1.0)).all()
+    db = torch.nn.functional.normalize(torch.randn(30, 8), dim=1)
+    q = torch.nn.functional.normalize(db[[3, 7]] + 0.05 * torch.randn(2, 8), dim=1)
+    idx, sim = retrieve(db, q, 5)
+    assert idx.shape == (2, 5) and list(idx[:, 0]) == [3, 7] and (np.diff(sim, axis=1) <= 1e-6).all()
+    assert retrieve(db, q, 100)[0].shape == (2, 30)
+    preds = np.array([[3, 1, 2], [5, 7, 0]])
+    r = recall_at(preds, [np.array([3]), np.array([7])], ns=(1, 2))
+    assert r == {"R@1": 50.0, "R@2": 100.0}
+    assert recall_at(preds, [np.array([], np.int64), np.array([9])], ns=(1,)) == {"R@1": 0.0}
+
+
+def test_geoloc_benchmark_cli(image_dir, tmp_path, capsys):
+    make_geoloc_dataset(image_dir, tmp_path / "geo", GeolocMakeConfig(size=(96, 64), splits=(0.5, 0.0, 0.5)))
+    js = tmp_path / "g.json"
+    assert main(["benchmark", "geoloc", "--root", str(tmp_path / "geo"), "--json", str(js), "--no-progress"]) == 0
+    res = json.loads(js.read_text())
+    r = res["methods"]["retrieval (GeM, ssfeat descriptor)"]
+    assert res["n_queries"] == 3 and res["queries_without_positive"] == 0
+    assert 0 <= r["R@1"] <= r["R@5"] <= 100 and r["R@20"] == 100.0  # every gallery image is in the top 20
+    assert "R@1" in capsys.readouterr().out
+    assert main(["benchmark", "geoloc", "--root", str(tmp_path / "nope"), "--json", str(js)]) == 2

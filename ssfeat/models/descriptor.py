@@ -65,16 +65,22 @@ class DescriptorNet(nn.Module):
         self.fuse = nn.Sequential(conv_bn_relu(c3 + c2, d, 1), conv_bn_relu(d, d, 3))
         self.head = nn.Conv2d(d, cfg.dim, 1)
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        """``(B, 1, H, W)`` in ``[0, 1]`` -> raw dense descriptors ``(B, dim, ceil(H/4), ceil(W/4))``
-        (not normalised; :func:`sample_descriptors` normalises after interpolation)."""
+    def encode(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder features of ``(B, 1, H, W)`` images in ``[0, 1]`` (padded to a multiple of 8):
+        stride 4 ``(B, c2, H'/4, W'/4)`` and stride 8 ``(B, c3, H'/8, W'/8)`` (non-negative)."""
         H, W = image.shape[-2:]
-        Hp, Wp = -H % 8, -W % 8  # pad to a multiple of 8, cropped again at stride 4
+        Hp, Wp = -H % 8, -W % 8
         x = local_normalize(image, self.config.norm_window)
         if Hp or Wp:
             x = F.pad(x, (0, Wp, 0, Hp), mode="replicate")
         f2 = self.enc2(self.enc1(self.stem(x)))
-        f3 = self.enc3(f2)
+        return f2, self.enc3(f2)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """``(B, 1, H, W)`` in ``[0, 1]`` -> raw dense descriptors ``(B, dim, ceil(H/4), ceil(W/4))``
+        (not normalised; :func:`sample_descriptors` normalises after interpolation)."""
+        H, W = image.shape[-2:]
+        f2, f3 = self.encode(image)  # padded to a multiple of 8, cropped again at stride 4
         up = F.interpolate(f3, size=f2.shape[-2:], mode="bilinear", align_corners=False)
         out = self.head(self.fuse(torch.cat([up, f2], 1)))
         return out[..., : -(-H // STRIDE), : -(-W // STRIDE)]
