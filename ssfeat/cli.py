@@ -230,6 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=float, default=g.k, help="trapezoid distortion in [0, 1] (a float)")
     p.add_argument("--splits", default=",".join(map(str, g.splits)), help="train,val,test shares of the places")
     p.add_argument("--seed", type=int, default=g.seed)
+    p = data.add_parser("warp-pair", help="draw a self-supervised homography pair (GeoWarp's four images)")
+    p.add_argument("image")
+    p.add_argument("--out", required=True, help="PNG path")
+    p.add_argument("--k", type=float, default=0.6, help="trapezoid distortion in [0, 1] (a float)")
+    p.add_argument("--size", type=_positive, default=128, help="side of the views (px)")
+    p.add_argument("--seed", type=int, default=0)
     from .extract import ExtractConfig
 
     p = sub.add_parser("extract", help="features of every image of a folder into one HDF5 file (resumable)")
@@ -704,6 +710,14 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.cmd == "extract":
             return cmd_extract(args)
+        if args.cmd == "data" and args.data_cmd == "warp-pair":
+            from .data.images import read_image
+            from .data.warp_pairs import WarpPairConfig, WarpPairSynthesizer, draw_pair
+
+            img = read_image(args.image)
+            synth = WarpPairSynthesizer([img], WarpPairConfig(size=args.size, k=args.k, seed=args.seed))
+            print(f"figure: {draw_pair(img, synth.sample(0), args.out)}")
+            return 0
         if args.cmd == "data":
             return cmd_make_geoloc(args)
     except (ValueError, OSError, ImageReadError, FloatingPointError) as e:

@@ -84,3 +84,56 @@ def test_geoloc_benchmark_cli(image_dir, tmp_path, capsys):
     assert 0 <= r["R@1"] <= r["R@5"] <= 100 and r["R@20"] == 100.0  # every gallery image is in the top 20
     assert "R@1" in capsys.readouterr().out
     assert main(["benchmark", "geoloc", "--root", str(tmp_path / "nope"), "--json", str(js)]) == 2
+
+
+def test_convex_clipping_and_four_points():
+    from ssfeat.data.warp_pairs import clip_convex, four_points
+
+    a = np.array([[0.0, 0], [2, 0], [2, 2], [0, 2]])
+    b = a + 1.0
+    inter = clip_convex(a, b)
+    assert len(inter) == 4 and np.allclose(sorted(map(tuple, inter)), [(1, 1), (1, 2), (2, 1), (2, 2)])
+    assert len(clip_convex(a, a + 5.0)) == 0
+    tri_cut = clip_convex(a, np.array([[0.0, 0], [2, 0], [0, 2]])[::-1])  # clip order does not matter
+    assert len(tri_cut) == 3
+    q = four_points(np.array([[2.0, 2], [0, 0], [1, -0.5], [2, 0], [0, 2]]))
+    assert np.allclose(q, [[0, 0], [2, 0], [2, 2], [0, 2]])  # TL, TR, BR, BL; the extra vertex dropped
+
+
+def test_warp_pairs_targets_are_the_shared_region(image_dir):
+    import cv2
+
+    from ssfeat.data.images import list_images, read_image
+    from ssfeat.data.warp_pairs import FRAME, WarpPairConfig, WarpPairSynthesizer, apply_h, homography, to_pixels
+
+    imgs = [read_image(p) for p in list_images(image_dir)]
+    s = WarpPairSynthesizer(imgs, WarpPairConfig(size=96, k=0.8))
+    b = s.batch(range(6))
+    assert b["image_a"].shape == (6, 1, 96, 96) and b["t_a"].shape == (6, 4, 2)
+    diffs, shuffled = [], []
+    for i in range(6):
+        x = {k: v[i].numpy().astype(np.float64) for k, v in b.items()}
+        # t_a is where t_z lies in view a: mapping it back through the view's trapezoid gives t_z
+        assert np.allclose(apply_h(homography(FRAME, x["t_x"]), x["t_a"]), x["t_z"], atol=1e-4)
+        assert np.allclose(apply_h(homography(FRAME, x["t_y"]), x["t_b"]), x["t_z"], atol=1e-4)
+        # the shared region, rectified from either view, shows the same content
+        crops = []
+        for img, t in ((x["image_a"][0], x["t_a"]), (x["image_b"][0], x["t_b"])):
+            M = homography(to_pixels(FRAME, 64, 64), to_pixels(t, 96, 96))
+            crops.append(cv2.warpPerspective(img.astype(np.float32), M, (64, 64), flags=cv2.WARP_INVERSE_MAP))
+        diffs.append(np.abs(crops[0] - crops[1])[8:-8, 8:-8].mean())
+        shuffled.append(np.abs(crops[0] - np.rot90(crops[1]))[8:-8, 8:-8].mean())
+    assert np.mean(diffs) < 0.5 * np.mean(shuffled)
+    # k = 0: both trapezoids are the whole frame
+    flat = WarpPairSynthesizer(imgs, WarpPairConfig(size=32, k=0.0)).sample(0)
+    assert np.allclose(flat["t_a"], FRAME, atol=1e-5) and np.allclose(flat["t_b"], FRAME, atol=1e-5)
+    with pytest.raises(ValueError, match="k must lie"):
+        WarpPairConfig(k=1.5)
+
+
+def test_warp_pair_figure_cli(image_dir, tmp_path, capsys):
+    fig = tmp_path / "w.png"
+    img = next(image_dir.glob("*.png"))
+    assert main(["data", "warp-pair", str(img), "--out", str(fig), "--k", "0.8"]) == 0
+    assert fig.stat().st_size > 5000 and "figure" in capsys.readouterr().out
+    assert main(["data", "warp-pair", str(img), "--out", str(fig), "--k", "1.2"]) == 2
