@@ -95,6 +95,16 @@ def _add_train(sub) -> None:
     p.add_argument("--max-rotation", type=float, default=pc.max_rotation_deg, help="per-view rotation range (deg)")
     p.add_argument("--dim", type=_positive, default=m.dim, help="descriptor length")
 
+    from .training import WarpTrainConfig
+
+    d = WarpTrainConfig()
+    p = tr.add_parser("warp", help="train the homography regressor (GeoWarp) on self-supervised trapezoid pairs")
+    _add_loop_args(p, d, "image pairs per step, all processes")
+    p.add_argument("--k", type=float, default=d.pairs.k, help="trapezoid distortion in [0, 1] (a float)")
+    p.add_argument("--size", type=_positive, default=d.model.size, help="side of the views (px, multiple of 8)")
+    p.add_argument("--consistency-weight", type=float, default=d.consistency_weight, help="flip-consistency loss")
+    p.add_argument("--backbone", default=d.backbone_weights, help="frozen descriptor weights/run (default: bundled)")
+
 
 def _add_benchmark(sub) -> None:
     from .evaluation.benchmarks import BenchmarkConfig
@@ -278,6 +288,8 @@ def cmd_train(args) -> int:
         return _train_detector(args)
     if args.model == "descriptor":
         return _train_descriptor(args)
+    if args.model == "warp":
+        return _train_warp(args)
     cfg = TrainConfig(
         **_loop_kwargs(args, TrainConfig.steps),
         scale_loss=args.scale_loss,
@@ -342,6 +354,25 @@ def _train_descriptor(args) -> int:
         pairs=DescriptorPairConfig(
             size=args.size, max_rotation_deg=args.max_rotation, keypoints=args.keypoints, seed=args.seed
         ),
+    )
+    last = fit(cfg, args.out, resume=args.resume, progress=not args.no_progress, total_steps=args.steps)
+    print(f"checkpoint: {last}")
+    return 0
+
+
+def _train_warp(args) -> int:
+    from .data.warp_pairs import WarpPairConfig
+    from .hub import load_descriptor
+    from .models.warp import WarpConfig
+    from .training import WarpTrainConfig, fit
+
+    backbone = load_descriptor(args.backbone).config  # the frozen backbone's architecture
+    cfg = WarpTrainConfig(
+        **_loop_kwargs(args, WarpTrainConfig.steps),
+        consistency_weight=args.consistency_weight,
+        backbone_weights=args.backbone,
+        model=WarpConfig(size=args.size, backbone=backbone),
+        pairs=WarpPairConfig(size=args.size, k=args.k, seed=args.seed),
     )
     last = fit(cfg, args.out, resume=args.resume, progress=not args.no_progress, total_steps=args.steps)
     print(f"checkpoint: {last}")

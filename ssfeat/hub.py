@@ -27,17 +27,21 @@ BUNDLED = {
 BUNDLED_DETECTORS = {"detector": "detector.safetensors"}
 DESCRIPTOR_FORMAT = "ssfeat-descriptor-1"
 BUNDLED_DESCRIPTORS = {"descriptor": "descriptor.safetensors"}
+WARP_FORMAT = "ssfeat-warp-1"
+BUNDLED_WARPS: dict[str, str] = {}  # no bundled homography regressor yet
 
 
 def _kinds() -> dict[str, tuple]:
     """Training task -> (weights format, model class, config class, bundled names)."""
     from .models.descriptor import DescriptorConfig, DescriptorNet
     from .models.detector import DetectorConfig, OrientedKeypointNet
+    from .models.warp import WarpConfig, WarpNet
 
     return {
         "pose": (WEIGHTS_FORMAT, PatchPoseNet, PatchPoseConfig, BUNDLED),
         "detector": (DETECTOR_FORMAT, OrientedKeypointNet, DetectorConfig, BUNDLED_DETECTORS),
         "descriptor": (DESCRIPTOR_FORMAT, DescriptorNet, DescriptorConfig, BUNDLED_DESCRIPTORS),
+        "warp": (WARP_FORMAT, WarpNet, WarpConfig, BUNDLED_WARPS),
     }
 
 
@@ -88,6 +92,11 @@ def load_detector(name_or_path: str | Path = "detector"):
         ValueError: missing/foreign file, or weights of another kind of model.
     """
     return _load_kind(name_or_path, "detector", "detector")
+
+
+def load_warp(name_or_path: str | Path):
+    """A WarpNet (eval mode) from a ``.safetensors`` file or a warp training run folder."""
+    return _load_kind(name_or_path, "warp", "homography-regression")
 
 
 def load_descriptor(name_or_path: str | Path = "descriptor"):

@@ -1,6 +1,7 @@
 """Training losses, vectorised: histogram alignment (patch pose, Lee et al. BMVC 2021, Eq. 3-7),
 dense orientation alignment and MSIP (keypoint detector, ReKD), listwise AP and hardest-negative
-triplet with in-batch hard negatives (descriptors, HNDesc)."""
+triplet with in-batch hard negatives (descriptors, HNDesc), corner regression and flip consistency
+(homography regression, GeoWarp)."""
 
 from __future__ import annotations
 
@@ -309,3 +310,18 @@ def triplet_loss(s_pos: torch.Tensor, s_neg: torch.Tensor, margin: float = 1.0) 
     descriptor distance ``d = sqrt(2 - 2 cos)``; ``s_neg`` ``(N, k)`` hardest first."""
     d = lambda s: (2.0 - 2.0 * s).clamp(min=1e-8).sqrt()  # noqa: E731
     return F.relu(margin + d(s_pos) - d(s_neg[:, 0])).mean()
+
+
+# ------------------------------------------------------------------------------------------------
+# homography regression (GeoWarp)
+
+
+def corner_loss(pred: tuple[torch.Tensor, torch.Tensor], t_a: torch.Tensor, t_b: torch.Tensor) -> torch.Tensor:
+    """Self-supervised loss: mean squared error of the predicted corners ``(B, 4, 2)`` in both views
+    against the true corners of the shared region ``t_a``, ``t_b`` (normalised coordinates)."""
+    return 0.5 * (F.mse_loss(pred[0], t_a) + F.mse_loss(pred[1], t_b))
+
+
+def flip_consistency_loss(pred_ab: tuple[torch.Tensor, torch.Tensor], pred_ba: tuple[torch.Tensor, torch.Tensor]):
+    """GeoWarp's consistency loss: swapping the inputs must swap the outputs (needs no labels)."""
+    return 0.5 * (F.mse_loss(pred_ab[0], pred_ba[1]) + F.mse_loss(pred_ab[1], pred_ba[0]))

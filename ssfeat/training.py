@@ -31,10 +31,13 @@ from .data.descriptor_pairs import DescriptorPairConfig, DescriptorPairSynthesiz
 from .data.homography_pairs import HomographyPairConfig, HomographyPairSynthesizer
 from .data.images import load_folder
 from .data.synthesis import PairConfig, PairSynthesizer, split_by_image
+from .data.warp_pairs import WarpPairConfig, WarpPairSynthesizer
 from .evaluation.metrics import pose_accuracies
 from .losses import (
     ap_loss,
+    corner_loss,
     dense_orientation_loss,
+    flip_consistency_loss,
     hard_negatives,
     histogram_alignment_loss,
     msip_loss,
@@ -44,6 +47,7 @@ from .losses import (
 from .models.descriptor import DescriptorConfig, DescriptorNet, sample_descriptors
 from .models.detector import DetectorConfig, OrientedKeypointNet
 from .models.patch_pose import PatchPoseConfig, PatchPoseNet, decode_pose
+from .models.warp import WarpConfig, WarpNet
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +163,38 @@ class DescriptorTrainConfig(LoopConfig):
         return cls(**d)
 
 
-CONFIGS = {"pose": TrainConfig, "detector": DetectorTrainConfig, "descriptor": DescriptorTrainConfig}
+@dataclass
+class WarpTrainConfig(LoopConfig):
+    """Homography-regression training (GeoWarp) on self-supervised trapezoid pairs; stored in every
+    checkpoint. Loss = ``corner_weight * corner MSE + consistency_weight * flip consistency``; the
+    backbone (the descriptor network ``backbone_weights``) is frozen."""
+
+    batch_size: int = 16
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    val_every: int = 250
+    val_pairs: int = 256
+    ckpt_every: int = 250
+    corner_weight: float = 1.0
+    consistency_weight: float = 0.1
+    backbone_weights: str = "descriptor"
+    model: WarpConfig = field(default_factory=WarpConfig)
+    pairs: WarpPairConfig = field(default_factory=WarpPairConfig)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> WarpTrainConfig:
+        d = dict(d)
+        d["model"] = WarpConfig.from_dict(d.get("model", {}))
+        d["pairs"] = WarpPairConfig(**d.get("pairs", {}))
+        return cls(**d)
+
+
+CONFIGS = {
+    "pose": TrainConfig,
+    "detector": DetectorTrainConfig,
+    "descriptor": DescriptorTrainConfig,
+    "warp": WarpTrainConfig,
+}
 
 
 def config_from_checkpoint(ckpt: dict) -> LoopConfig:
@@ -502,7 +537,76 @@ class DescriptorTask:
     postfix = {"acc": "match_acc", "ap": "ap"}
 
 
-TASKS = {"pose": PoseTask, "detector": DetectorTask, "descriptor": DescriptorTask}
+def corner_metrics(pred_a: torch.Tensor, pred_b: torch.Tensor, t_a: torch.Tensor, t_b: torch.Tensor) -> dict:
+    """``corner_err``: mean distance (normalised units) of the 8 predicted corners to the truth;
+    ``within_0.1``: share (%) of pairs whose 8 corners all lie within 0.1 of the truth."""
+    d = torch.cat([(pred_a - t_a).norm(dim=-1), (pred_b - t_b).norm(dim=-1)], 1)  # (B, 8)
+    return {"corner_err": float(d.mean()), "within_0.1": 100.0 * float((d.amax(1) <= 0.1).float().mean())}
+
+
+class WarpTask:
+    """Homography regression (GeoWarp): corner MSE + flip consistency on trapezoid pairs."""
+
+    name = "warp"
+
+    def __init__(self, cfg: WarpTrainConfig) -> None:
+        self.cfg = cfg
+
+    def build_model(self) -> WarpNet:
+        from .hub import load_descriptor
+
+        net = WarpNet(self.cfg.model)
+        backbone = load_descriptor(self.cfg.backbone_weights)
+        if backbone.config != self.cfg.model.backbone:
+            raise ValueError(
+                f"backbone {self.cfg.backbone_weights} is {backbone.config}, not {self.cfg.model.backbone}"
+            )
+        net.backbone.load_state_dict(backbone.state_dict())
+        return net
+
+    def init_state(self, path: str) -> dict:
+        from .hub import load_warp
+
+        return _init_state(load_warp, path, self.cfg.model)
+
+    def synthesizers(self):
+        _, images, _, vimages = _split_images(self.cfg)
+        vcfg = dataclasses.replace(self.cfg.pairs, seed=self.cfg.pairs.seed + 1)
+        return WarpPairSynthesizer(images, self.cfg.pairs), WarpPairSynthesizer(vimages, vcfg)
+
+    def make_batch(self, synth: WarpPairSynthesizer, indices) -> dict:
+        return synth.batch(indices)
+
+    def val_batch(self, synth: WarpPairSynthesizer) -> dict:
+        return synth.batch(range(self.cfg.val_pairs))
+
+    def loss(self, net, batch: dict, step: int):
+        cfg = self.cfg
+        ab = net(batch["image_a"], batch["image_b"])
+        lc = corner_loss(ab, batch["t_a"], batch["t_b"])
+        loss, parts = cfg.corner_weight * lc, {"loss_corner": lc.item()}
+        if cfg.consistency_weight > 0:
+            lf = flip_consistency_loss(ab, net(batch["image_b"], batch["image_a"]))
+            loss, parts["loss_flip"] = loss + cfg.consistency_weight * lf, lf.item()
+        return loss, parts
+
+    @torch.no_grad()
+    def evaluate(self, model, val: dict) -> dict[str, float]:
+        was = model.training
+        model.eval()
+        preds = [model(val["image_a"][i : i + 64], val["image_b"][i : i + 64]) for i in range(0, len(val["t_a"]), 64)]
+        model.train(was)
+        pa, pb = torch.cat([p[0] for p in preds]), torch.cat([p[1] for p in preds])
+        return corner_metrics(pa, pb, val["t_a"], val["t_b"])
+
+    @staticmethod
+    def score(m: dict[str, float]) -> float:
+        return m["within_0.1"] - m["corner_err"]
+
+    postfix = {"w01": "within_0.1", "err": "corner_err"}
+
+
+TASKS = {"pose": PoseTask, "detector": DetectorTask, "descriptor": DescriptorTask, "warp": WarpTask}
 
 
 def task_for(cfg: LoopConfig):
