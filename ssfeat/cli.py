@@ -102,7 +102,16 @@ def _add_train(sub) -> None:
     _add_loop_args(p, d, "image pairs per step, all processes")
     p.add_argument("--k", type=float, default=d.pairs.k, help="trapezoid distortion in [0, 1] (a float)")
     p.add_argument("--size", type=_positive, default=d.model.size, help="side of the views (px, multiple of 8)")
-    p.add_argument("--consistency-weight", type=float, default=d.consistency_weight, help="flip-consistency loss")
+    p.add_argument(
+        "--qp-root",
+        default=None,
+        help="geolocalization dataset whose train split gives weakly supervised (query, positive) pairs "
+        "for the consistency and features-wise losses (default: self-supervised pairs only)",
+    )
+    p.add_argument("--qp-batch-size", type=_positive, default=d.qp_batch_size, help="(query, positive) pairs per step")
+    p.add_argument("--qp-every", type=_positive, default=d.qp_every, help="(query, positive) losses every N steps")
+    p.add_argument("--consistency-weight", type=float, default=d.consistency_weight, help="consistency loss")
+    p.add_argument("--features-weight", type=float, default=d.features_weight, help="features-wise loss")
     p.add_argument("--backbone", default=d.backbone_weights, help="frozen descriptor weights/run (default: bundled)")
 
 
@@ -189,10 +198,23 @@ def _add_benchmark(sub) -> None:
 
 
 def _add_geoloc_benchmark(bsub) -> None:
-    p = bsub.add_parser("geoloc", help="visual geolocalization: retrieval recall@1/5/10/20 (25 m)")
+    p = bsub.add_parser(
+        "geoloc", help="visual geolocalization: recall@1/5/10/20 (25 m), with and without GeoWarp re-ranking"
+    )
     p.add_argument("--root", required=True, help="dataset root (ROOT/images/{train,val,test}/{gallery,queries})")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--weights", default="descriptor", help="ssfeat descriptor weights/run (default: bundled)")
+    p.add_argument("--warp-weights", default="warp", help="warping regressor weights/run (default: bundled)")
+    p.add_argument("--rerank-n", type=_positive, default=5, help="candidates re-ranked per query")
+    p.add_argument("--no-rerank", action="store_true", help="plain retrieval only")
+    p.add_argument("--json", required=True, help="output JSON path")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    p = bsub.add_parser("warp", help="corner accuracy of the warping regressor on held-out synthetic pairs")
+    p.add_argument("--images", required=True, help="photos the model was not trained on")
+    p.add_argument("--warp-weights", default="warp", help="warping regressor weights/run (default: bundled)")
+    p.add_argument("--pairs", type=_positive, default=512, help="number of synthetic pairs")
+    p.add_argument("--k", type=float, default=None, help="trapezoid distortion (default: the model's training k)")
     p.add_argument("--json", required=True, help="output JSON path")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
@@ -209,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     c4 = p.add_mutually_exclusive_group()
     c4.add_argument("--c4", dest="c4", action="store_const", const=True, help="average over 90-degree rotations")
     c4.add_argument("--no-c4", dest="c4", action="store_const", const=False, help="no rotation averaging")
+    p.add_argument("--half", action="store_true", help="store float16 weights (half the file size)")
     _add_benchmark(sub)
     p = sub.add_parser("show", help="draw learned scale and orientation at SIFT keypoints (paper Fig. 1)")
     p.add_argument("image")
@@ -246,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=float, default=0.6, help="trapezoid distortion in [0, 1] (a float)")
     p.add_argument("--size", type=_positive, default=128, help="side of the views (px)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--weights", default=None, help="also draw this warping regressor's prediction ('warp': bundled)")
     from .extract import ExtractConfig
 
     p = sub.add_parser("extract", help="features of every image of a folder into one HDF5 file (resumable)")
@@ -369,7 +393,11 @@ def _train_warp(args) -> int:
     backbone = load_descriptor(args.backbone).config  # the frozen backbone's architecture
     cfg = WarpTrainConfig(
         **_loop_kwargs(args, WarpTrainConfig.steps),
+        qp_root=args.qp_root,
+        qp_batch_size=args.qp_batch_size,
+        qp_every=args.qp_every,
         consistency_weight=args.consistency_weight,
+        features_weight=args.features_weight,
         backbone_weights=args.backbone,
         model=WarpConfig(size=args.size, backbone=backbone),
         pairs=WarpPairConfig(size=args.size, k=args.k, seed=args.seed),
@@ -408,6 +436,8 @@ def cmd_benchmark(args) -> int:
         return cmd_benchmark_descriptor(args)
     if args.bench == "geoloc":
         return cmd_benchmark_geoloc(args)
+    if args.bench == "warp":
+        return cmd_benchmark_warp(args)
     methods = build_methods(args.weights, _extra(args.extra))
     if args.bench == "patchpose":
         cfg = BenchmarkConfig(n_pairs=args.n_pairs, support=args.support, seed=args.seed)
@@ -473,10 +503,23 @@ def cmd_benchmark_geoloc(args) -> int:
     from .evaluation.benchmarks import write_json
     from .evaluation.geoloc import format_geoloc_table, run_geoloc
 
-    r = run_geoloc(args.root, args.split, args.weights, progress=not args.no_progress)
+    warp = None if args.no_rerank else args.warp_weights
+    r = run_geoloc(args.root, args.split, args.weights, warp, args.rerank_n, progress=not args.no_progress)
     print(f"geolocalization ({args.split}): {r['n_queries']} queries, {r['n_gallery']} gallery images, 25 m")
     print(format_geoloc_table(r))
-    print("re-ranking by the warping regressor: not implemented yet (issue 6)")
+    print(f"results: {write_json(r, args.json)}")
+    return 0
+
+
+def cmd_benchmark_warp(args) -> int:
+    from .evaluation.benchmarks import write_json
+    from .evaluation.geoloc import format_warp_table, run_warp_pairs
+
+    if args.k is not None and not 0.0 <= args.k <= 1.0:
+        raise ValueError(f"--k must lie in [0, 1], got {args.k}")
+    r = run_warp_pairs(args.images, args.warp_weights, args.pairs, args.k)
+    print(f"warping regressor on {r['n_pairs']} synthetic pairs from {r['n_images']} images (k={r['pairs']['k']:g})")
+    print(format_warp_table(r))
     print(f"results: {write_json(r, args.json)}")
     return 0
 
@@ -624,6 +667,12 @@ def demo(
         figs.append(descriptor_demo(paths[0], out / f"{paths[0].stem}_descriptor_matches.png"))
     except ValueError as e:
         print(f"skipped the descriptor demo on {paths[0]}: {e}")
+    try:
+        from .data.images import read_image
+
+        figs.append(warp_demo(read_image(paths[0]), out / f"{paths[0].stem}_warp.png"))
+    except ValueError as e:
+        print(f"skipped the homography-regression demo on {paths[0]}: {e}")
     print("\nfigures: " + ", ".join(str(f) for f in figs))
     print(f"results: {out / 'demo_benchmark.json'}")
     return result
@@ -665,6 +714,27 @@ def descriptor_demo(path: str | Path, out: str | Path, max_keypoints: int = 500)
             title = f"learned descriptor: {int(ok.sum())} of {len(ok)} matches within 3 px (green)"
             fig = draw_matches(img, view, x0, x1, ok, out, title)
     return fig
+
+
+def warp_demo(image, out: str | Path, weights: str = "warp", k: float = 0.6, seed: int = 0) -> Path:
+    """GeoWarp's self-supervised pair made from ``image`` ``(H, W)`` with the warping regressor's
+    prediction drawn over the truth; prints the mean corner error (normalised units)."""
+    import numpy as np
+    import torch
+
+    from .data.warp_pairs import WarpPairConfig, WarpPairSynthesizer, draw_pair
+    from .hub import load_warp
+
+    net = load_warp(weights)
+    if not 0.0 <= k <= 1.0:
+        raise ValueError(f"--k must lie in [0, 1], got {k}")
+    sample = WarpPairSynthesizer([image], WarpPairConfig(size=net.config.size, k=k, seed=seed)).sample(0)
+    a, b = (torch.as_tensor(sample[key])[None, None] for key in ("image_a", "image_b"))
+    with torch.inference_mode():
+        pa, pb = (x[0].numpy() for x in net.shared_region(a, b))
+    err = 0.5 * (np.linalg.norm(pa - sample["t_a"], axis=1).mean() + np.linalg.norm(pb - sample["t_b"], axis=1).mean())
+    print(f"\nhomography regression on a self-supervised pair (k={k:g}): mean corner error {err:.3f} (frame spans 2)")
+    return draw_pair(image, sample, out, pred=(pa, pb))
 
 
 def cmd_make_geoloc(args) -> int:
@@ -718,7 +788,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "export":
             from .hub import export
 
-            print(f"weights: {export(args.run, args.out, args.c4)}")
+            print(f"weights: {export(args.run, args.out, args.c4, args.half)}")
             return 0
         if args.cmd == "benchmark":
             return cmd_benchmark(args)
@@ -746,6 +816,9 @@ def main(argv: list[str] | None = None) -> int:
             from .data.warp_pairs import WarpPairConfig, WarpPairSynthesizer, draw_pair
 
             img = read_image(args.image)
+            if args.weights:
+                print(f"figure: {warp_demo(img, args.out, args.weights, args.k, args.seed)}")
+                return 0
             synth = WarpPairSynthesizer([img], WarpPairConfig(size=args.size, k=args.k, seed=args.seed))
             print(f"figure: {draw_pair(img, synth.sample(0), args.out)}")
             return 0

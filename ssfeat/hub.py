@@ -28,7 +28,7 @@ BUNDLED_DETECTORS = {"detector": "detector.safetensors"}
 DESCRIPTOR_FORMAT = "ssfeat-descriptor-1"
 BUNDLED_DESCRIPTORS = {"descriptor": "descriptor.safetensors"}
 WARP_FORMAT = "ssfeat-warp-1"
-BUNDLED_WARPS: dict[str, str] = {}  # no bundled homography regressor yet
+BUNDLED_WARPS = {"warp": "warp.safetensors"}  # float16 on disk
 
 
 def _kinds() -> dict[str, tuple]:
@@ -45,9 +45,10 @@ def _kinds() -> dict[str, tuple]:
     }
 
 
-def save_weights(model, path: str | Path) -> Path:
-    """Write a PatchPoseNet's, OrientedKeypointNet's or DescriptorNet's weights and config to a
-    safetensors file."""
+def save_weights(model, path: str | Path, half: bool = False) -> Path:
+    """Write a PatchPoseNet's, OrientedKeypointNet's, DescriptorNet's or WarpNet's weights and config
+    to a safetensors file. ``half`` stores floating-point tensors as float16 (half the size; they
+    are cast back to the model's float32 on loading)."""
     from safetensors.torch import save_file
 
     fmt = next((k[0] for k in _kinds().values() if type(model) is k[1]), None)
@@ -56,6 +57,8 @@ def save_weights(model, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     meta = {
         "format": fmt,
         "config": json.dumps(dataclasses.asdict(model.config)),
@@ -94,8 +97,8 @@ def load_detector(name_or_path: str | Path = "detector"):
     return _load_kind(name_or_path, "detector", "detector")
 
 
-def load_warp(name_or_path: str | Path):
-    """A WarpNet (eval mode) from a ``.safetensors`` file or a warp training run folder."""
+def load_warp(name_or_path: str | Path = "warp"):
+    """A WarpNet (eval mode): bundled name, ``.safetensors`` file or warp training run folder."""
     return _load_kind(name_or_path, "warp", "homography-regression")
 
 
@@ -180,12 +183,12 @@ def model_from_checkpoint(run: str | Path):
     return model.eval()
 
 
-def export(run: str | Path, out: str | Path, c4: bool | None = None) -> Path:
+def export(run: str | Path, out: str | Path, c4: bool | None = None, half: bool = False) -> Path:
     """Export the best (else last) checkpoint of a training run to a safetensors weights file.
 
     ``c4`` switches the averaging over the four 90-degree rotations on or off at inference
-    (the weights are unchanged; ``None`` keeps the training setting)."""
+    (the weights are unchanged; ``None`` keeps the training setting); ``half`` stores float16."""
     model = model_from_checkpoint(run)
     if c4 is not None and isinstance(model, PatchPoseNet):
         model.set_c4(c4)
-    return save_weights(model, out)
+    return save_weights(model, out, half)

@@ -1,7 +1,7 @@
 """Training losses, vectorised: histogram alignment (patch pose, Lee et al. BMVC 2021, Eq. 3-7),
 dense orientation alignment and MSIP (keypoint detector, ReKD), listwise AP and hardest-negative
-triplet with in-batch hard negatives (descriptors, HNDesc), corner regression and flip consistency
-(homography regression, GeoWarp)."""
+triplet with in-batch hard negatives (descriptors, HNDesc), corner regression, consistency and features-wise
+losses (homography regression, GeoWarp)."""
 
 from __future__ import annotations
 
@@ -322,6 +322,29 @@ def corner_loss(pred: tuple[torch.Tensor, torch.Tensor], t_a: torch.Tensor, t_b:
     return 0.5 * (F.mse_loss(pred[0], t_a) + F.mse_loss(pred[1], t_b))
 
 
-def flip_consistency_loss(pred_ab: tuple[torch.Tensor, torch.Tensor], pred_ba: tuple[torch.Tensor, torch.Tensor]):
-    """GeoWarp's consistency loss: swapping the inputs must swap the outputs (needs no labels)."""
-    return 0.5 * (F.mse_loss(pred_ab[0], pred_ba[1]) + F.mse_loss(pred_ab[1], pred_ba[0]))
+def unflip_corners(quad: torch.Tensor) -> torch.Tensor:
+    """Corners ``(B, 4, 2)`` (TL, TR, BR, BL) predicted on horizontally flipped images, expressed in
+    the unflipped frame: ``x -> -x`` and TL <-> TR, BR <-> BL."""
+    q = quad[:, [1, 0, 3, 2]]
+    return torch.stack([-q[..., 0], q[..., 1]], -1)
+
+
+def consistency_loss(preds: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """GeoWarp's consistency loss on unlabeled (query, positive) pairs: several predictions of the
+    same two quadrilaterals (both input orders, flipped and not, all brought to the order
+    ``(query quad, positive quad)`` and the unflipped frame) are pulled to their detached mean."""
+    q = torch.stack([torch.cat(p, 1) for p in preds])  # (n, B, 8, 2)
+    return ((q - q.mean(0).detach()) ** 2).mean(dim=(1, 2, 3)).sum()
+
+
+def features_wise_loss(
+    features, image_q: torch.Tensor, image_p: torch.Tensor, quad_q: torch.Tensor, quad_p: torch.Tensor
+) -> torch.Tensor:
+    """GeoWarp's features-wise loss: warp both ``(B, 1, S, S)`` images of each (query, positive)
+    pair so that the predicted shared region (``quad_q``, ``quad_p``: ``(B, 4, 2)``) fills the frame,
+    and compare their features (MSE). ``features`` is the frozen backbone (``WarpNet.features``);
+    the gradient flows through it and the differentiable warp into the predicted corners."""
+    from .models.warp import warp_to_frame
+
+    S = image_q.shape[-1]
+    return F.mse_loss(features(warp_to_frame(image_q, quad_q, S)), features(warp_to_frame(image_p, quad_p, S)))

@@ -3,7 +3,10 @@
 The global descriptor is GeM pooling (generalised mean, ``p = 3``) of the frozen
 :class:`~ssfeat.models.descriptor.DescriptorNet` encoder's stride-8 features, L2-normalised.
 Retrieval is exact: cosine similarity to every database descriptor, top-k (faiss is used instead
-when it is installed; results are the same).
+when it is installed; results are the same). :class:`WarpReranker` re-orders the first candidates
+by local-feature similarity after warping with the GeoWarp regressor, and
+:func:`mine_query_positives` finds the weakly supervised (query, positive) pairs that its
+consistency and features-wise losses train on.
 """
 
 from __future__ import annotations
@@ -94,3 +97,101 @@ def recall_at(predictions: np.ndarray, positives: list[np.ndarray], ns: Sequence
     if len(hits) == 0:
         return {f"R@{n}": 0.0 for n in ns}
     return {f"R@{n}": round(100.0 * float(hits[:, i].mean()), 2) for i, n in enumerate(ns)}
+
+
+def load_resized(path: str | Path, size: int) -> torch.Tensor:
+    """A gray image file as a ``(1, size, size)`` float tensor in ``[0, 1]`` (area-resized)."""
+    import cv2
+
+    from .data.images import read_image
+
+    img = cv2.resize(read_image(path), (size, size), interpolation=cv2.INTER_AREA)
+    return torch.from_numpy(np.ascontiguousarray(img, np.float32))[None]
+
+
+def mine_query_positives(
+    root: str | Path,
+    split: str = "train",
+    net=None,
+    k: int = 20,
+    min_similarity: float = 0.4,
+    radius: float = 25.0,
+) -> list[tuple[Path, Path]]:
+    """GeoWarp's weakly supervised (query, positive) pairs: for every query of ``split``, those of
+    its top-``k`` retrieved gallery images that lie within ``radius`` metres and whose global
+    descriptors (unit GeM, frozen ``net``) have cosine similarity ``>= min_similarity`` (GeoWarp's
+    squared L2 distance below 1.2 is a similarity above 0.4)."""
+    from .data.geoloc import load_geoloc_split
+
+    data = load_geoloc_split(root, split)
+    desc = GlobalDescriptor(net)
+    idx, sim = retrieve(desc.describe_paths(data.gallery), desc.describe_paths(data.queries), k)
+    pairs = []
+    for qi, (row, srow, pos) in enumerate(zip(idx, sim, data.positives(radius))):
+        pairs += [(data.queries[qi], data.gallery[g]) for g, s in zip(row, srow) if g in pos and s >= min_similarity]
+    return pairs
+
+
+class WarpReranker:
+    """GeoWarp's re-ranking: for a query and each of its top-``n`` candidates, predict the shared
+    region (both input orders averaged), warp both images so that it fills the frame, and score
+    the pair by the mean cosine similarity of their frozen local features; the ``n`` are sorted by
+    that score, the rest of the list is kept.
+
+    Args:
+        net: a :class:`~ssfeat.models.warp.WarpNet` (default: the bundled ``warp`` weights).
+        warp: ``False`` scores the unwarped images (an ablation: local-feature re-ranking alone).
+        cache_size: resized gallery images kept in memory (``S x S`` floats each).
+    """
+
+    def __init__(self, net=None, warp: bool = True, cache_size: int = 4096) -> None:
+        from .hub import load_warp
+
+        self.net = (net if net is not None else load_warp("warp")).eval()
+        self.warp, self.cache_size = warp, cache_size
+
+    @torch.inference_mode()
+    def scores(self, query: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """``query`` ``(1, S, S)`` and ``candidates`` ``(N, 1, S, S)`` (``S = net.config.size``,
+        :func:`load_resized`) -> ``(N,)`` similarities after warping."""
+        from .models.warp import warp_to_frame
+
+        dev = next(self.net.parameters()).device
+        q = query.to(dev)[None].expand(len(candidates), -1, -1, -1)
+        c = candidates.to(dev)
+        if self.warp:
+            quad_q, quad_c = self.net.shared_region(q, c)
+            S = self.net.config.size
+            q, c = warp_to_frame(q, quad_q, S), warp_to_frame(c, quad_c, S)
+        fq, fc = self.net.features(q), self.net.features(c)
+        return (fq * fc).sum(1).mean((-2, -1)).cpu()
+
+    def rerank(
+        self, queries: Sequence[Path], gallery: Sequence[Path], predictions: np.ndarray, n: int = 5, progress=False
+    ) -> np.ndarray:
+        """Re-order the first ``n`` of every row of ``predictions`` ``(M, K)`` (gallery indices,
+        best first) by :meth:`scores`; returns a new ``(M, K)`` array."""
+        from collections import OrderedDict
+
+        S = self.net.config.size
+        cache: OrderedDict[int, torch.Tensor] = OrderedDict()  # resized gallery images, least recent first
+        out = predictions.copy()
+        rows = range(len(queries))
+        if progress:
+            from tqdm import tqdm
+
+            rows = tqdm(rows, desc="re-ranking", unit="query", leave=False)
+        for i in rows:
+            top = predictions[i, :n]
+            cands = []
+            for g in map(int, top):
+                if g in cache:
+                    cache.move_to_end(g)
+                else:
+                    cache[g] = load_resized(gallery[g], S)
+                cands.append(cache[g])
+            while len(cache) > self.cache_size:
+                cache.popitem(last=False)
+            s = self.scores(load_resized(queries[i], S), torch.stack(cands))
+            out[i, : len(top)] = top[torch.argsort(s, descending=True, stable=True).numpy()]
+        return out

@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
@@ -35,13 +36,15 @@ from .data.warp_pairs import WarpPairConfig, WarpPairSynthesizer
 from .evaluation.metrics import pose_accuracies
 from .losses import (
     ap_loss,
+    consistency_loss,
     corner_loss,
     dense_orientation_loss,
-    flip_consistency_loss,
+    features_wise_loss,
     hard_negatives,
     histogram_alignment_loss,
     msip_loss,
     triplet_loss,
+    unflip_corners,
     visibility_masks,
 )
 from .models.descriptor import DescriptorConfig, DescriptorNet, sample_descriptors
@@ -165,9 +168,13 @@ class DescriptorTrainConfig(LoopConfig):
 
 @dataclass
 class WarpTrainConfig(LoopConfig):
-    """Homography-regression training (GeoWarp) on self-supervised trapezoid pairs; stored in every
-    checkpoint. Loss = ``corner_weight * corner MSE + consistency_weight * flip consistency``; the
-    backbone (the descriptor network ``backbone_weights``) is frozen."""
+    """Homography-regression training (GeoWarp); stored in every checkpoint. The backbone (the
+    descriptor network ``backbone_weights``) is frozen. Loss per step: ``corner_weight`` x the
+    corner MSE of self-supervised trapezoid pairs (both input orders); with ``qp_root`` (a
+    geolocalization dataset) also ``consistency_weight`` x the consistency loss and
+    ``features_weight`` x the features-wise loss on ``qp_batch_size`` weakly supervised
+    (query, positive) pairs of its train split every ``qp_every`` steps, mined once at start
+    (top-20 retrieval, within 25 m, cosine similarity >= ``qp_min_similarity``)."""
 
     batch_size: int = 16
     lr: float = 1e-3
@@ -176,7 +183,12 @@ class WarpTrainConfig(LoopConfig):
     val_pairs: int = 256
     ckpt_every: int = 250
     corner_weight: float = 1.0
+    qp_root: str | None = None
+    qp_batch_size: int = 8
+    qp_every: int = 4  # the (query, positive) losses on every qp_every-th step (they cost ~3 plain steps)
+    qp_min_similarity: float = 0.4
     consistency_weight: float = 0.1
+    features_weight: float = 10.0
     backbone_weights: str = "descriptor"
     model: WarpConfig = field(default_factory=WarpConfig)
     pairs: WarpPairConfig = field(default_factory=WarpPairConfig)
@@ -539,13 +551,18 @@ class DescriptorTask:
 
 def corner_metrics(pred_a: torch.Tensor, pred_b: torch.Tensor, t_a: torch.Tensor, t_b: torch.Tensor) -> dict:
     """``corner_err``: mean distance (normalised units) of the 8 predicted corners to the truth;
-    ``within_0.1``: share (%) of pairs whose 8 corners all lie within 0.1 of the truth."""
+    ``within_0.1``: share (%) of pairs whose 8 corners all lie within 0.1 of the truth;
+    ``mean_within_0.1``: share (%) of pairs whose mean corner distance is at most 0.1."""
     d = torch.cat([(pred_a - t_a).norm(dim=-1), (pred_b - t_b).norm(dim=-1)], 1)  # (B, 8)
-    return {"corner_err": float(d.mean()), "within_0.1": 100.0 * float((d.amax(1) <= 0.1).float().mean())}
+    return {
+        "corner_err": float(d.mean()),
+        "within_0.1": 100.0 * float((d.amax(1) <= 0.1).float().mean()),
+        "mean_within_0.1": 100.0 * float((d.mean(1) <= 0.1).float().mean()),
+    }
 
 
 class WarpTask:
-    """Homography regression (GeoWarp): corner MSE + flip consistency on trapezoid pairs."""
+    """Homography regression (GeoWarp): see :class:`WarpTrainConfig` for the losses."""
 
     name = "warp"
 
@@ -570,31 +587,79 @@ class WarpTask:
         return _init_state(load_warp, path, self.cfg.model)
 
     def synthesizers(self):
-        _, images, _, vimages = _split_images(self.cfg)
-        vcfg = dataclasses.replace(self.cfg.pairs, seed=self.cfg.pairs.seed + 1)
-        return WarpPairSynthesizer(images, self.cfg.pairs), WarpPairSynthesizer(vimages, vcfg)
+        cfg = self.cfg
+        _, images, _, vimages = _split_images(cfg)
+        vcfg = dataclasses.replace(cfg.pairs, seed=cfg.pairs.seed + 1)
+        qp = None
+        if cfg.qp_root:
+            from .hub import load_descriptor
+            from .retrieval import load_resized, mine_query_positives
 
-    def make_batch(self, synth: WarpPairSynthesizer, indices) -> dict:
-        return synth.batch(indices)
+            pairs = mine_query_positives(
+                cfg.qp_root, "train", load_descriptor(cfg.backbone_weights), min_similarity=cfg.qp_min_similarity
+            )
+            if not pairs:
+                raise ValueError(f"{cfg.qp_root}: no (query, positive) pair passes the mining thresholds")
+            logger.info("%d weakly supervised (query, positive) pairs from %s", len(pairs), cfg.qp_root)
+            S = cfg.model.size
+            qp = torch.stack([torch.stack([load_resized(q, S), load_resized(p, S)]) for q, p in pairs])
+        return (WarpPairSynthesizer(images, cfg.pairs), qp), WarpPairSynthesizer(vimages, vcfg)
+
+    def make_batch(self, synth, indices) -> dict:
+        pairs, qp = synth
+        batch = pairs.batch(indices)
+        if qp is not None:  # (query, positive) pairs drawn by the batch's first index (reproducible)
+            n = max(1, len(indices) * self.cfg.qp_batch_size // self.cfg.batch_size)
+            pick = np.random.default_rng([self.cfg.seed, 29, int(indices[0])]).integers(len(qp), size=n)
+            batch["qp_q"], batch["qp_p"] = qp[pick, 0], qp[pick, 1]
+        return batch
 
     def val_batch(self, synth: WarpPairSynthesizer) -> dict:
         return synth.batch(range(self.cfg.val_pairs))
 
     def loss(self, net, batch: dict, step: int):
+        """One forward pass (both input orders) over the trapezoid pairs and, with ``qp_root``,
+        the (query, positive) pairs and their horizontal flips."""
         cfg = self.cfg
-        ab = net(batch["image_a"], batch["image_b"])
-        lc = corner_loss(ab, batch["t_a"], batch["t_b"])
+        a, b = batch["image_a"], batch["image_b"]
+        B = len(a)
+        first_in, second_in = [a], [b]
+        use_qp = "qp_q" in batch and step % cfg.qp_every == 0
+        if use_qp:
+            q, p = batch["qp_q"], batch["qp_p"]
+            first_in += [q, q.flip(-1)]
+            second_in += [p, p.flip(-1)]
+        first, second = net(torch.cat(first_in), torch.cat(second_in), both_orders=True)
+        N = len(first) // 2  # rows N.. hold the swapped pairs
+        lc = 0.5 * (
+            corner_loss((first[:B], second[:B]), batch["t_a"], batch["t_b"])
+            + corner_loss((first[N : N + B], second[N : N + B]), batch["t_b"], batch["t_a"])
+        )
         loss, parts = cfg.corner_weight * lc, {"loss_corner": lc.item()}
-        if cfg.consistency_weight > 0:
-            lf = flip_consistency_loss(ab, net(batch["image_b"], batch["image_a"]))
-            loss, parts["loss_flip"] = loss + cfg.consistency_weight * lf, lf.item()
+        if use_qp:
+            n = len(q)
+            s1, s3 = slice(B, B + n), slice(B + n, B + 2 * n)  # q -> p, flipped q -> flipped p
+            s2, s4 = slice(N + B, N + B + n), slice(N + B + n, N + B + 2 * n)  # and swapped
+            preds = [  # all as (query quad, positive quad) in the unflipped frame
+                (first[s1], second[s1]),
+                (second[s2], first[s2]),
+                (unflip_corners(first[s3]), unflip_corners(second[s3])),
+                (unflip_corners(second[s4]), unflip_corners(first[s4])),
+            ]
+            lcons = consistency_loss(preds)
+            m = net.module if hasattr(net, "module") else net
+            quad_q, quad_p = 0.5 * (first[s1] + second[s2]), 0.5 * (second[s1] + first[s2])
+            lfw = features_wise_loss(m.features, m.resize(q), m.resize(p), quad_q, quad_p)
+            loss = loss + cfg.consistency_weight * lcons + cfg.features_weight * lfw
+            parts.update(loss_consistency=lcons.item(), loss_features=lfw.item())
         return loss, parts
 
     @torch.no_grad()
     def evaluate(self, model, val: dict) -> dict[str, float]:
         was = model.training
         model.eval()
-        preds = [model(val["image_a"][i : i + 64], val["image_b"][i : i + 64]) for i in range(0, len(val["t_a"]), 64)]
+        n = len(val["t_a"])
+        preds = [model.shared_region(val["image_a"][i : i + 64], val["image_b"][i : i + 64]) for i in range(0, n, 64)]
         model.train(was)
         pa, pb = torch.cat([p[0] for p in preds]), torch.cat([p[1] for p in preds])
         return corner_metrics(pa, pb, val["t_a"], val["t_b"])
@@ -712,6 +777,9 @@ def fit(
             raise FloatingPointError(f"non-finite loss at step {step}: {parts}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        grads = [p.grad for p in net.parameters() if p.grad is not None]
+        if grads and not torch.isfinite(torch.nn.utils.get_total_norm(grads)):
+            raise FloatingPointError(f"non-finite gradient at step {step} (loss {parts}); weights left unchanged")
         opt.step()
         step += 1
         loss_val = du.all_reduce_mean(loss.detach()).item()

@@ -77,3 +77,37 @@ def run_torchrun(args: list[str], nproc: int = 2) -> subprocess.CompletedProcess
     r = subprocess.run([*cmd, "-m", "ssfeat", *args], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     return r
+
+
+@pytest.fixture(scope="session")
+def geo_dir(image_dir, tmp_path_factory):
+    """A tiny synthetic geolocalization dataset (3 train and 3 test places, 96x64 views)."""
+    from ssfeat.data.geoloc import GeolocMakeConfig, make_geoloc_dataset
+
+    root = tmp_path_factory.mktemp("geo") / "geo"
+    make_geoloc_dataset(image_dir, root, GeolocMakeConfig(size=(96, 64), splits=(0.5, 0.0, 0.5)))
+    return root
+
+
+@pytest.fixture(scope="session")
+def warp_run(image_dir, tmp_path_factory):
+    """A warping regressor (64 px views) trained for 4 steps: a run folder."""
+    from ssfeat.data.warp_pairs import WarpPairConfig
+    from ssfeat.models.warp import WarpConfig
+    from ssfeat.training import WarpTrainConfig, fit
+
+    run = tmp_path_factory.mktemp("warp") / "run"
+    cfg = WarpTrainConfig(
+        images=str(image_dir),
+        steps=4,
+        batch_size=4,
+        val_pairs=8,
+        val_every=2,
+        ckpt_every=2,
+        warmup_steps=2,
+        workers=0,
+        model=WarpConfig(size=64),
+        pairs=WarpPairConfig(size=64),
+    )
+    fit(cfg, run, progress=False)
+    return run

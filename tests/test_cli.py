@@ -88,6 +88,7 @@ def test_demo_on_user_images(image_dir, tmp_path, capsys):
     assert "ssfeat" in out and "kornia_gradient" in out
     assert len(list((tmp_path / "d").glob("*_poses.png"))) == 4
     assert len(list((tmp_path / "d").glob("*_descriptor_matches.png"))) == 1 and "hndesc" in out
+    assert len(list((tmp_path / "d").glob("*_warp.png"))) == 1 and "mean corner error" in out
 
 
 def test_bad_inputs_give_clear_errors(tmp_path, capsys):

@@ -74,16 +74,71 @@ def test_gem_retrieve_and_recall():
     assert recall_at(preds, [np.array([], np.int64), np.array([9])], ns=(1,)) == {"R@1": 0.0}
 
 
-def test_geoloc_benchmark_cli(image_dir, tmp_path, capsys):
-    make_geoloc_dataset(image_dir, tmp_path / "geo", GeolocMakeConfig(size=(96, 64), splits=(0.5, 0.0, 0.5)))
+def test_geoloc_benchmark_cli_with_and_without_reranking(geo_dir, warp_run, tmp_path, capsys):
     js = tmp_path / "g.json"
-    assert main(["benchmark", "geoloc", "--root", str(tmp_path / "geo"), "--json", str(js), "--no-progress"]) == 0
+    args = ["benchmark", "geoloc", "--root", str(geo_dir), "--json", str(js), "--no-progress"]
+    assert main([*args, "--warp-weights", str(warp_run), "--rerank-n", "2"]) == 0
     res = json.loads(js.read_text())
-    r = res["methods"]["retrieval (GeM, ssfeat descriptor)"]
     assert res["n_queries"] == 3 and res["queries_without_positive"] == 0
-    assert 0 <= r["R@1"] <= r["R@5"] <= 100 and r["R@20"] == 100.0  # every gallery image is in the top 20
+    plain, warped, unwarped = res["methods"].values()
+    assert list(res["methods"])[1:] == ["+ re-rank top-2, warped (GeoWarp)", "+ re-rank top-2, no warp (ablation)"]
+    for r in (plain, warped, unwarped):
+        assert 0 <= r["R@1"] <= r["R@5"] <= 100 and r["R@20"] == 100.0  # every gallery image is in the top 20
+        assert r["R@5"] == plain["R@5"]  # re-ranking permutes the first two only
+    for p in res["predictions"]:  # the same top-2, maybe in another order
+        assert sorted(p[list(res["methods"])[1]][:2]) == sorted(p[list(res["methods"])[0]][:2])
     assert "R@1" in capsys.readouterr().out
+    assert main([*args, "--no-rerank"]) == 0
+    assert list(json.loads(js.read_text())["methods"]) == ["retrieval (GeM, ssfeat descriptor)"]
     assert main(["benchmark", "geoloc", "--root", str(tmp_path / "nope"), "--json", str(js)]) == 2
+
+
+def test_warp_reranker_puts_the_query_itself_first(warp_run, geo_dir):
+    import torch
+
+    from ssfeat.hub import load_warp
+    from ssfeat.retrieval import WarpReranker, load_resized
+
+    test = load_geoloc_split(geo_dir, "test")
+    gallery = [*test.gallery[:4], test.queries[0]]
+    preds = np.array([[0, 1, 2, 4, 3]])
+    for warp in (True, False):
+        rr = WarpReranker(load_warp(warp_run), warp=warp, cache_size=2)  # cache smaller than n
+        ranked = rr.rerank(test.queries[:1], gallery, preds, n=4)[0]
+        assert ranked[0] == 4 and ranked[4] == 3 and sorted(ranked) == [0, 1, 2, 3, 4]  # beyond n: untouched
+        cands = torch.stack([load_resized(gallery[g], 64) for g in ranked[:4]])
+        s = rr.scores(load_resized(test.queries[0], 64), cands)
+        assert (s[:-1] >= s[1:] - 1e-6).all()
+    # an untrained regressor predicts the whole frames: warping changes nothing
+    from ssfeat.models.warp import WarpConfig, WarpNet
+
+    net = WarpNet(WarpConfig(size=64))
+    q, c = load_resized(test.queries[0], 64), torch.stack([load_resized(g, 64) for g in test.gallery[:3]])
+    assert torch.allclose(WarpReranker(net).scores(q, c), WarpReranker(net, warp=False).scores(q, c), atol=1e-3)
+    assert WarpReranker(net).scores(q, q[None]).item() == pytest.approx(1.0, abs=1e-3)
+
+
+def test_mine_query_positives(geo_dir):
+    from ssfeat.hub import load_descriptor
+    from ssfeat.retrieval import mine_query_positives
+
+    pairs = mine_query_positives(geo_dir, "train", load_descriptor(), min_similarity=0.0)
+    place = lambda p: p.name.split("@")[4]  # noqa: E731
+    assert pairs and all(place(q) == place(p) for q, p in pairs)  # positives only (same place)
+    assert len(pairs) == 6  # 3 queries x 2 gallery views each
+    assert mine_query_positives(geo_dir, "train", load_descriptor(), min_similarity=1.01) == []
+
+
+def test_warp_benchmark_cli(image_dir, warp_run, tmp_path, capsys):
+    js = tmp_path / "w.json"
+    args = ["benchmark", "warp", "--images", str(image_dir), "--warp-weights", str(warp_run), "--pairs", "16"]
+    assert main([*args, "--json", str(js)]) == 0
+    res = json.loads(js.read_text())
+    net, frames = res["methods"].values()
+    assert res["n_pairs"] == 16 and res["pairs"]["size"] == 64 and res["pairs"]["k"] == pytest.approx(0.6)
+    assert frames["corner_err"] > 0 and 0 <= net["within_0.1"] <= net["mean_within_0.1"] <= 100
+    assert "all 8" in capsys.readouterr().out
+    assert main([*args, "--json", str(js), "--k", "1.5"]) == 2
 
 
 def test_convex_clipping_and_four_points():
@@ -137,3 +192,13 @@ def test_warp_pair_figure_cli(image_dir, tmp_path, capsys):
     assert main(["data", "warp-pair", str(img), "--out", str(fig), "--k", "0.8"]) == 0
     assert fig.stat().st_size > 5000 and "figure" in capsys.readouterr().out
     assert main(["data", "warp-pair", str(img), "--out", str(fig), "--k", "1.2"]) == 2
+
+
+def test_warp_pair_figure_with_prediction(image_dir, warp_run, tmp_path, capsys):
+    fig = tmp_path / "p.png"
+    img = next(image_dir.glob("*.png"))
+    assert main(["data", "warp-pair", str(img), "--out", str(fig), "--weights", str(warp_run)]) == 0
+    out = capsys.readouterr().out
+    assert fig.stat().st_size > 5000 and "mean corner error" in out
+    assert 0.0 <= float(out.split("mean corner error ")[1].split()[0]) < 2.0
+    assert main(["data", "warp-pair", str(img), "--out", str(fig), "--weights", str(tmp_path / "none")]) == 2

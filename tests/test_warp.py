@@ -1,5 +1,7 @@
 """Homography regression (GeoWarp): WarpNet, losses, training, export."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -8,8 +10,8 @@ from ssfeat.cli import main
 from ssfeat.data.images import list_images, read_image
 from ssfeat.data.warp_pairs import WarpPairConfig, WarpPairSynthesizer
 from ssfeat.hub import load_warp, save_weights
-from ssfeat.losses import corner_loss, flip_consistency_loss
-from ssfeat.models.warp import FRAME, WarpConfig, WarpNet
+from ssfeat.losses import consistency_loss, corner_loss, features_wise_loss, unflip_corners
+from ssfeat.models.warp import FRAME, WarpConfig, WarpNet, warp_to_frame
 from ssfeat.training import WarpTask, WarpTrainConfig, corner_metrics, fit, load_checkpoint
 
 
@@ -33,10 +35,53 @@ def test_corner_losses_and_metrics():
     t = torch.rand(3, 4, 2)
     assert corner_loss((t, t + 1), t, t + 1).item() == 0.0
     assert corner_loss((t + 0.1, t), t, t).item() == pytest.approx(0.005, rel=1e-4)
-    assert flip_consistency_loss((t, t + 1), (t + 1, t)).item() == 0.0
+    assert consistency_loss([(t, t + 1)] * 3).item() < 1e-12
+    assert consistency_loss([(t, t), (t + 0.2, t + 0.2)]).item() == pytest.approx(2 * 0.1**2, rel=1e-4)
     m = corner_metrics(t + 0.05, t, t, t)
     assert m["within_0.1"] == 100.0 and m["corner_err"] == pytest.approx(0.05 * 2**0.5 / 2, rel=1e-4)
     assert corner_metrics(t + 0.2, t, t, t)["within_0.1"] == 0.0
+
+
+def test_unflip_corners_maps_flipped_quads_back():
+    quad = torch.tensor([[[-0.5, -0.4], [0.7, -0.3], [0.6, 0.8], [-0.6, 0.5]]])
+    flipped = torch.tensor([[[-0.7, -0.3], [0.5, -0.4], [0.6, 0.5], [-0.6, 0.8]]])  # x -> -x, TL<->TR
+    assert torch.allclose(unflip_corners(flipped), quad)
+    assert torch.allclose(unflip_corners(unflip_corners(quad)), quad)
+
+
+def test_warp_to_frame_identity_and_crop():
+    img = torch.rand(2, 1, 32, 32)
+    assert torch.allclose(warp_to_frame(img, FRAME.expand(2, 4, 2), 32), img, atol=1e-4)
+    left = torch.tensor([[-1.0, -1.0], [0.0, -1.0], [0.0, 1.0], [-1.0, 1.0]]).expand(2, 4, 2)  # left half
+    ramp = torch.linspace(0, 1, 33)[:32].expand(2, 1, 32, 32).contiguous()
+    out = warp_to_frame(ramp, left, 32)
+    assert out.shape == (2, 1, 32, 32) and out.max() < 0.55 and out.min() < 0.01
+
+
+def test_both_orders_and_shared_region_average_the_two_orders():
+    torch.manual_seed(0)
+    net = WarpNet(WarpConfig(size=64)).eval()
+    torch.nn.init.normal_(net.out.weight, std=0.05)
+    a, b = torch.rand(2, 1, 64, 64), torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        first, second = net(a, b, both_orders=True)
+        ab, ba = net(a, b), net(b, a)
+        qa, qb = net.shared_region(a, b)
+    assert first.shape == (4, 4, 2)
+    assert torch.allclose(first[:2], ab[0], atol=1e-5) and torch.allclose(first[2:], ba[0], atol=1e-5)
+    assert torch.allclose(qa, 0.5 * (ab[0] + ba[1]), atol=1e-5) and torch.allclose(qb, 0.5 * (ab[1] + ba[0]), atol=1e-5)
+    assert not torch.allclose(ab[0], ba[1])  # the average is not trivial
+
+
+def test_features_wise_loss_is_zero_for_matching_regions_and_reaches_the_corners():
+    net = WarpNet(WarpConfig(size=64)).eval()
+    img = torch.rand(1, 1, 64, 64)
+    quad = FRAME[None].clone().requires_grad_(True)
+    assert features_wise_loss(net.features, img, img, quad, FRAME[None]).item() < 1e-8
+    other = quad * 0.5
+    loss = features_wise_loss(net.features, img, img, other, FRAME[None])
+    loss.backward()
+    assert loss.item() > 0 and quad.grad.abs().sum() > 0
 
 
 def test_warp_overfits_one_batch(image_dir):
@@ -81,3 +126,47 @@ def test_warp_training_resume_export_and_cli(image_dir, tmp_path, capsys):
     assert np.isclose(load_checkpoint(run / "last.pt")["config"]["pairs"]["k"], 0.8)
     assert main([*args, "--k", "1.5"]) == 2
     assert "k must lie" in capsys.readouterr().err
+
+
+def test_weakly_supervised_losses_on_query_positive_pairs(image_dir, geo_dir):
+    cfg = tiny_warp_cfg(image_dir, qp_root=str(geo_dir), qp_min_similarity=0.0, qp_batch_size=2, qp_every=2)
+    task = WarpTask(cfg)
+    (pairs, qp), _ = task.synthesizers()
+    assert qp.shape == (6, 2, 1, 64, 64)  # 3 train queries x 2 positives, (query, positive) resized
+    net = task.build_model()
+    torch.nn.init.normal_(net.out.weight, std=0.01)  # away from the all-frames start
+    batch = task.make_batch((pairs, qp), range(4))
+    assert batch["qp_q"].shape == (2, 1, 64, 64)
+    assert torch.equal(task.make_batch((pairs, qp), range(4))["qp_q"], batch["qp_q"])  # reproducible
+    loss, parts = task.loss(net, batch, step=0)
+    assert {"loss_consistency", "loss_features"} <= set(parts) and torch.isfinite(loss)
+    assert parts["loss_consistency"] > 0 and parts["loss_features"] > 0
+    loss.backward()
+    grads = [p.grad for p in net.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert set(task.loss(net, batch, step=1)[1]) == {"loss_corner"}  # qp losses every qp_every steps
+    with pytest.raises(ValueError, match="no \\(query, positive\\) pair"):
+        WarpTask(dataclasses.replace(cfg, qp_min_similarity=1.01)).synthesizers()
+
+
+def test_half_precision_export(warp_run, tmp_path):
+    full = save_weights(load_warp(warp_run), tmp_path / "f.safetensors")
+    half = save_weights(load_warp(warp_run), tmp_path / "h.safetensors", half=True)
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    x = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        a, b = load_warp(full)(x, x.flip(-1))[0], load_warp(half)(x, x.flip(-1))[0]
+    assert next(load_warp(half).parameters()).dtype == torch.float32 and torch.allclose(a, b, atol=1e-2)
+
+
+def test_bundled_warp_model_regresses_held_out_pairs(image_dir):
+    net = load_warp()  # bundled, float16 on disk, float32 in memory
+    assert net.config.size == 128 and next(net.parameters()).dtype == torch.float32
+    imgs = [read_image(p) for p in list_images(image_dir)]  # synthetic photos it never saw
+    batch = WarpPairSynthesizer(imgs, WarpPairConfig(size=128, seed=5)).batch(range(32))
+    with torch.no_grad():
+        pa, pb = net.shared_region(batch["image_a"], batch["image_b"])
+    learned = corner_metrics(pa, pb, batch["t_a"], batch["t_b"])
+    frame = FRAME.expand_as(pa)
+    baseline = corner_metrics(frame, frame, batch["t_a"], batch["t_b"])
+    assert learned["corner_err"] < 0.5 * baseline["corner_err"], (learned, baseline)

@@ -167,10 +167,11 @@ class WarpPairSynthesizer:
         return out
 
 
-def draw_pair(image: np.ndarray, sample: dict, out) -> object:
+def draw_pair(image: np.ndarray, sample: dict, out, pred: tuple | None = None) -> object:
     """GeoWarp's self-supervised figure: the source photo with ``t_x`` (red), ``t_y`` (blue) and
     their intersection ``t_z`` (green); the two views with the intersection ``t_a`` / ``t_b``; and
-    the intersection region itself (view a warped so that ``t_a`` fills the frame)."""
+    the intersection region itself (view a warped so that ``t_a`` fills the frame). ``pred``: the
+    regressor's corners ``((4, 2), (4, 2))`` in views a and b, drawn dashed in yellow."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -185,16 +186,20 @@ def draw_pair(image: np.ndarray, sample: dict, out) -> object:
     for key, color in (("t_x", "r"), ("t_y", "b"), ("t_z", "lime")):
         q = to_pixels(np.asarray(sample[key], np.float64), w, h)
         axes[0].plot(*np.vstack([q, q[:1]]).T, color=color, lw=2)
-    axes[0].set_title("source: t_x (red), t_y (blue), t_z (green)")
+    axes[0].set_title("source: t_x red, t_y blue, t_z green", fontsize=9)
     for ax, key, tk in ((axes[1], "image_a", "t_a"), (axes[2], "image_b", "t_b")):
         ax.imshow(sample[key], cmap="gray", vmin=0, vmax=1)
         q = to_pixels(np.asarray(sample[tk], np.float64), P, P)
         ax.plot(*np.vstack([q, q[:1]]).T, color="lime", lw=2)
-        ax.set_title(f"{key} with {tk}")
+        ax.set_title(f"{key} with {tk}", fontsize=9)
+        if pred is not None:
+            q = to_pixels(np.asarray(pred[0 if tk == "t_a" else 1], np.float64), P, P)
+            ax.plot(*np.vstack([q, q[:1]]).T, color="yellow", lw=2, ls="--")
+            ax.set_title(f"{key}: {tk} green, predicted yellow", fontsize=9)
     M = homography(to_pixels(FRAME, P, P), to_pixels(np.asarray(sample["t_a"], np.float64), P, P))
     inter = cv2.warpPerspective(sample["image_a"], M, (P, P), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
     axes[3].imshow(inter, cmap="gray", vmin=0, vmax=1)
-    axes[3].set_title("intersection (from view a)")
+    axes[3].set_title("intersection (from view a)", fontsize=9)
     for ax in axes:
         ax.axis("off")
     fig.tight_layout()

@@ -61,12 +61,13 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def local_normalize(x: torch.Tensor, window: int, eps: float = 0.05) -> torch.Tensor:
-    """``(x - mean) / (std + eps)`` over a ``window`` box, borders reflected (``(B, 1, H, W)``)."""
+    """``(x - mean) / (std + eps)`` over a ``window`` box, borders reflected (``(B, 1, H, W)``).
+    The variance is floored at 1e-12 so that flat regions get a finite gradient (``sqrt`` at 0)."""
     r = window // 2
     mode = "reflect" if min(x.shape[-2:]) > r else "replicate"
     xp = F.pad(x, (r, r, r, r), mode=mode)
     mu = box_mean(xp, window)
-    var = (box_mean(xp * xp, window) - mu * mu).clamp_min(0)
+    var = (box_mean(xp * xp, window) - mu * mu).clamp_min(1e-12)
     return (x - mu) / (var.sqrt() + eps)
 
 

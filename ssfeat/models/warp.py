@@ -2,9 +2,20 @@
 
 Both views ``(B, 1, S, S)`` (``S = config.size``) go through the frozen encoder of the ssfeat
 descriptor network (:class:`~ssfeat.models.descriptor.DescriptorNet`, stride 8): features
-``(B, C, S/8, S/8)``, L2-normalised per location. The correlation volume holds, for every location
-of view ``a``, its cosine similarity to every location of view ``b``: ``(B, (S/8)^2, S/8, S/8)``.
-A small CNN (two strided 3x3 convolutions with batch norm and ReLU, then two linear layers) regresses
+``(B, C, s, s)`` with ``s = S / 8``, L2-normalised per location (its stride-4 dense descriptors
+would double the corner resolution, but a training step costs over 10x more on the CPU). The
+correlation volume holds the cosine similarity of every location of view ``a`` to every location of
+view ``b``: ``(B, s^2, s^2)``.
+
+GeoWarp feeds the raw volume (locations of ``a`` as channels) to its CNN, which must then learn
+which channel is which position. Ours reads a summary of the volume instead, ``(B, 10, s, s)``:
+for every location of ``b`` the expected matching position in ``a`` under a softmax of the
+similarities (learned temperature) and the best similarity, the same for every location of ``a``,
+and the grid coordinates. The regressor then works on positions, which do not depend on which
+channel of the raw volume holds which location. Not a controlled comparison: our first version (the
+raw volume, as GeoWarp) reached a mean corner error of 0.113 after 25 CPU minutes of training; a
+prototype of this one on cached features reached 0.082 after 9 (held-out pairs, k = 0.6).
+A CNN (3x3 convolutions with batch norm and ReLU, two of them strided) and two linear layers regress
 16 numbers: the offsets from the frame corners ``(-1, -1), (1, -1), (1, 1), (-1, 1)`` of the shared
 region's four corners in view ``a`` and in view ``b`` (normalised coordinates, see
 :mod:`ssfeat.data.warp_pairs`). The last layer starts at zero, so an untrained network predicts the
@@ -14,6 +25,7 @@ whole frames.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import torch
@@ -29,9 +41,14 @@ FRAME = torch.tensor([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]])
 @dataclass(frozen=True)
 class WarpConfig:
     size: int = 128  # side of both network inputs (multiple of 8)
-    channels: tuple[int, int] = (128, 64)  # regressor convolutions
+    channels: tuple[int, int] = (64, 128)  # regressor convolutions at full and at quarter grid resolution
     hidden: int = 256
+    temperature: float = 20.0  # initial softmax temperature on cosine similarities (learned)
     backbone: DescriptorConfig = DescriptorConfig()
+
+    def __post_init__(self) -> None:
+        if self.size % 8:
+            raise ValueError(f"size must be a multiple of 8, got {self.size}")
 
     @classmethod
     def from_dict(cls, d: dict) -> WarpConfig:
@@ -46,21 +63,33 @@ class WarpConfig:
         return dataclasses.asdict(self)
 
 
+def grid_coords(side: int, device=None, dtype=None) -> torch.Tensor:
+    """``(2, side * side)`` normalised ``(x, y)`` of a ``side x side`` grid, row-major."""
+    g = torch.linspace(-1.0, 1.0, side, device=device, dtype=dtype)
+    gy, gx = torch.meshgrid(g, g, indexing="ij")
+    return torch.stack([gx, gy]).flatten(1)
+
+
 class WarpNet(nn.Module):
     """Correlation-volume corner regressor (see the module docstring)."""
 
     def __init__(self, config: WarpConfig | None = None) -> None:
         super().__init__()
         self.config = cfg = config or WarpConfig()
-        if cfg.size % 8:
-            raise ValueError(f"size must be a multiple of 8, got {cfg.size}")
         self.backbone = DescriptorNet(cfg.backbone)
         self.backbone.requires_grad_(False)
-        n = (cfg.size // 8) ** 2
         c1, c2 = cfg.channels
-        self.regressor = nn.Sequential(conv_bn_relu(n, c1, 3, 2), conv_bn_relu(c1, c2, 3, 2))
-        side = -(-(-(-cfg.size // 8) // 2) // 2)
+        side = cfg.size // 8
+        layers = [conv_bn_relu(10, c1, 3), conv_bn_relu(c1, c1, 3), conv_bn_relu(c1, c2, 3, 2)]
+        side = -(-side // 2)
+        while True:  # at least two strided stages, down to a 4 x 4 grid at most
+            layers += [conv_bn_relu(c2, c2, 3), conv_bn_relu(c2, c2, 3, 2)]
+            side = -(-side // 2)
+            if side <= 4:
+                break
+        self.regressor = nn.Sequential(*layers, conv_bn_relu(c2, c2, 3))
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(c2 * side * side, cfg.hidden), nn.ReLU(inplace=True))
+        self.log_temperature = nn.Parameter(torch.tensor(math.log(cfg.temperature)))
         self.out = nn.Linear(cfg.hidden, 16)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
@@ -70,23 +99,63 @@ class WarpNet(nn.Module):
         self.backbone.eval()  # frozen, batch-norm statistics included
         return self
 
+    def resize(self, image: torch.Tensor) -> torch.Tensor:
+        """``(B, 1, H, W)`` -> ``(B, 1, S, S)`` (antialiased; unchanged if already that size)."""
+        S = self.config.size
+        if image.shape[-2:] == (S, S):
+            return image
+        return F.interpolate(image, size=(S, S), mode="bilinear", align_corners=True, antialias=True)
+
     def features(self, image: torch.Tensor) -> torch.Tensor:
-        """``(B, 1, S, S)`` in ``[0, 1]`` -> ``(B, C, S/8, S/8)`` unit features (frozen)."""
-        with torch.no_grad():
-            _, f = self.backbone.encode(image)
+        """``(B, 1, S, S)`` in ``[0, 1]`` -> ``(B, C, S/8, S/8)`` unit features. No gradient reaches
+        the (frozen) weights, but one flows to ``image`` when it requires it (features-wise loss)."""
+        _, f = self.backbone.encode(image)
         return F.normalize(f, dim=1)
 
-    def forward(self, image_a: torch.Tensor, image_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Corners of the shared region in each view: two ``(B, 4, 2)`` tensors, normalised TL, TR,
-        BR, BL. Inputs are resized to ``config.size`` if needed."""
-        S = self.config.size
-        if image_a.shape[-2:] != (S, S):
-            image_a = F.interpolate(image_a, size=(S, S), mode="bilinear", align_corners=True, antialias=True)
-        if image_b.shape[-2:] != (S, S):
-            image_b = F.interpolate(image_b, size=(S, S), mode="bilinear", align_corners=True, antialias=True)
-        fa, fb = self.features(image_a), self.features(image_b)
-        B, C, h, w = fa.shape
-        corr = torch.einsum("bcn,bcm->bmn", fa.flatten(2), fb.flatten(2)).reshape(B, h * w, h, w)
-        off = self.out(self.head(self.regressor(corr))).view(B, 2, 4, 2)
+    def regress(self, fa: torch.Tensor, fb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Corners from unit features ``(B, C, s, s)`` of both views: two ``(B, 4, 2)``."""
+        B, _, h, w = fa.shape
+        corr = torch.einsum("bcn,bcm->bnm", fa.flatten(2), fb.flatten(2))  # (B, n_a, n_b)
+        t = self.log_temperature.exp()
+        xy = grid_coords(h, fa.device, fa.dtype)  # (2, n)
+        in_a = torch.einsum("cn,bnm->bcm", xy, torch.softmax(t * corr, dim=1))  # at each b location
+        in_b = torch.einsum("cm,bnm->bcn", xy, torch.softmax(t * corr, dim=2))  # at each a location
+        grid = xy[None].expand(B, -1, -1)
+        x = torch.cat([grid, in_a, corr.amax(1)[:, None], grid, in_b, corr.amax(2)[:, None]], 1)
+        off = self.out(self.head(self.regressor(x.reshape(B, 10, h, w)))).view(B, 2, 4, 2)
         frame = FRAME.to(off)
         return frame + off[:, 0], frame + off[:, 1]
+
+    def forward(
+        self, image_a: torch.Tensor, image_b: torch.Tensor, both_orders: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Corners of the shared region in each view: two ``(B, 4, 2)`` tensors, normalised TL, TR,
+        BR, BL (in ``image_a``, in ``image_b``). Inputs ``(B, 1, H, W)`` in ``[0, 1]`` are resized to
+        ``config.size`` if needed. With ``both_orders`` the pairs ``(b, a)`` follow as rows
+        ``B..2B - 1`` (features computed once): then the first tensor holds the corners in the first
+        image of each ordered pair (``a``, then ``b``) and the second those in the other one."""
+        with torch.no_grad():
+            fa, fb = self.features(self.resize(image_a)), self.features(self.resize(image_b))
+        if both_orders:
+            fa, fb = torch.cat([fa, fb]), torch.cat([fb, fa])
+        return self.regress(fa, fb)
+
+    def shared_region(self, image_a: torch.Tensor, image_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """GeoWarp's ``compute_warping``: the prediction averaged over both input orders."""
+        B = image_a.shape[0]
+        first, second = self(image_a, image_b, both_orders=True)
+        return 0.5 * (first[:B] + second[B:]), 0.5 * (second[:B] + first[B:])
+
+
+def warp_to_frame(image: torch.Tensor, quad: torch.Tensor, size: int) -> torch.Tensor:
+    """Warp ``(B, 1, H, W)`` images so that ``quad`` ``(B, 4, 2)`` (normalised TL, TR, BR, BL of each
+    image) fills a ``size x size`` frame; differentiable in ``image`` and ``quad``. Outside the image
+    the border is repeated."""
+    from kornia.geometry.transform import get_perspective_transform, warp_perspective
+
+    h, w = image.shape[-2:]
+    scale = torch.tensor([(w - 1) / 2.0, (h - 1) / 2.0], device=quad.device, dtype=quad.dtype)
+    src = (quad + 1.0) * scale
+    dst = ((FRAME.to(quad) + 1.0) * (size - 1) / 2.0).expand_as(quad)
+    M = get_perspective_transform(src, dst)  # image pixel -> frame pixel
+    return warp_perspective(image, M, (size, size), align_corners=True, padding_mode="border")
