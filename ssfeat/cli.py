@@ -207,6 +207,7 @@ def _add_geoloc_benchmark(bsub) -> None:
     p.add_argument("--warp-weights", default="warp", help="warping regressor weights/run (default: bundled)")
     p.add_argument("--rerank-n", type=_positive, default=5, help="candidates re-ranked per query")
     p.add_argument("--no-rerank", action="store_true", help="plain retrieval only")
+    p.add_argument("--flips", action="store_true", help="average the regressor over flipped inputs (4x cost)")
     p.add_argument("--json", required=True, help="output JSON path")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
@@ -504,7 +505,9 @@ def cmd_benchmark_geoloc(args) -> int:
     from .evaluation.geoloc import format_geoloc_table, run_geoloc
 
     warp = None if args.no_rerank else args.warp_weights
-    r = run_geoloc(args.root, args.split, args.weights, warp, args.rerank_n, progress=not args.no_progress)
+    r = run_geoloc(
+        args.root, args.split, args.weights, warp, args.rerank_n, progress=not args.no_progress, flips=args.flips
+    )
     print(f"geolocalization ({args.split}): {r['n_queries']} queries, {r['n_gallery']} gallery images, 25 m")
     print(format_geoloc_table(r))
     print(f"results: {write_json(r, args.json)}")

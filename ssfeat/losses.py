@@ -322,13 +322,6 @@ def corner_loss(pred: tuple[torch.Tensor, torch.Tensor], t_a: torch.Tensor, t_b:
     return 0.5 * (F.mse_loss(pred[0], t_a) + F.mse_loss(pred[1], t_b))
 
 
-def unflip_corners(quad: torch.Tensor) -> torch.Tensor:
-    """Corners ``(B, 4, 2)`` (TL, TR, BR, BL) predicted on horizontally flipped images, expressed in
-    the unflipped frame: ``x -> -x`` and TL <-> TR, BR <-> BL."""
-    q = quad[:, [1, 0, 3, 2]]
-    return torch.stack([-q[..., 0], q[..., 1]], -1)
-
-
 def consistency_loss(preds: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
     """GeoWarp's consistency loss on unlabeled (query, positive) pairs: several predictions of the
     same two quadrilaterals (both input orders, flipped and not, all brought to the order

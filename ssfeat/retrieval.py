@@ -141,14 +141,15 @@ class WarpReranker:
     Args:
         net: a :class:`~ssfeat.models.warp.WarpNet` (default: the bundled ``warp`` weights).
         warp: ``False`` scores the unwarped images (an ablation: local-feature re-ranking alone).
+        flips: average the regressor over flipped inputs (4x the cost; see ``WarpNet.shared_region``).
         cache_size: resized gallery images kept in memory (``S x S`` floats each).
     """
 
-    def __init__(self, net=None, warp: bool = True, cache_size: int = 4096) -> None:
+    def __init__(self, net=None, warp: bool = True, flips: bool = False, cache_size: int = 4096) -> None:
         from .hub import load_warp
 
         self.net = (net if net is not None else load_warp("warp")).eval()
-        self.warp, self.cache_size = warp, cache_size
+        self.warp, self.flips, self.cache_size = warp, flips, cache_size
 
     @torch.inference_mode()
     def scores(self, query: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
@@ -160,7 +161,7 @@ class WarpReranker:
         q = query.to(dev)[None].expand(len(candidates), -1, -1, -1)
         c = candidates.to(dev)
         if self.warp:
-            quad_q, quad_c = self.net.shared_region(q, c)
+            quad_q, quad_c = self.net.shared_region(q, c, flips=self.flips)
             S = self.net.config.size
             q, c = warp_to_frame(q, quad_q, S), warp_to_frame(c, quad_c, S)
         fq, fc = self.net.features(q), self.net.features(c)

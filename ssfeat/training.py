@@ -44,13 +44,12 @@ from .losses import (
     histogram_alignment_loss,
     msip_loss,
     triplet_loss,
-    unflip_corners,
     visibility_masks,
 )
 from .models.descriptor import DescriptorConfig, DescriptorNet, sample_descriptors
 from .models.detector import DetectorConfig, OrientedKeypointNet
 from .models.patch_pose import PatchPoseConfig, PatchPoseNet, decode_pose
-from .models.warp import WarpConfig, WarpNet
+from .models.warp import WarpConfig, WarpNet, unflip_corners
 
 logger = logging.getLogger(__name__)
 

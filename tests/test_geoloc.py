@@ -77,8 +77,9 @@ def test_gem_retrieve_and_recall():
 def test_geoloc_benchmark_cli_with_and_without_reranking(geo_dir, warp_run, tmp_path, capsys):
     js = tmp_path / "g.json"
     args = ["benchmark", "geoloc", "--root", str(geo_dir), "--json", str(js), "--no-progress"]
-    assert main([*args, "--warp-weights", str(warp_run), "--rerank-n", "2"]) == 0
+    assert main([*args, "--warp-weights", str(warp_run), "--rerank-n", "2", "--flips"]) == 0
     res = json.loads(js.read_text())
+    assert res["flips"] is True
     assert res["n_queries"] == 3 and res["queries_without_positive"] == 0
     plain, warped, unwarped = res["methods"].values()
     assert list(res["methods"])[1:] == ["+ re-rank top-2, warped (GeoWarp)", "+ re-rank top-2, no warp (ablation)"]
@@ -134,9 +135,11 @@ def test_warp_benchmark_cli(image_dir, warp_run, tmp_path, capsys):
     args = ["benchmark", "warp", "--images", str(image_dir), "--warp-weights", str(warp_run), "--pairs", "16"]
     assert main([*args, "--json", str(js)]) == 0
     res = json.loads(js.read_text())
-    net, frames = res["methods"].values()
+    net, flipped, frames = res["methods"].values()
     assert res["n_pairs"] == 16 and res["pairs"]["size"] == 64 and res["pairs"]["k"] == pytest.approx(0.6)
     assert frames["corner_err"] > 0 and 0 <= net["within_0.1"] <= net["mean_within_0.1"] <= 100
+    assert flipped["corner_err"] != net["corner_err"]
+    assert set(res["pairs_per_s"]) == {"ssfeat WarpNet", "ssfeat WarpNet, flip-averaged"}
     assert "all 8" in capsys.readouterr().out
     assert main([*args, "--json", str(js), "--k", "1.5"]) == 2
 

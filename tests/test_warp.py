@@ -10,8 +10,8 @@ from ssfeat.cli import main
 from ssfeat.data.images import list_images, read_image
 from ssfeat.data.warp_pairs import WarpPairConfig, WarpPairSynthesizer
 from ssfeat.hub import load_warp, save_weights
-from ssfeat.losses import consistency_loss, corner_loss, features_wise_loss, unflip_corners
-from ssfeat.models.warp import FRAME, WarpConfig, WarpNet, warp_to_frame
+from ssfeat.losses import consistency_loss, corner_loss, features_wise_loss
+from ssfeat.models.warp import FRAME, WarpConfig, WarpNet, unflip_corners, warp_to_frame
 from ssfeat.training import WarpTask, WarpTrainConfig, corner_metrics, fit, load_checkpoint
 
 
@@ -47,6 +47,24 @@ def test_unflip_corners_maps_flipped_quads_back():
     flipped = torch.tensor([[[-0.7, -0.3], [0.5, -0.4], [0.6, 0.5], [-0.6, 0.8]]])  # x -> -x, TL<->TR
     assert torch.allclose(unflip_corners(flipped), quad)
     assert torch.allclose(unflip_corners(unflip_corners(quad)), quad)
+    vflipped = torch.tensor([[[-0.6, -0.5], [0.6, -0.8], [0.7, 0.3], [-0.5, 0.4]]])  # y -> -y, TL<->BL
+    assert torch.allclose(unflip_corners(vflipped, horizontal=False, vertical=True), quad)
+    both = unflip_corners(unflip_corners(quad, True, False), False, True)
+    assert torch.allclose(unflip_corners(both, True, True), quad)
+
+
+def test_flip_averaging_is_consistent_with_flipped_inputs():
+    """With flips, the prediction for a flipped pair is the flipped prediction (exact symmetry)."""
+    torch.manual_seed(0)
+    net = WarpNet(WarpConfig(size=64)).eval()
+    torch.nn.init.normal_(net.out.weight, std=0.05)
+    a, b = torch.rand(2, 1, 64, 64), torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        qa, qb = net.shared_region(a, b, flips=True)
+        fa, fb = net.shared_region(a.flip(-1), b.flip(-1), flips=True)
+        plain = net.shared_region(a, b)[0]
+    assert torch.allclose(unflip_corners(fa), qa, atol=1e-5) and torch.allclose(unflip_corners(fb), qb, atol=1e-5)
+    assert not torch.allclose(plain, qa, atol=1e-4)
 
 
 def test_warp_to_frame_identity_and_crop():

@@ -30,10 +30,12 @@ def run_geoloc(
     rerank_n: int = 5,
     radius: float = 25.0,
     progress: bool = True,
+    flips: bool = False,
 ) -> dict:
     """Recall@1/5/10/20 on ``root``'s ``split`` of GeM retrieval (frozen ssfeat descriptor network
     ``weights``) and, unless ``warp_weights`` is ``None``, of the same list re-ranked (top
-    ``rerank_n``) by the warping regressor ``warp_weights``, with and without the warp."""
+    ``rerank_n``) by the warping regressor ``warp_weights``, with and without the warp (``flips``:
+    the regressor averaged over flipped inputs)."""
     from ..hub import load_descriptor, load_warp
 
     if rerank_n < 1:
@@ -57,7 +59,8 @@ def run_geoloc(
         }
         for name, warp in variants.items():
             t0 = time.perf_counter()
-            ranked[name] = WarpReranker(net, warp=warp).rerank(data.queries, data.gallery, idx, rerank_n, progress)
+            rr = WarpReranker(net, warp=warp, flips=flips)
+            ranked[name] = rr.rerank(data.queries, data.gallery, idx, rerank_n, progress)
             timing[f"{name}: ms_per_query"] = round(1000 * (time.perf_counter() - t0) / max(1, len(data.queries)), 1)
             methods[name] = recall_at(ranked[name], positives, RECALL_NS)
     out = _meta(
@@ -68,6 +71,7 @@ def run_geoloc(
         weights=str(weights),
         warp_weights=None if warp_weights is None else str(warp_weights),
         rerank_n=rerank_n,
+        flips=flips,
         radius_m=radius,
     )
     out.update(
@@ -96,7 +100,7 @@ def run_warp_pairs(
 ) -> dict:
     """Corner accuracy of the warping regressor on ``n_pairs`` self-supervised trapezoid pairs
     synthesised from the photos in ``images`` (use photos it was not trained on), prediction
-    averaged over both input orders. Reports the metrics of
+    averaged over both input orders, and also over flipped inputs. Reports the metrics of
     :func:`~ssfeat.training.corner_metrics` next to the untrained baseline (predict the whole
     frames) in one run."""
     import dataclasses
@@ -115,22 +119,23 @@ def run_warp_pairs(
         raise ValueError(f"{images}: no images")
     cfg = WarpPairConfig(size=net.config.size, seed=seed, k=net_k(warp_weights) if k is None else k)
     batch = WarpPairSynthesizer([read_image(p) for p in paths], cfg).batch(range(n_pairs))
-    t0 = time.perf_counter()
-    with torch.inference_mode():
-        a, b = batch["image_a"], batch["image_b"]
-        preds = [net.shared_region(a[i : i + 64], b[i : i + 64]) for i in range(0, n_pairs, 64)]
-    seconds = time.perf_counter() - t0
-    pa, pb = torch.cat([p[0] for p in preds]), torch.cat([p[1] for p in preds])
+    methods, speed = {}, {}
+    for name, flips in (("ssfeat WarpNet", False), ("ssfeat WarpNet, flip-averaged", True)):
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            a, b = batch["image_a"], batch["image_b"]
+            preds = [net.shared_region(a[i : i + 64], b[i : i + 64], flips) for i in range(0, n_pairs, 64)]
+        speed[name] = round(n_pairs / (time.perf_counter() - t0), 1)
+        pa, pb = torch.cat([p[0] for p in preds]), torch.cat([p[1] for p in preds])
+        methods[name] = corner_metrics(pa, pb, batch["t_a"], batch["t_b"])
     frame = FRAME.expand_as(pa)
+    methods["whole frames (no regression)"] = corner_metrics(frame, frame, batch["t_a"], batch["t_b"])
     out = _meta(BenchmarkConfig(), "warp", images=str(images), warp_weights=str(warp_weights), n_images=len(paths))
     out.update(
         pairs=dataclasses.asdict(cfg),
         n_pairs=n_pairs,
-        pairs_per_s=round(n_pairs / seconds, 1),
-        methods={
-            "ssfeat WarpNet": corner_metrics(pa, pb, batch["t_a"], batch["t_b"]),
-            "whole frames (no regression)": corner_metrics(frame, frame, batch["t_a"], batch["t_b"]),
-        },
+        pairs_per_s=speed,
+        methods=methods,
     )
     return out
 

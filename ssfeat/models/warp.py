@@ -140,11 +140,38 @@ class WarpNet(nn.Module):
             fa, fb = torch.cat([fa, fb]), torch.cat([fb, fa])
         return self.regress(fa, fb)
 
-    def shared_region(self, image_a: torch.Tensor, image_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """GeoWarp's ``compute_warping``: the prediction averaged over both input orders."""
+    def shared_region(
+        self, image_a: torch.Tensor, image_b: torch.Tensor, flips: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """GeoWarp's ``compute_warping``: the prediction averaged over both input orders, two
+        ``(B, 4, 2)``. ``flips`` also averages the predictions for the pair flipped horizontally,
+        vertically and both (mapped back; 4x the cost, more precise corners)."""
         B = image_a.shape[0]
-        first, second = self(image_a, image_b, both_orders=True)
-        return 0.5 * (first[:B] + second[B:]), 0.5 * (second[:B] + first[B:])
+        modes = [(False, False), (True, False), (False, True), (True, True)] if flips else [(False, False)]
+        a = torch.cat([_flip(image_a, h, v) for h, v in modes])
+        b = torch.cat([_flip(image_b, h, v) for h, v in modes])
+        first, second = self(a, b, both_orders=True)
+        n = len(a)
+        qa, qb = 0.5 * (first[:n] + second[n:]), 0.5 * (second[:n] + first[n:])
+        qa = torch.stack([unflip_corners(qa[i * B : (i + 1) * B], h, v) for i, (h, v) in enumerate(modes)]).mean(0)
+        qb = torch.stack([unflip_corners(qb[i * B : (i + 1) * B], h, v) for i, (h, v) in enumerate(modes)]).mean(0)
+        return qa, qb
+
+
+def _flip(image: torch.Tensor, horizontal: bool, vertical: bool) -> torch.Tensor:
+    dims = [d for d, on in ((-1, horizontal), (-2, vertical)) if on]
+    return image.flip(dims) if dims else image
+
+
+def unflip_corners(quad: torch.Tensor, horizontal: bool = True, vertical: bool = False) -> torch.Tensor:
+    """Corners ``(B, 4, 2)`` (TL, TR, BR, BL, normalised) predicted on flipped images, expressed in
+    the unflipped frame: a horizontal flip maps ``x -> -x`` and swaps TL <-> TR, BR <-> BL; a
+    vertical one ``y -> -y`` and TL <-> BL, TR <-> BR."""
+    if horizontal:
+        quad = torch.stack([-quad[:, [1, 0, 3, 2], 0], quad[:, [1, 0, 3, 2], 1]], -1)
+    if vertical:
+        quad = torch.stack([quad[:, [3, 2, 1, 0], 0], -quad[:, [3, 2, 1, 0], 1]], -1)
+    return quad
 
 
 def warp_to_frame(image: torch.Tensor, quad: torch.Tensor, size: int) -> torch.Tensor:
