@@ -53,12 +53,17 @@ def test_unflip_corners_maps_flipped_quads_back():
     assert torch.allclose(unflip_corners(both, True, True), quad)
 
 
-def test_flip_averaging_is_consistent_with_flipped_inputs():
-    """With flips, the prediction for a flipped pair is the flipped prediction (exact symmetry)."""
+def random_warpnet_and_pair():
+    """An untrained WarpNet whose output layer is random (not all frames) and two random views."""
     torch.manual_seed(0)
     net = WarpNet(WarpConfig(size=64)).eval()
     torch.nn.init.normal_(net.out.weight, std=0.05)
-    a, b = torch.rand(2, 1, 64, 64), torch.rand(2, 1, 64, 64)
+    return net, torch.rand(2, 1, 64, 64), torch.rand(2, 1, 64, 64)
+
+
+def test_flip_averaging_is_consistent_with_flipped_inputs():
+    """With flips, the prediction for a flipped pair is the flipped prediction (exact symmetry)."""
+    net, a, b = random_warpnet_and_pair()
     with torch.no_grad():
         qa, qb = net.shared_region(a, b, flips=True)
         fa, fb = net.shared_region(a.flip(-1), b.flip(-1), flips=True)
@@ -77,10 +82,7 @@ def test_warp_to_frame_identity_and_crop():
 
 
 def test_both_orders_and_shared_region_average_the_two_orders():
-    torch.manual_seed(0)
-    net = WarpNet(WarpConfig(size=64)).eval()
-    torch.nn.init.normal_(net.out.weight, std=0.05)
-    a, b = torch.rand(2, 1, 64, 64), torch.rand(2, 1, 64, 64)
+    net, a, b = random_warpnet_and_pair()
     with torch.no_grad():
         first, second = net(a, b, both_orders=True)
         ab, ba = net(a, b), net(b, a)
