@@ -83,18 +83,30 @@ class PatchPoseEstimator(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, name_or_path: str | Path = "patchpose", device: str | torch.device = "cpu", c4: bool | None = None
+        cls,
+        name_or_path: str | Path = "patchpose",
+        device: str | torch.device = "cpu",
+        c4: bool | None = None,
+        c4_below: float | None = None,
     ) -> PatchPoseEstimator:
         """The bundled model (default; no network access), a ``.safetensors`` file written by
         ``ssfeat export``, or a training run folder / checkpoint.
 
         ``c4=True`` averages the network over the four 90-degree rotations of each patch: exactly
-        90-degree equivariant and more accurate, about 5x slower (``None``: as stored)."""
+        90-degree equivariant and more accurate, about 5x slower; ``c4=False`` switches every rotation
+        averaging off (``None``: as stored). ``c4_below`` sets the adaptive C4 threshold: patches whose
+        orientation histogram peak probability is below it get the four-rotation average, the others
+        a single pass (the bundled model stores a threshold calibrated on held-out training photos;
+        0: off)."""
         from .hub import load_model
 
         model = load_model(name_or_path)
         if c4 is not None:
             model.set_c4(c4)
+            if not c4:
+                model.set_c4_below(0.0)
+        if c4_below is not None:
+            model.set_c4_below(c4_below)
         return cls(model).to(device)
 
     @property

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from importlib import resources
 from pathlib import Path
 
 from . import __version__
 from .models.patch_pose import PatchPoseConfig, PatchPoseNet
+
+logger = logging.getLogger(__name__)
 
 WEIGHTS_FORMAT = "ssfeat-patchpose-1"
 DETECTOR_FORMAT = "ssfeat-detector-1"
@@ -183,12 +186,41 @@ def model_from_checkpoint(run: str | Path):
     return model.eval()
 
 
-def export(run: str | Path, out: str | Path, c4: bool | None = None, half: bool = False) -> Path:
+def export(
+    run: str | Path, out: str | Path, c4: bool | None = None, half: bool = False, c4_below: float | str | None = None
+) -> Path:
     """Export the best (else last) checkpoint of a training run to a safetensors weights file.
 
     ``c4`` switches the averaging over the four 90-degree rotations on or off at inference
-    (the weights are unchanged; ``None`` keeps the training setting); ``half`` stores float16."""
+    (the weights are unchanged; ``None`` keeps the training setting); ``half`` stores float16.
+    ``c4_below`` (patch-pose models) stores an adaptive C4 threshold, or ``"auto"``: the one
+    :func:`ssfeat.evaluation.benchmarks.calibrate_c4_below` picks on the run's own validation photos."""
     model = model_from_checkpoint(run)
-    if c4 is not None and isinstance(model, PatchPoseNet):
+    if (c4 is not None or c4_below is not None) and not isinstance(model, PatchPoseNet):
+        raise ValueError("--c4/--c4-below apply to patch-pose runs only")
+    if c4 is not None:
         model.set_c4(c4)
+    if c4_below == "auto":
+        c4_below = calibrate_run_c4_below(run, model)[0]
+    if c4_below is not None:
+        model.set_c4_below(float(c4_below))
     return save_weights(model, out, half)
+
+
+def calibrate_run_c4_below(run: str | Path, model: PatchPoseNet, n_pairs: int = 2000) -> tuple[float, list[dict]]:
+    """Adaptive C4 threshold of a patch-pose run, chosen on its validation photos (the images its
+    training held out), with the benchmark's pair protocol."""
+    import dataclasses as dc
+
+    from .data.synthesis import PairSynthesizer
+    from .evaluation.benchmarks import calibrate_c4_below
+    from .training import _split_images, config_from_checkpoint, load_checkpoint
+
+    cfg = config_from_checkpoint(load_checkpoint(checkpoint_file(run)))
+    _, _, vpaths, vimages = _split_images(cfg)
+    pcfg = dc.replace(
+        cfg.pairs, photometric=False, ref_random_pose=False, ori_log2_jitter=0.0, n_random=0, seed=cfg.pairs.seed + 2
+    )
+    threshold, rows = calibrate_c4_below(model, PairSynthesizer(vimages, pcfg, [str(p) for p in vpaths]), n_pairs)
+    logger.info("adaptive C4 on %d validation photos: c4_below = %g", len(vimages), threshold)
+    return threshold, rows

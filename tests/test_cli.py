@@ -43,6 +43,13 @@ def test_train_export_benchmark_show(image_dir, oxford_dir, tmp_path, capsys):
     w4 = tmp_path / "w4.safetensors"
     assert main(["export", str(run), "--out", str(w4), "--c4"]) == 0
     assert load_weights(w4).config.c4_symmetric and not load_weights(w).config.c4_symmetric
+    wa = tmp_path / "wa.safetensors"  # adaptive C4 threshold calibrated on the run's validation photos
+    assert main(["export", str(run), "--out", str(wa), "--c4-below", "auto"]) == 0
+    assert "chosen: c4_below" in capsys.readouterr().out and 0 < load_weights(wa).config.c4_below <= 1
+    assert main(["export", str(run), "--out", str(wa), "--c4-below", "0.3"]) == 0
+    assert load_weights(wa).config.c4_below == 0.3
+    with pytest.raises(SystemExit):
+        main(["export", str(run), "--out", str(wa), "--c4-below", "2"])
     ft = tmp_path / "finetune"
     assert train(image_dir, ft, "--steps", "1", "--init", str(w), "--scale-loss", "shared") == 0
     # architecture mismatch: a clear error
@@ -68,7 +75,7 @@ def test_train_export_benchmark_show(image_dir, oxford_dir, tmp_path, capsys):
         == 0
     )
     res = json.loads(js.read_text())
-    assert set(res["methods"]) == {"ssfeat", "ssfeat_c4", "mine", "kornia_gradient", "log_scale"}
+    assert set(res["methods"]) == {"ssfeat", "ssfeat_single", "ssfeat_c4", "mine", "kornia_gradient", "log_scale"}
     assert res["methods"]["ssfeat"]["topk_recall"]["k"] == [1, 2, 3, 4]
     assert "ori_acc@10deg" in res["methods"]["kornia_gradient"] and "scale_acc@0.333" in res["methods"]["log_scale"]
     js2 = tmp_path / "seq.json"

@@ -58,6 +58,44 @@ def test_c4_model_is_exactly_equivariant():
     assert torch.allclose(s1, s0, atol=1e-4)
 
 
+def test_adaptive_c4_matches_full_c4_on_uncertain_patches_only():
+    net = PatchPoseNet(PatchPoseConfig()).eval()
+    x = torch.rand(16, 1, 32, 32)
+    with torch.no_grad():
+        single = net(x)
+        net.set_c4(True)
+        full = net(x)
+        net.set_c4(False)
+        peak = torch.softmax(single[0], -1).amax(-1)
+        t = float(peak.median())  # about half the patches below
+        net.set_c4_below(t)
+        adaptive = net(x)
+        alone = net(x[:3])  # a patch's output does not depend on its batch
+    low = peak < t
+    assert 0 < int(low.sum()) < len(x)
+    for a, s, f in zip(adaptive, single, full):
+        assert torch.allclose(a[low], f[low], atol=1e-5) and torch.allclose(a[~low], s[~low], atol=1e-5)
+    assert torch.allclose(alone[0], adaptive[0][:3], atol=1e-5)
+    net.set_c4_below(1.0)  # every patch is uncertain: exactly the C4 model
+    with torch.no_grad():
+        assert torch.allclose(net(x)[0], full[0], atol=1e-5)
+    seen = []
+    net.backbone.register_forward_hook(lambda m, inp, out: seen.append(len(inp[0])))
+    net.train()  # training always runs the single pass
+    net(x)
+    assert seen == [len(x)]
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="c4_below"):
+            net.set_c4_below(bad)
+
+
+def test_bundled_adaptive_c4_and_switches():
+    est = PatchPoseEstimator.from_pretrained()
+    assert 0 < est.config.c4_below < 1  # calibrated on held-out photos, stored in the weights file
+    assert PatchPoseEstimator.from_pretrained(c4=False).config.c4_below == 0
+    assert PatchPoseEstimator.from_pretrained(c4_below=0.2).config.c4_below == 0.2
+
+
 def test_weights_roundtrip(tmp_path):
     net = PatchPoseNet(PatchPoseConfig(backbone="fast")).eval()
     path = save_weights(net, tmp_path / "w.safetensors")

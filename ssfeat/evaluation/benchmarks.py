@@ -54,9 +54,11 @@ def build_methods(
     c4_variant: bool = True,
 ) -> list[PoseMethod]:
     """ssfeat (bundled or ``weights``), any extra learned models by name, and the hand-made baselines."""
-    methods: list[PoseMethod] = [LearnedPose(PatchPoseEstimator.from_pretrained(weights or "patchpose"), "ssfeat")]
-    if c4_variant:  # the same weights averaged over 90-degree rotations (more accurate, slower)
-        methods.append(LearnedPose(PatchPoseEstimator.from_pretrained(weights or "patchpose", c4=True), "ssfeat_c4"))
+    name = weights or "patchpose"
+    methods: list[PoseMethod] = [LearnedPose(PatchPoseEstimator.from_pretrained(name), "ssfeat")]
+    if c4_variant:  # the same weights: one pass only, and always averaged over 90-degree rotations
+        methods.append(LearnedPose(PatchPoseEstimator.from_pretrained(name, c4=False), "ssfeat_single"))
+        methods.append(LearnedPose(PatchPoseEstimator.from_pretrained(name, c4=True), "ssfeat_c4"))
     for name, path in (extra_weights or {}).items():
         methods.append(LearnedPose(PatchPoseEstimator.from_pretrained(path), name))
     methods += [KorniaGradientOrientation(patch_size), LoGScale(patch_size)]
@@ -115,13 +117,36 @@ def throughput(method: PoseMethod, patches: torch.Tensor) -> float:
     return len(patches) / max(time.perf_counter() - t0, 1e-9)
 
 
+def interleaved_throughput(methods: list[PoseMethod], patches: dict[str, torch.Tensor], rounds: int = 3) -> dict:
+    """Median patches/s of each method over ``rounds`` rounds that time every method in turn, so
+    that load changes on a shared machine hit all methods alike. ``patches``: per method name."""
+    runs: dict[str, list[float]] = {m.name: [] for m in methods}
+    for _ in range(rounds):
+        for m in methods:
+            runs[m.name].append(throughput(m, patches[m.name]))
+    return {k: float(np.median(v)) for k, v in runs.items()}
+
+
 def score_method(method: PoseMethod, ori_pairs: dict, scale_pairs: dict) -> tuple[dict, dict]:
-    """Accuracies, top-k recall and throughput of one method; also returns its predictions."""
+    """Accuracies and top-k recall of one method; also returns its predictions."""
     preds = predict_pairs(method, ori_pairs, scale_pairs)
-    res = score_predictions(preds, ori_pairs["rotation"], scale_pairs["log2_scale"])
-    pairs = ori_pairs if "orientation" in method.predicts else scale_pairs
-    res["patches_per_s"] = throughput(method, torch.cat([pairs["patch0"], pairs["patch1"]]))
-    return res, preds
+    return score_predictions(preds, ori_pairs["rotation"], scale_pairs["log2_scale"]), preds
+
+
+def score_methods(methods: list[PoseMethod], ori_pairs: dict, scale_pairs: dict) -> tuple[dict, dict]:
+    """:func:`score_method` for every method, plus ``patches_per_s`` from
+    :func:`interleaved_throughput` on the pairs' patches (orientation pairs for methods that
+    predict orientation)."""
+    results, preds = {}, {}
+    for m in methods:
+        results[m.name], preds[m.name] = score_method(m, ori_pairs, scale_pairs)
+    patches = {}
+    for m in methods:
+        pairs = ori_pairs if "orientation" in m.predicts else scale_pairs
+        patches[m.name] = torch.cat([pairs["patch0"], pairs["patch1"]])
+    for name, v in interleaved_throughput(methods, patches).items():
+        results[name]["patches_per_s"] = v
+    return results, preds
 
 
 def _meta(cfg: BenchmarkConfig, name: str, **extra) -> dict:
@@ -163,7 +188,27 @@ def run_patchpose(images: str | Path, methods: list[PoseMethod], cfg: BenchmarkC
     out = _meta(
         cfg, "patchpose", images=str(images), n_images=len(synth), n_pairs={"ori": cfg.n_pairs, "scale": cfg.n_pairs}
     )
-    out["methods"] = {m.name: score_method(m, ori, sca)[0] for m in methods}
+    out["methods"], preds = score_methods(methods, ori, sca)
+    for name, p in preds.items():
+        if "log2_scale" in p:
+            out["methods"][name]["scale_acc@0.333_by_range"] = scale_accuracy_by_range(
+                p["log2_scale"][0][:, 0], p["log2_scale"][1][:, 0], sca["log2_scale"], pcfg.max_log2_scale
+            )
+    return out
+
+
+def scale_accuracy_by_range(
+    s0: torch.Tensor, s1: torch.Tensor, log2_scale: torch.Tensor, max_log2_scale: float, n: int = 8
+) -> dict[str, float]:
+    """Scale accuracy at +-1/3 octave per range of the true log2 scale change: ``n`` equal ranges
+    over ``[-max, max]`` keyed ``"lo..hi"`` (negative: the second patch shows the content shrunk).
+    ``s0, s1, log2_scale``: ``(B,)``."""
+    edges = torch.linspace(-max_log2_scale, max_log2_scale, n + 1)
+    ok = (s1 - s0 - log2_scale).abs() <= 1 / 3
+    out = {}
+    for lo, hi in zip(edges[:-1].tolist(), edges[1:].tolist()):
+        sel = (log2_scale >= lo) & ((log2_scale < hi) | (hi == edges[-1].item()))
+        out[f"{lo:g}..{hi:g}"] = float(ok[sel].float().mean() * 100) if sel.any() else float("nan")
     return out
 
 
@@ -223,9 +268,7 @@ def run_sequences(root: str | Path, methods: list[PoseMethod], cfg: BenchmarkCon
     cfg = cfg or BenchmarkConfig()
     pairs, info = sequence_pairs(root, cfg)
     out = _meta(cfg, "sequences", root=str(root), n_pairs=len(pairs["rotation"]), image_pairs=info)
-    out["methods"], preds = {}, {}
-    for m in methods:
-        out["methods"][m.name], preds[m.name] = score_method(m, pairs, pairs)
+    out["methods"], preds = score_methods(methods, pairs, pairs)
     spans: dict[str, list[torch.Tensor]] = {}
     start = 0
     for it in info:
@@ -259,7 +302,15 @@ def format_table(result: dict) -> str:
             + [f"{tk[c][-1]:.1f}" if c in tk else "-" for c in ("scale_acc@0.333", "ori_acc@10deg")]
             + [f"{r['patches_per_s']:.0f}"]
         )
-    return render_rows(rows)
+    table = render_rows(rows)
+    key = "scale_acc@0.333_by_range"
+    by_range = {k: r[key] for k, r in result["methods"].items() if key in r}
+    if by_range:
+        ranges = list(next(iter(by_range.values())))
+        rows = [["scale ±1/3 by true log2 scale change", *ranges]]
+        rows += [[k, *(f"{v[c]:.1f}" for c in ranges)] for k, v in by_range.items()]
+        table += "\n\n" + render_rows(rows)
+    return table
 
 
 def render_rows(rows: list[list[str]]) -> str:
@@ -275,3 +326,66 @@ def write_json(result: dict, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2))
     return path
+
+
+C4_GRID = tuple(round(0.05 * i, 2) for i in range(1, 20))
+
+
+def calibrate_c4_below(
+    model,
+    synth: PairSynthesizer,
+    n_pairs: int = 2000,
+    grid: tuple[float, ...] = C4_GRID,
+    recover: float = 0.9,
+) -> tuple[float, list[dict]]:
+    """Choose the adaptive C4 threshold of a PatchPoseNet on held-out orientation pairs.
+
+    The threshold is the smallest of ``grid`` whose orientation accuracy at +-10 degrees on
+    ``n_pairs`` pairs of ``synth`` (held-out photos, paper protocol) recovers at least ``recover``
+    of the gain of full C4 averaging over a single pass: the knee of the accuracy/cost curve. The
+    model is left unchanged.
+
+    Returns:
+        ``(threshold, rows)``; each row has ``c4_below``, ``ori_acc@10deg`` and ``share_averaged``
+        (% of patches that got the four rotations).
+    """
+    from ..models.patch_pose import decode_pose
+
+    pairs = synth.batch("ori", range(n_pairs))
+    x = torch.cat([pairs["patch0"], pairs["patch1"]])
+    saved = model.config.c4_symmetric, model.config.c4_below
+    model.eval()
+
+    def run(c4: bool, below: float) -> torch.Tensor:
+        model.set_c4(c4)
+        model.set_c4_below(below)
+        with torch.inference_mode():
+            logits = torch.cat([model(x[i : i + 1024])[0] for i in range(0, len(x), 1024)])
+        return logits
+
+    def acc(logits: torch.Tensor) -> float:
+        o = decode_pose(logits, logits.new_zeros(len(logits), model.config.n_scale_bins), model.config)
+        o = o["orientation"][:, 0]
+        return pose_accuracies(o[:n_pairs], o[n_pairs:], pairs["rotation"], None, None, None)["ori_acc@10deg"]
+
+    try:
+        full = acc(run(True, 0.0))
+        single = run(False, 0.0)
+        peak = torch.softmax(single, -1).amax(-1)
+        rows = [{"c4_below": 0.0, "ori_acc@10deg": acc(single), "share_averaged": 0.0}]
+        for t in grid:
+            rows.append(
+                {
+                    "c4_below": t,
+                    "ori_acc@10deg": acc(run(False, t)),
+                    "share_averaged": float((peak < t).float().mean() * 100),
+                }
+            )
+        rows.append({"c4_below": 1.0, "ori_acc@10deg": full, "share_averaged": 100.0})
+    finally:
+        model.set_c4(saved[0])
+        model.set_c4_below(saved[1])
+    base = rows[0]["ori_acc@10deg"]
+    target = base + recover * max(full - base, 0.0) - 1e-6
+    threshold = next(r["c4_below"] for r in rows if r["ori_acc@10deg"] >= target)
+    return threshold, rows
