@@ -22,6 +22,7 @@ from ssfeat.evaluation.matching import (
 from ssfeat.features import Features, sift_octaves
 from ssfeat.geometry import angle_diff
 from ssfeat.pipeline import (
+    AffineViews,
     Matches,
     MutualNearestNeighbor,
     OrientationFilter,
@@ -186,6 +187,54 @@ def test_pipeline_matches_rotated_pair(image, estimator, pipe):
         assert correct.sum() < 20
     else:
         assert correct.sum() > 60 and correct.mean() > 0.8
+
+
+def test_affine_views_map_points_and_features_back():
+    img = np.zeros((200, 240), np.float32)
+    p = np.array([140.0, 90.0])
+    cv2.circle(img, (140, 90), 3, 1.0, -1)
+    av = AffineViews(tilts=(2.0,), base_step_deg=72.0, max_keypoints=None)
+    views = av.views(img)
+    assert len(views) == 1 + 5 and np.array_equal(views[0][1], np.eye(3))  # longitudes 0, 36, ..., 144
+
+    def discs(v):  # centres of the bright blobs of a view (reflected copies of the disc included)
+        n, _, _, c = cv2.connectedComponentsWithStats((v > 0.5 * v.max()).astype(np.uint8))
+        return c[1:n]
+
+    for v, A in views:  # A takes image pixels to view pixels: a disc lands where A sends its centre
+        q = A[:2, :2] @ p + A[:2, 2]
+        assert np.linalg.norm(discs(v) - q, axis=1).min() < 1.0
+
+    def extract(v):  # a feature at every blob, its orientation along the view's x axis
+        c = discs(v)
+        f = Features(c, np.full(len(c), 4.0), np.zeros(len(c)), np.full(len(c), float(v.shape[1])), v.shape)
+        f.descriptors = np.ones((len(c), 8), np.float32)
+        return f
+
+    f = av(extract, img)
+    # reflected copies map outside the image and are dropped: one feature per view, at the disc
+    assert len(f) == len(views) and f.image_size == img.shape and len(set(f.parents.tolist())) == len(f)
+    assert np.abs(f.keypoints - p).max() < 1.0
+    for (_, A), theta in zip(views, f.orientations):  # orientation maps to the view's x axis
+        d = A[:2, :2] @ np.array([math.cos(theta), -math.sin(theta)])
+        assert abs(math.atan2(-d[1], d[0])) < 1e-4
+    assert len(AffineViews(tilts=(2.0,), max_keypoints=3)(extract, img)) == 3  # strongest (widest views)
+    with pytest.raises(ValueError, match="tilts"):
+        AffineViews(tilts=(1.0,))
+
+
+def test_asift_pipeline_matches_a_strong_tilt():
+    img = textured_image(200, 260, seed=7).astype(np.float32) / 255.0
+    H = np.array([[0.3, 0.0, 80.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])  # x shrunk 3.3x: out of SIFT's reach
+    tilted = cv2.warpPerspective(img, H, (160, 200), flags=cv2.INTER_AREA)
+    counts = {}
+    for name in ("sift", "asift"):
+        res = build_pipeline(name, 300)(img, tilted)
+        x0 = res.features0.keypoints[res.matches.idx[:, 0]]
+        x1 = res.features1.keypoints[res.matches.idx[:, 1]]
+        proj = cv2.perspectiveTransform(x0[None].astype(np.float64), H)[0]
+        counts[name] = int((np.linalg.norm(proj - x1, axis=1) < 3).sum())
+    assert counts["asift"] >= 30 and counts["asift"] > 3 * counts["sift"], counts
 
 
 def test_pipeline_inputs(estimator, tmp_path):

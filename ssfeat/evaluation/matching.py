@@ -49,7 +49,18 @@ OXFORD_CATEGORIES = {
     "trees": "blur",
     "ubc": "jpeg",
 }
-DEFAULT_PIPELINES = ("sift", "sift*", "upright", "kornia", "ssfeat", "ssfeat*", "ssfeat_multi", "ssfeat_scale")
+DEFAULT_PIPELINES = (
+    "sift",
+    "sift*",
+    "upright",
+    "kornia",
+    "ssfeat",
+    "ssfeat*",
+    "ssfeat_multi",
+    "ssfeat_scale",
+    "asift",
+    "ssfeat_asift",
+)
 
 
 @dataclass
