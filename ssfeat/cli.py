@@ -61,6 +61,9 @@ def _add_train(sub) -> None:
     _add_loop_args(p, d, "pairs of each kind per step, all processes")
     p.add_argument("--backbone", default=m.backbone, help="tiny | fast | small | resnet18")
     p.add_argument("--c4", action="store_true", help="exactly 90-degree-equivariant model (4x slower)")
+    p.add_argument(
+        "--separate-backbones", action="store_true", help="one backbone per head, as the paper (2x the cost)"
+    )
     p.add_argument("--support", type=float, default=pc.support, help="reference window side in pixels")
     p.add_argument("--blur", type=float, default=pc.blur, help="max sigma of the random blur augmentation (0: off)")
     p.add_argument("--scale-loss", default=d.scale_loss, choices=["full", "shared"], help="see ssfeat.losses")
@@ -354,7 +357,7 @@ def cmd_train(args) -> int:
         **_loop_kwargs(args, TrainConfig.steps),
         scale_loss=args.scale_loss,
         warmup_steps=args.warmup_steps,
-        model=PatchPoseConfig(backbone=args.backbone, c4_symmetric=args.c4),
+        model=PatchPoseConfig(backbone=args.backbone, c4_symmetric=args.c4, separate_backbones=args.separate_backbones),
         pairs=PairConfig(support=args.support, blur=args.blur, seed=args.seed),
     )
     last = fit(cfg, args.out, resume=args.resume, progress=not args.no_progress, total_steps=args.steps)
@@ -509,15 +512,14 @@ def cmd_benchmark_detector(args) -> int:
 
 
 def cmd_benchmark_matching(args) -> int:
-    from .estimator import PatchPoseEstimator
     from .evaluation.benchmarks import write_json
     from .evaluation.matching import MatchingConfig, format_matching_table, plot_mma, run_matching
-    from .pipeline import PIPELINE_MODEL
+    from .pipeline import pipeline_estimator
 
     names = [n.strip() for n in args.pipelines.split(",") if n.strip()]
     if not names:
         raise ValueError("--pipelines is empty")
-    est = PatchPoseEstimator.from_pretrained(args.weights or PIPELINE_MODEL)
+    est = pipeline_estimator(args.weights)
     cfg = MatchingConfig(max_keypoints=args.max_keypoints)
     result = run_matching(args.root, names, cfg, est, progress=not args.no_progress)
     print(f"matching: {result['n_pairs']} image pairs, {cfg.max_keypoints} keypoints per image")
@@ -600,11 +602,10 @@ def match(
     """Match two images with a named pipeline, fit a RANSAC homography and draw the matches
     (inliers green). Returns counts and the homography."""
     from .data.images import read_image
-    from .estimator import PatchPoseEstimator
-    from .pipeline import PIPELINE_MODEL, RansacHomography, build_pipeline
+    from .pipeline import RansacHomography, build_pipeline, pipeline_estimator
     from .viz import draw_matches
 
-    est = PatchPoseEstimator.from_pretrained(weights or PIPELINE_MODEL) if "ssfeat" in pipeline else None
+    est = pipeline_estimator(weights) if "ssfeat" in pipeline else None
     pipe = build_pipeline(pipeline, max_keypoints, est)
     img0, img1 = read_image(image0), read_image(image1)
     res = pipe(img0, img1)

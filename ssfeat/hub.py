@@ -21,8 +21,11 @@ WEIGHTS_FORMAT = "ssfeat-patchpose-1"
 DETECTOR_FORMAT = "ssfeat-detector-1"
 # bundled name -> file in ssfeat/weights
 BUNDLED = {
-    "patchpose": "patchpose_fast.safetensors",  # default estimator: best patch-pose accuracy
-    "patchpose_tiny": "patchpose_tiny.safetensors",  # matching pipelines' default: 4x fewer FLOPs
+    # default estimator: tiny backbone with adaptive C4, the fastest model that reaches the best
+    # orientation accuracy (BENCHMARKS.md); the matching pipelines use it in a single pass
+    "patchpose": "patchpose_tiny.safetensors",
+    "patchpose_tiny": "patchpose_tiny.safetensors",
+    "patchpose_fast": "patchpose_fast.safetensors",  # wider backbone, 4x the FLOPs
 }
 
 

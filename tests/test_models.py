@@ -13,13 +13,14 @@ from ssfeat.geometry import angle_from_cv2
 from ssfeat.hub import BUNDLED, load_weights, save_weights
 from ssfeat.models import PatchPoseConfig, PatchPoseNet
 from ssfeat.models.patch_pose import histogram_peaks
+from ssfeat.pipeline import pipeline_estimator
 
 from .conftest import textured_image
 
 
-@pytest.fixture(scope="module", params=sorted(BUNDLED))
+@pytest.fixture(scope="module", params=sorted({v: k for k, v in BUNDLED.items()}.values()))
 def bundled(request):
-    """Every bundled model must satisfy the conventions tested here."""
+    """Every bundled patch-pose file (one name each) must satisfy the conventions tested here."""
     return PatchPoseEstimator.from_pretrained(request.param)
 
 
@@ -41,6 +42,22 @@ def test_shapes(backbone):
     o, s = net(torch.rand(3, 1, 32, 32))
     assert o.shape == (3, 36) and s.shape == (3, 13)
     assert torch.allclose(o.norm(dim=-1), torch.full((3,), 12.0), atol=1e-4)  # fixed logit norm
+
+
+def test_separate_backbones_decouple_the_heads(tmp_path):
+    torch.manual_seed(0)
+    net = PatchPoseNet(PatchPoseConfig(backbone="tiny", separate_backbones=True)).eval()
+    shared = PatchPoseNet(PatchPoseConfig(backbone="tiny"))
+    n_backbone = sum(p.numel() for p in shared.backbone.parameters())
+    assert sum(p.numel() for p in net.parameters()) == sum(p.numel() for p in shared.parameters()) + n_backbone
+    x = torch.rand(3, 1, 32, 32)
+    with torch.no_grad():
+        o, s = net(x)
+        for p in net.backbone.parameters():  # the orientation backbone only feeds the orientation head
+            p.add_(torch.randn_like(p))
+        o2, s2 = net(x)
+    assert torch.equal(s, s2) and not torch.allclose(o, o2)
+    assert torch.equal(load_weights(save_weights(net, tmp_path / "w.safetensors"))(x)[1], s2)
 
 
 def test_unknown_backbone():
@@ -94,6 +111,8 @@ def test_bundled_adaptive_c4_and_switches():
     assert 0 < est.config.c4_below < 1  # calibrated on held-out photos, stored in the weights file
     assert PatchPoseEstimator.from_pretrained(c4=False).config.c4_below == 0
     assert PatchPoseEstimator.from_pretrained(c4_below=0.2).config.c4_below == 0.2
+    single = pipeline_estimator().config  # the matching pipelines keep one pass per patch
+    assert single.c4_below == 0 and not single.c4_symmetric
 
 
 def test_weights_roundtrip(tmp_path):

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from ..data.images import ImageReadError, read_image
-from ..pipeline import PIPELINE_MODEL, SIFTDetector, build_pipeline
+from ..pipeline import SIFTDetector, build_pipeline, pipeline_estimator
 from .benchmarks import render_rows
 from .matching import MatchingConfig, image_pairs, run_matching
 
@@ -51,9 +51,8 @@ def run_descriptor_benchmark(
 ) -> dict:
     """The descriptor pipelines ``names`` (see :data:`ssfeat.pipeline.PIPELINES`) on every pair under
     ``roots``; ``weights`` is the learned descriptor's (bundled name, file or run)."""
-    from ..estimator import PatchPoseEstimator
 
-    est = PatchPoseEstimator.from_pretrained(PIPELINE_MODEL) if any("ssfeat" in n for n in names) else None
+    est = pipeline_estimator() if any("ssfeat" in n for n in names) else None
     pipes = {n: build_pipeline(n, max_keypoints, est, descriptor_weights=weights) for n in names}
     result = run_matching(roots, pipes, MatchingConfig(max_keypoints=max_keypoints), est, progress)
     result["benchmark"] = "descriptor"

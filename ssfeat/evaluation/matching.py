@@ -34,7 +34,7 @@ from ..data.sequences import find_sequences
 from ..estimator import PatchPoseEstimator
 from ..features import Features
 from ..geometry import angle_diff, local_rotation_scale, warp_points
-from ..pipeline import PIPELINE_MODEL, OrientationFilter, Pipeline, RansacHomography, build_pipeline
+from ..pipeline import OrientationFilter, Pipeline, RansacHomography, build_pipeline, pipeline_estimator
 from .benchmarks import BenchmarkConfig, _meta, render_rows
 
 logger = logging.getLogger(__name__)
@@ -276,7 +276,7 @@ def run_matching(
 
     cfg = cfg or MatchingConfig()
     pairs = image_pairs(roots)
-    est = estimator or PatchPoseEstimator.from_pretrained(PIPELINE_MODEL)
+    est = estimator or pipeline_estimator()
     if isinstance(pipelines, dict):  # custom Pipeline objects by name
         bases, pipelines = {k.rstrip("*"): v for k, v in pipelines.items()}, list(pipelines)
     else:
