@@ -75,7 +75,7 @@ class MatchingConfig:
     ransac_threshold: float = 3.0
     ransac_iters: int = 5000
     ransac_confidence: float = 0.9995
-    timing_repeats: int = 3
+    timing_repeats: int = 5
 
 
 @dataclass
@@ -241,9 +241,12 @@ def _timed(fn, *args):
     return out, time.perf_counter() - t0
 
 
-def time_pair(pipelines: dict[str, Pipeline], image0: np.ndarray, image1: np.ndarray, repeats: int = 3) -> dict:
-    """Seconds for extraction + matching of one pair (median of ``repeats``) for OpenCV SIFT
-    (``detectAndCompute`` + brute-force mutual matching, the reference) and each pipeline."""
+def time_pair(pipelines: dict[str, Pipeline], image0: np.ndarray, image1: np.ndarray, repeats: int = 5) -> dict:
+    """Seconds for extraction + matching of one pair, the median of ``repeats`` interleaved rounds
+    (each round times every method once, so load changes on a shared machine hit all of them alike):
+    OpenCV SIFT with one ``detectAndCompute`` call per image (``opencv_sift``, the reference), OpenCV
+    SIFT with separate ``detect`` and ``compute`` calls (``opencv_sift_detect_compute``), both with
+    brute-force mutual matching, and each pipeline."""
     u0, u1 = (np.round(np.clip(x, 0, 1) * 255).astype(np.uint8) for x in (image0, image1))
     n = next(iter(pipelines.values())).detector.max_keypoints if pipelines else 1000
     sift = cv2.SIFT_create(nfeatures=n)
@@ -254,14 +257,23 @@ def time_pair(pipelines: dict[str, Pipeline], image0: np.ndarray, image1: np.nda
         _, d1 = sift.detectAndCompute(u1, None)
         return bf.match(d0, d1)
 
-    def run(p):
-        return p.match_features(p.extract(image0), p.extract(image1))
+    def opencv_detect_compute():
+        _, d0 = sift.compute(u0, sift.detect(u0, None))
+        _, d1 = sift.compute(u1, sift.detect(u1, None))
+        return bf.match(d0, d1)
 
-    out = {"opencv_sift": float(np.median([_timed(opencv)[1] for _ in range(repeats)]))}
-    for name, p in pipelines.items():
-        run(p)  # warm-up
-        out[name] = float(np.median([_timed(run, p)[1] for _ in range(repeats)]))
-    return out
+    def pipeline(p: Pipeline):
+        return lambda: p.match_features(p.extract(image0), p.extract(image1))
+
+    methods = {"opencv_sift": opencv, "opencv_sift_detect_compute": opencv_detect_compute}
+    methods.update({name: pipeline(p) for name, p in pipelines.items()})
+    for fn in methods.values():
+        fn()  # warm-up
+    times: dict[str, list[float]] = {k: [] for k in methods}
+    for _ in range(max(1, repeats)):
+        for k, fn in methods.items():
+            times[k].append(_timed(fn)[1])
+    return {k: float(np.median(v)) for k, v in times.items()}
 
 
 def run_matching(
@@ -339,6 +351,8 @@ def run_matching(
     out["n_pairs"] = len(next(iter(per_pair.values())))
     out["timing_640x480_s"] = timing
     out["timing_ratio_vs_opencv"] = {k: round(v / timing["opencv_sift"], 2) for k, v in timing.items()}
+    ref = timing["opencv_sift_detect_compute"]
+    out["timing_ratio_vs_opencv_detect_compute"] = {k: round(v / ref, 2) for k, v in timing.items()}
     out["extract_s_per_image"] = {b: round(float(np.mean(v)), 4) for b, v in extract_s.items() if v}
     out["pipelines"] = {name: summarize(rows) for name, rows in per_pair.items()}
     out["per_pair"] = per_pair
