@@ -34,6 +34,24 @@ def test_overfit_one_batch(image_dir):
     assert loss.item() < 0.6 * first
 
 
+def test_time_budget_refits_the_schedule(image_dir, tmp_path, monkeypatch):
+    """Steps cost 0.5 s on a fake clock during the loader's warm-up (the first 40) and 0.25 s after:
+    the step-40 fit alone would plan 116 steps and use 39 of the 60 s; the refit uses the budget."""
+    clock = {"t": 0.0}
+    monkeypatch.setattr(training, "time", type("FakeTime", (), {"time": staticmethod(lambda: clock["t"])}))
+    real_lr_at = training.lr_at
+
+    def lr_at(step, total, cfg):  # called once per step
+        clock["t"] += 0.5 if step < 40 else 0.25
+        return real_lr_at(step, total, cfg)
+
+    monkeypatch.setattr(training, "lr_at", lr_at)
+    cfg = tiny_cfg(image_dir, steps=10**6, time_budget_min=1.0, val_every=10**6, ckpt_every=10**6)
+    ckpt = load_checkpoint(fit(cfg, tmp_path / "run", progress=False))
+    assert 180 <= ckpt["step"] == ckpt["total_steps"] <= 200
+    assert 54.0 <= clock["t"] <= 60.0  # the fake training time fills 90-100% of the budget
+
+
 def test_resume_equals_uninterrupted(image_dir, tmp_path, monkeypatch):
     cfg = tiny_cfg(image_dir, steps=6, ckpt_every=3, val_every=3)
     full = fit(cfg, tmp_path / "full", progress=False)
