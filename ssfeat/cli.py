@@ -160,7 +160,9 @@ def _add_benchmark(sub) -> None:
         help="comma-separated pipeline names (see ssfeat.pipeline.PIPELINES; '*' adds the orientation filter)",
     )
     p.add_argument("--max-keypoints", type=_positive, default=MatchingConfig.max_keypoints, help="per image")
-    p.add_argument("--weights", default=None, help="ssfeat weights/run (default: bundled model)")
+    p.add_argument(
+        "--weights", default=None, help="patch-pose weights/run, one pass per patch (default: patchpose_tiny)"
+    )
     p.add_argument("--json", required=True, help="output JSON path")
     p.add_argument("--plot", default=None, help="MMA-vs-threshold PNG (default: next to the JSON)")
     p.add_argument("--threads", type=int, default=0)
@@ -260,7 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--pipeline", default="ssfeat*", help=f"one of {', '.join(PIPELINES)}; '*' adds the orientation filter"
     )
     p.add_argument("--max-keypoints", type=_positive, default=1000)
-    p.add_argument("--weights", default=None)
+    p.add_argument(
+        "--weights", default=None, help="patch-pose weights/run, one pass per patch (default: patchpose_tiny)"
+    )
     p.add_argument("--out", required=True, help="PNG path")
     from .data.geoloc import GeolocMakeConfig
 

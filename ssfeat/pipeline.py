@@ -39,11 +39,10 @@ PIPELINE_MODEL = "patchpose_tiny"
 
 
 def pipeline_estimator(weights: str | Path | None = None) -> PatchPoseEstimator:
-    """The estimator of the ssfeat orienters: ``weights`` (bundled name, file or run) as stored, or by
-    default :data:`PIPELINE_MODEL` in a single pass."""
-    if weights is not None:
-        return PatchPoseEstimator.from_pretrained(weights)
-    return PatchPoseEstimator.from_pretrained(PIPELINE_MODEL, c4=False)
+    """The estimator of the ssfeat orienters: ``weights`` (bundled name, file or run; default
+    :data:`PIPELINE_MODEL`) in a single pass, whatever rotation averaging the weights store (pass
+    your own :class:`PatchPoseEstimator` to a pipeline for C4)."""
+    return PatchPoseEstimator.from_pretrained(weights or PIPELINE_MODEL, c4=False)
 
 
 def _u8(image: np.ndarray) -> np.ndarray:
@@ -708,6 +707,7 @@ def build_pipeline(
 
 __all__ = [
     "PIPELINES",
+    "PIPELINE_MODEL",
     "AffineViews",
     "DetectorPose",
     "KorniaHessianDetector",
@@ -728,4 +728,5 @@ __all__ = [
     "Upright",
     "build_pipeline",
     "concat_features",
+    "pipeline_estimator",
 ]

@@ -785,17 +785,16 @@ def fit(
         if not calibrated and step == 10:
             t_fit, s_fit = time.time(), step
         # fit the schedule to the time budget: at step 40 from the steps since step 10 (past the
-        # loader's warm-up), then once more at a quarter of the run from the steps since step 40
-        # (validation included; the first fit alone once used 24 of 50 minutes)
+        # loader's warm-up), then once more at a quarter of the run (at least step 80) from the steps
+        # since step 40 (the first fit alone once used 24 of 50 minutes); a run resumed before the
+        # refit keeps the step-40 schedule
         if not calibrated and step in (40, refit_at):
             now = time.time()
             per_step = (now - t_fit) / (step - s_fit)
             total = max(step + 1, int((budget_s - (now - t0)) * 0.95 / per_step) + step)
             total = du.broadcast_int(total)  # every process follows rank 0's schedule
-            if step == 40:
-                refit_at, t_fit, s_fit = max(step + 1, total // 4), now, step
-            else:
-                calibrated = True
+            refit_at, t_fit, s_fit = max(2 * step, total // 4), now, step
+            calibrated = step != 40 or refit_at >= total  # no refit for runs shorter than 80 steps
             if bar is not None:
                 bar.total = total
             logger.info("time budget %.1f min: %d steps at %.3f s/step", cfg.time_budget_min, total, per_step)

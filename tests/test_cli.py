@@ -3,7 +3,7 @@ import json
 import pytest
 
 from ssfeat.cli import main
-from ssfeat.hub import load_weights
+from ssfeat.hub import load_weights, model_from_checkpoint
 
 
 @pytest.mark.parametrize(
@@ -54,6 +54,9 @@ def test_train_export_benchmark_show(image_dir, oxford_dir, tmp_path, capsys):
     assert train(image_dir, ft, "--steps", "1", "--init", str(w), "--scale-loss", "shared") == 0
     # architecture mismatch: a clear error
     assert train(image_dir, ft / "x", "--steps", "1", "--init", str(w), "--backbone", "small") == 2
+    sep = tmp_path / "sep"  # the paper's layout: one backbone per head
+    assert train(image_dir, sep, "--steps", "1", "--separate-backbones") == 0
+    assert model_from_checkpoint(sep).scale_backbone is not None
     js = tmp_path / "pp.json"
     assert (
         main(

@@ -13,7 +13,7 @@ from ssfeat.geometry import angle_from_cv2
 from ssfeat.hub import BUNDLED, load_weights, save_weights
 from ssfeat.models import PatchPoseConfig, PatchPoseNet
 from ssfeat.models.patch_pose import histogram_peaks
-from ssfeat.pipeline import pipeline_estimator
+from ssfeat.pipeline import build_pipeline, pipeline_estimator
 
 from .conftest import textured_image
 
@@ -111,8 +111,13 @@ def test_bundled_adaptive_c4_and_switches():
     assert 0 < est.config.c4_below < 1  # calibrated on held-out photos, stored in the weights file
     assert PatchPoseEstimator.from_pretrained(c4=False).config.c4_below == 0
     assert PatchPoseEstimator.from_pretrained(c4_below=0.2).config.c4_below == 0.2
-    single = pipeline_estimator().config  # the matching pipelines keep one pass per patch
-    assert single.c4_below == 0 and not single.c4_symmetric
+    assert est.config.backbone == "tiny" and BUNDLED["patchpose"] == BUNDLED["patchpose_tiny"]
+    # the matching pipelines keep one pass per patch, also with explicit weights storing a threshold
+    for weights in (None, "patchpose", "patchpose_fast"):
+        single = pipeline_estimator(weights).config
+        assert single.c4_below == 0 and not single.c4_symmetric
+    built = build_pipeline("ssfeat").orienter.estimator.config
+    assert built.backbone == "tiny" and built.c4_below == 0
 
 
 def test_weights_roundtrip(tmp_path):

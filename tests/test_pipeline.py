@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from ssfeat.estimator import PatchPoseEstimator
 from ssfeat.evaluation.matching import (
     MatchingConfig,
     category_of,
@@ -31,6 +30,7 @@ from ssfeat.pipeline import (
     SIFTDescriptor,
     SIFTDetector,
     build_pipeline,
+    pipeline_estimator,
 )
 
 from .conftest import textured_image
@@ -38,7 +38,7 @@ from .conftest import textured_image
 
 @pytest.fixture(scope="module")
 def estimator():
-    return PatchPoseEstimator.from_pretrained()
+    return pipeline_estimator()  # what the pipelines use by default
 
 
 @pytest.fixture(scope="module")
