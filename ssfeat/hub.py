@@ -213,17 +213,13 @@ def export(
 def calibrate_run_c4_below(run: str | Path, model: PatchPoseNet, n_pairs: int = 2000) -> tuple[float, list[dict]]:
     """Adaptive C4 threshold of a patch-pose run, chosen on its validation photos (the images its
     training held out), with the benchmark's pair protocol."""
-    import dataclasses as dc
-
     from .data.synthesis import PairSynthesizer
-    from .evaluation.benchmarks import calibrate_c4_below
+    from .evaluation.benchmarks import calibrate_c4_below, paper_protocol
     from .training import _split_images, config_from_checkpoint, load_checkpoint
 
     cfg = config_from_checkpoint(load_checkpoint(checkpoint_file(run)))
     _, _, vpaths, vimages = _split_images(cfg)
-    pcfg = dc.replace(
-        cfg.pairs, photometric=False, ref_random_pose=False, ori_log2_jitter=0.0, n_random=0, seed=cfg.pairs.seed + 2
-    )
+    pcfg = paper_protocol(cfg.pairs, seed=cfg.pairs.seed + 2)
     threshold, rows = calibrate_c4_below(model, PairSynthesizer(vimages, pcfg, [str(p) for p in vpaths]), n_pairs)
     logger.info("adaptive C4 on %d validation photos: c4_below = %g", len(vimages), threshold)
     return threshold, rows
