@@ -66,6 +66,9 @@ def _add_train(sub) -> None:
     )
     p.add_argument("--support", type=float, default=pc.support, help="reference window side in pixels")
     p.add_argument("--blur", type=float, default=pc.blur, help="max sigma of the random blur augmentation (0: off)")
+    p.add_argument(
+        "--max-tilt", type=float, default=pc.max_tilt, help="viewpoint augmentation: tilt views up to this (1: off)"
+    )
     p.add_argument("--scale-loss", default=d.scale_loss, choices=["full", "shared"], help="see ssfeat.losses")
     p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
 
@@ -133,6 +136,9 @@ def _add_benchmark(sub) -> None:
         if name == "patchpose":
             p.add_argument("--images", required=True, help="image-disjoint test photos")
             p.add_argument("--n-pairs", type=_positive, default=d.n_pairs, help="pairs of each kind")
+            p.add_argument(
+                "--max-tilt", type=float, default=d.max_tilt, help="also tilt the views (viewpoint change; 1: off)"
+            )
         else:
             p.add_argument("--root", required=True, help="folder holding Oxford / HPatches / EVD sequences")
             p.add_argument("--max-keypoints", type=_positive, default=d.max_keypoints, help="per image pair")
@@ -362,7 +368,7 @@ def cmd_train(args) -> int:
         scale_loss=args.scale_loss,
         warmup_steps=args.warmup_steps,
         model=PatchPoseConfig(backbone=args.backbone, c4_symmetric=args.c4, separate_backbones=args.separate_backbones),
-        pairs=PairConfig(support=args.support, blur=args.blur, seed=args.seed),
+        pairs=PairConfig(support=args.support, blur=args.blur, max_tilt=args.max_tilt, seed=args.seed),
     )
     last = fit(cfg, args.out, resume=args.resume, progress=not args.no_progress, total_steps=args.steps)
     print(f"checkpoint: {last}")
@@ -483,7 +489,7 @@ def cmd_benchmark(args) -> int:
         return cmd_benchmark_warp(args)
     methods = build_methods(args.weights, _extra(args.extra))
     if args.bench == "patchpose":
-        cfg = BenchmarkConfig(n_pairs=args.n_pairs, support=args.support, seed=args.seed)
+        cfg = BenchmarkConfig(n_pairs=args.n_pairs, support=args.support, seed=args.seed, max_tilt=args.max_tilt)
         result = run_patchpose(args.images, methods, cfg)
     else:
         cfg = BenchmarkConfig(max_keypoints=args.max_keypoints, support=args.support, seed=args.seed)

@@ -90,23 +90,45 @@ def homography_jacobian(points: torch.Tensor, H_0to1: torch.Tensor) -> torch.Ten
     return J / (den**2)[:, None, None]
 
 
-def local_rotation_scale(points: torch.Tensor, H_0to1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Continuous local rotation and log2 scale of a homography at ``(N, 2)`` points.
+def linear_rotation_scale(J: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotation and log2 scale of ``(N, 2, 2)`` linear maps of ``(x, y)`` offsets (view 0 -> view 1).
 
-    The local affine map ``J`` (Jacobian of ``H_0to1``) is factored as ``J = R(theta) * U`` where
-    ``R(theta)`` is the closest rotation (polar decomposition) and ``U`` symmetric positive; the scale
-    is ``sqrt(|det J|)``. For a pure similarity this is exactly its rotation and scale.
+    ``J`` is factored as ``J = R(theta) * U`` where ``R(theta)`` is the closest rotation (polar
+    decomposition) and ``U`` symmetric positive; the scale is ``sqrt(|det J|)``. For a similarity
+    (:func:`similarity_matrix`) this is exactly its rotation and scale; a tilt (``U`` with
+    determinant 1) changes neither.
 
     Returns:
         ``theta`` ``(N,)`` radians CCW in ``[0, 2pi)``, ``log2_scale`` ``(N,)``.
     """
-    J = homography_jacobian(points, H_0to1)
     # closest rotation in y-down convention [[c, s], [-s, c]]: c ~ J00 + J11, s ~ J01 - J10
-    c = J[:, 0, 0] + J[:, 1, 1]
-    s = J[:, 0, 1] - J[:, 1, 0]
+    c = J[..., 0, 0] + J[..., 1, 1]
+    s = J[..., 0, 1] - J[..., 1, 0]
     theta = wrap_angle(torch.atan2(s, c))
     log2_scale = 0.5 * torch.log2(torch.linalg.det(J).abs().clamp_min(1e-12))
     return theta, log2_scale
+
+
+def local_rotation_scale(points: torch.Tensor, H_0to1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Continuous local rotation and log2 scale of a homography at ``(N, 2)`` points: those of its
+    Jacobian (:func:`linear_rotation_scale`).
+
+    Returns:
+        ``theta`` ``(N,)`` radians CCW in ``[0, 2pi)``, ``log2_scale`` ``(N,)``.
+    """
+    return linear_rotation_scale(homography_jacobian(points, H_0to1))
+
+
+def tilt_matrix(tilt: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
+    """``(..., 2, 2)`` symmetric maps of determinant 1 that stretch by ``sqrt(tilt)`` along the
+    direction at angle ``direction`` (radians) and compress by ``sqrt(tilt)`` across it: the
+    affine part of viewing a plane at ``acos(1 / tilt)`` from its normal, up to a similarity
+    (ASIFT's tilt)."""
+    c, s = torch.cos(direction), torch.sin(direction)
+    a, b = torch.sqrt(tilt), 1.0 / torch.sqrt(tilt)
+    off = (a - b) * c * s
+    rows = [torch.stack([a * c * c + b * s * s, off], -1), torch.stack([off, a * s * s + b * c * c], -1)]
+    return torch.stack(rows, -2)
 
 
 def laf_from_pose(xy: torch.Tensor, size: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:

@@ -40,6 +40,27 @@ def feature_affines(sides: np.ndarray, orientations: np.ndarray, patch_size: int
     return (np.asarray(sides, np.float64) / patch_size)[:, None, None] * R
 
 
+def _antialias(A: np.ndarray) -> tuple[float, np.ndarray | None]:
+    """Prefilter for sampling through the ``(2, 2)`` patch-to-image map ``A``: a patch pixel covers
+    an image footprint of covariance ``A A^T``, so the image is blurred by a Gaussian of covariance
+    ``(A A^T - I) / 4`` (clipped to positive semi-definite; ``sigma = sqrt(step^2 - 1) / 2`` for a
+    similarity of step ``step``). Returns ``(largest sigma, None)`` for (nearly) isotropic maps, which
+    use a separable Gaussian of that sigma, else ``(largest sigma, kernel)`` for an anisotropic
+    kernel (tilted views)."""
+    lam, Q = np.linalg.eigh(0.25 * (A @ A.T - np.eye(2)))
+    lam = np.clip(lam, 0.0, None)
+    sig = np.sqrt(lam)
+    if sig[1] - sig[0] < 0.1 or sig[1] <= 0.3:
+        step = math.sqrt(abs(np.linalg.det(A)))  # isotropic: the similarity formula on the mean step
+        return (0.5 * math.sqrt(step * step - 1.0) if step > 1.0 else 0.0), None
+    r = int(math.ceil(3.0 * sig[1]))
+    g = np.arange(-r, r + 1, dtype=np.float64)
+    xy = np.stack(np.meshgrid(g, g), -1) @ Q  # offsets in the eigenbasis
+    var = lam + 0.01  # a 0.1 px floor keeps the kernel finite across a zero-blur axis
+    k = np.exp(-0.5 * (xy[..., 0] ** 2 / var[0] + xy[..., 1] ** 2 / var[1]))
+    return float(sig[1]), (k / k.sum()).astype(np.float32)
+
+
 def extract_patches(image: np.ndarray, centers: np.ndarray, affines: np.ndarray, patch_size: int = 32) -> np.ndarray:
     """Sample patches from a single-channel float image.
 
@@ -58,8 +79,7 @@ def extract_patches(image: np.ndarray, centers: np.ndarray, affines: np.ndarray,
     half = (P - 1) / 2.0
     out = np.empty((len(centers), P, P), np.float32)
     for n, (c, A) in enumerate(zip(centers, affines)):
-        step = math.sqrt(abs(np.linalg.det(A)))
-        sigma = 0.5 * math.sqrt(step * step - 1.0) if step > 1.0 else 0.0
+        sigma, kernel = _antialias(A)
         radius = half * np.abs(A).sum(1).max() + 3.0 * sigma + 2.0
         x0, y0 = int(math.floor(c[0] - radius)), int(math.floor(c[1] - radius))
         x1, y1 = int(math.ceil(c[0] + radius)) + 1, int(math.ceil(c[1] + radius)) + 1
@@ -67,7 +87,9 @@ def extract_patches(image: np.ndarray, centers: np.ndarray, affines: np.ndarray,
             region = image[y0:y1, x0:x1]
         else:
             region = image[np.ix_(_reflect(np.arange(y0, y1), H), _reflect(np.arange(x0, x1), W))]
-        if sigma > 0.3:
+        if kernel is not None:
+            region = cv2.filter2D(region, -1, kernel, borderType=cv2.BORDER_REFLECT_101)
+        elif sigma > 0.3:
             region = cv2.GaussianBlur(region, (0, 0), sigma, borderType=cv2.BORDER_REFLECT_101)
         t = np.array([c[0] - x0, c[1] - y0]) - A @ np.array([half, half])
         M = np.concatenate([A, t[:, None]], 1)

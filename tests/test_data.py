@@ -1,10 +1,13 @@
+import math
+
 import cv2
 import numpy as np
 import pytest
 import torch
 
 from ssfeat.data.images import ImageReadError, list_images, load_folder, read_image, to_gray_float
-from ssfeat.data.synthesis import PairConfig, PairSynthesizer, split_by_image
+from ssfeat.data.synthesis import PairConfig, PairSynthesizer, _tilt_views, split_by_image
+from ssfeat.geometry import angle_diff, linear_rotation_scale, rotation_matrix
 
 from .conftest import textured_image
 
@@ -81,6 +84,56 @@ def test_pairs_are_reproducible_and_labels_match_the_warp(image_dir):
         assert np.corrcoef(zoom[8:24, 8:24].ravel(), p1[8:24, 8:24].ravel())[0, 1] > 0.9
         checked += 1
     assert checked >= 3
+
+
+def test_tilted_pairs_labels_match_the_content():
+    """With viewpoint tilts, the label is the polar rotation / scale of the relative map; an affine
+    ECC alignment of the two patches (started from the label's pure rotation) recovers it."""
+    rng = np.random.default_rng(0)
+    img = cv2.GaussianBlur(rng.random((700, 700)).astype(np.float32), (0, 0), 4)
+    img = (img - img.min()) / (img.max() - img.min())
+    cfg = PairConfig(
+        patch_size=64, support=64, max_tilt=3.0, ref_random_pose=False, photometric=False, n_sift=0, n_harris=0
+    )
+    s = PairSynthesizer([img], cfg)
+    c = np.array([31.5, 31.5])
+    errs, anisotropic = [], 0
+    for i in range(16):
+        p0, p1, rot, lsc = s.sample("ori", i)
+        Winv = rotation_matrix(torch.tensor(-rot, dtype=torch.float64)).numpy()  # patch 1 -> patch 0 guess
+        W = np.concatenate([Winv, (c - Winv @ c)[:, None]], 1).astype(np.float32)
+        crit = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 200, 1e-6)
+        try:
+            _, W = cv2.findTransformECC(p1, p0, W, cv2.MOTION_AFFINE, crit, None, 5)
+        except cv2.error:
+            continue
+        J = np.linalg.inv(W[:, :2].astype(np.float64))  # patch-0 offsets -> patch-1 offsets
+        sv = np.linalg.svd(J)[1]
+        anisotropic += sv[0] / sv[1] > 1.2
+        r, ls = linear_rotation_scale(torch.from_numpy(J))
+        errs.append((abs(math.degrees(angle_diff(float(r), rot))), abs(float(ls) - lsc)))
+    errs = np.array(errs)
+    assert anisotropic >= 5  # the views really are tilted
+    good = (errs[:, 0] < 1.0) & (errs[:, 1] < 0.02)
+    assert good.sum() >= 0.75 * 16, errs
+
+
+def test_tilted_windows_stay_within_the_margin(image_dir):
+    cfg = PairConfig(max_tilt=8.0, n_random=20)
+    assert cfg.margin() == PairConfig(n_random=20).margin()  # tilts are capped, not the margin widened
+    rng = np.random.default_rng(0)
+    max_norm = 1.0 * cfg.max_zoom_out()
+    for _ in range(200):
+        A = np.stack([np.eye(2) * 2.0 ** rng.uniform(-2.5, 2.5) for _ in range(2)])
+        _tilt_views(A, cfg.max_tilt, max_norm, rng, 0.0, 0.0)
+        assert (np.linalg.norm(A, 2, axis=(1, 2)) <= max(max_norm, 2.0**2.5) * (1 + 1e-9)).all()
+    # tilts have determinant 1: scale labels are those of the untilted pairs, rotations change
+    tilted = PairSynthesizer.from_folder(image_dir, cfg).batch("scale", range(40))
+    plain = PairSynthesizer.from_folder(image_dir, PairConfig(n_random=20)).batch("scale", range(40))
+    assert torch.allclose(tilted["log2_scale"], plain["log2_scale"], atol=1e-5)
+    assert (angle_diff(tilted["rotation"], plain["rotation"]).abs() > 1e-3).sum() >= 10
+    with pytest.raises(ValueError, match="max_tilt"):
+        PairConfig(max_tilt=0.5)
 
 
 def test_batch_shapes_and_photometric(image_dir):

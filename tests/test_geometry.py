@@ -10,9 +10,12 @@ from ssfeat.geometry import (
     angle_from_cv2,
     angle_to_cv2,
     laf_from_pose,
+    linear_rotation_scale,
     local_rotation_scale,
     pose_from_laf,
     rotation_matrix,
+    similarity_matrix,
+    tilt_matrix,
     warp_points,
     wrap_angle,
 )
@@ -73,6 +76,20 @@ def test_local_rotation_scale_of_similarity():
     assert torch.allclose(ls, torch.full((2,), math.log2(s), dtype=torch.float64), atol=1e-9)
 
 
+def test_tilt_changes_neither_rotation_nor_scale():
+    g = torch.Generator().manual_seed(0)
+    theta, ls = torch.rand(50, generator=g, dtype=torch.float64) * 6.28, torch.rand(50, generator=g).double() * 4 - 2
+    tilt = 1 + 5 * torch.rand(50, generator=g, dtype=torch.float64)
+    T = tilt_matrix(tilt, torch.rand(50, generator=g, dtype=torch.float64) * math.pi)
+    assert torch.allclose(torch.linalg.det(T), torch.ones(50, dtype=torch.float64))
+    ev = torch.linalg.eigvalsh(T)  # symmetric, stretch sqrt(t) along the direction, 1 / sqrt(t) across
+    assert torch.allclose(ev[:, 1], tilt.sqrt()) and torch.allclose(ev[:, 0], 1 / tilt.sqrt())
+    for J in (similarity_matrix(theta, ls) @ T, similarity_matrix(theta, ls)):  # tilt first, then the similarity
+        r, s = linear_rotation_scale(J)
+        assert torch.allclose(angle_diff(r, theta), torch.zeros(50, dtype=torch.float64), atol=1e-9)
+        assert torch.allclose(s, ls, atol=1e-9)
+
+
 def test_local_scale_of_perspective_matches_finite_differences():
     H = torch.tensor([[0.9, 0.2, 5.0], [-0.1, 1.1, 3.0], [2e-4, -1e-4, 1.0]], dtype=torch.float64)
     p = torch.tensor([[150.0, 80.0]], dtype=torch.float64)
@@ -114,6 +131,19 @@ def test_extract_patches_reflects_at_border_and_antialiases():
     stripes = np.tile(np.array([0.0, 1.0], np.float32), (200, 100))  # 1-px stripes alias without blur
     q = extract_patches(stripes, np.array([[100.0, 100.0]]), np.eye(2) * 3.0, 32)
     assert q.std() < 0.05
+
+
+def test_anisotropic_maps_blur_only_the_compressed_direction():
+    # 4-px stripes along x: sampling them 3x compressed along x aliases unless blurred along x;
+    # compressing along y instead must keep them sharp (an isotropic blur would wash them out)
+    stripes = np.tile(np.array([0.0, 0.0, 1.0, 1.0], np.float32), (300, 75))
+    c = np.array([[150.0, 150.0]])
+    along_x = extract_patches(stripes, c, np.diag([3.0, 1.0]), 32)[0]
+    along_y = extract_patches(stripes, c, np.diag([1.0, 3.0]), 32)[0]
+    assert along_x.std() < 0.1
+    assert along_y.std() > 0.3  # an isotropic blur of the same footprint: 0.19
+    A = rotation_matrix(torch.tensor(0.3, dtype=torch.float64)).numpy() @ np.diag([1.0, 3.0])
+    assert extract_patches(stripes, c, A, 32).std() > 0.3  # compressed at 17 degrees from the stripes
 
 
 def test_sample_patches_matches_exact_sampler():

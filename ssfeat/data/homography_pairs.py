@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 import torch
 
+from ..geometry import linear_rotation_scale
 from .synthesis import _photometric
 
 
@@ -102,8 +103,7 @@ class HomographyPairSynthesizer:
             "valid0": np.ones((P, P), np.float32),
             "valid1": valid1.astype(np.float32),
             "H_0to1": H_0to1.astype(np.float32),
-            # closest rotation to A (polar decomposition, as geometry.local_rotation_scale)
-            "rotation": np.float32(math.atan2(A[0, 1] - A[1, 0], A[0, 0] + A[1, 1]) % (2 * math.pi)),
+            "rotation": np.float32(linear_rotation_scale(torch.from_numpy(A))[0]),
         }
 
     def batch(self, indices) -> dict[str, torch.Tensor]:

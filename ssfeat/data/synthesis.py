@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import torch
 
-from ..geometry import TWO_PI
+from ..geometry import TWO_PI, linear_rotation_scale, tilt_matrix
 from ..patches import extract_patches
 from .images import load_folder
 
@@ -39,16 +39,29 @@ class PairConfig:
     ref_log2_jitter: float = 0.5  # uniform jitter of the reference scale when ref_random_pose
     photometric: bool = True  # independent brightness/contrast/gamma/noise on both patches
     blur: float = 0.0  # with photometric: blur half of the patches by a Gaussian of sigma in [0.3, blur] px
+    # viewpoint: each view of a pair is, with probability 1/2, tilted by t in [1, max_tilt] (log-uniform,
+    # capped for strongly zoomed-out views so that windows stay within the margin;
+    # random direction; a plane seen at acos(1/t) from its normal); the ground truth is then the
+    # rotation and scale of the polar decomposition of the relative map (geometry.linear_rotation_scale),
+    # the convention of the sequence benchmark. 1: off
+    max_tilt: float = 1.0
     n_sift: int = 150  # keypoint candidates per image: SIFT,
     n_harris: int = 150  # Harris corners,
     n_random: int = 100  # and uniformly random points
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if not 1.0 <= self.max_tilt < 100.0:
+            raise ValueError(f"max_tilt must be in [1, 100) (1: no tilt), got {self.max_tilt}")
+
     def margin(self) -> int:
         """Distance from the image border a keypoint needs so that no patch leaves the image."""
-        jitter = self.ref_log2_jitter if self.ref_random_pose else 0.0
-        zoom_out = 2.0 ** (self.max_log2_scale + jitter)
-        return int(math.ceil(self.support / 2 * math.sqrt(2) * zoom_out)) + 2
+        return int(math.ceil(self.support / 2 * math.sqrt(2) * self.max_zoom_out())) + 2
+
+    def max_zoom_out(self) -> float:
+        """Largest factor by which a view's window exceeds ``support`` (sets the margin; tilts are
+        capped per view so that they stay within it)."""
+        return 2.0 ** (self.max_log2_scale + (self.ref_log2_jitter if self.ref_random_pose else 0.0))
 
 
 def split_by_image(paths: list[Path], val_fraction: float, root: Path | None = None) -> tuple[list[int], list[int]]:
@@ -149,6 +162,8 @@ class PairSynthesizer:
             rot = 0.0
         a = cfg.support / cfg.patch_size
         A = np.stack([_inverse_similarity(rot0, lsc0) * a, _inverse_similarity(rot0 + rot, lsc0 + lsc) * a])
+        if cfg.max_tilt > 1.0:
+            rot, lsc = _tilt_views(A, cfg.max_tilt, a * cfg.max_zoom_out(), rng, rot, lsc)
         src = img.astype(np.float32) / 255.0 if img.dtype == np.uint8 else img
         patches = extract_patches(src, np.stack([center, center]), A, cfg.patch_size)
         if cfg.photometric:
@@ -172,6 +187,28 @@ def _inverse_similarity(rot: float, log2_scale: float) -> np.ndarray:
     ``2**log2_scale``: the inverse of :func:`ssfeat.geometry.similarity_matrix`."""
     c, s = math.cos(rot), math.sin(rot)
     return np.array([[c, -s], [s, c]]) * 2.0 ** (-log2_scale)
+
+
+def _tilt_views(
+    A: np.ndarray, max_tilt: float, max_norm: float, rng: np.random.Generator, rot: float, lsc: float
+) -> tuple[float, float]:
+    """Tilt each of the two ``(2, 2, 2)`` patch-to-image maps ``A`` in place with probability 1/2
+    (tilt log-uniform in ``[1, max_tilt]``, random direction) and return the relative rotation and
+    log2 scale from view 0 to view 1 (unchanged ``rot, lsc`` when neither view is tilted). A view's
+    tilt is capped so that its map's spectral norm stays below ``max_norm`` (the window then stays
+    within the synthesis margin: strongly zoomed-out views get smaller tilts)."""
+    tilted = False
+    for v in range(2):
+        if rng.random() < 0.5:
+            cap = min(max_tilt, (max_norm / np.linalg.norm(A[v], 2)) ** 2)
+            t = torch.tensor(max(cap, 1.0) ** rng.uniform(0.0, 1.0), dtype=torch.float64)
+            A[v] = tilt_matrix(t, torch.tensor(rng.uniform(0.0, math.pi), dtype=torch.float64)).numpy() @ A[v]
+            tilted = True
+    if not tilted:
+        return rot, lsc
+    J = np.linalg.solve(A[1], A[0])  # patch-0 offsets -> patch-1 offsets
+    theta, l2s = linear_rotation_scale(torch.from_numpy(J))
+    return float(theta), float(l2s)
 
 
 def _photometric(p: np.ndarray, rng: np.random.Generator, blur: float = 0.0) -> np.ndarray:

@@ -45,6 +45,7 @@ class BenchmarkConfig:
     support: float = 32.0  # window side in pixels around each keypoint (log2 scale 0)
     seed: int = 1234
     max_keypoints: int = 300  # sequences: SIFT keypoints sampled per image pair
+    max_tilt: float = 1.0  # patchpose: viewpoint tilts of the views (PairConfig.max_tilt; 1: the paper's protocol)
 
 
 def build_methods(
@@ -178,7 +179,9 @@ def paper_protocol(pairs: PairConfig, **changes) -> PairConfig:
 def run_patchpose(images: str | Path, methods: list[PoseMethod], cfg: BenchmarkConfig | None = None) -> dict:
     """Synthetic-pair benchmark on an (image-disjoint) folder of photos."""
     cfg = cfg or BenchmarkConfig()
-    pcfg = paper_protocol(PairConfig(patch_size=cfg.patch_size, support=cfg.support, seed=cfg.seed))
+    pcfg = paper_protocol(
+        PairConfig(patch_size=cfg.patch_size, support=cfg.support, seed=cfg.seed), max_tilt=cfg.max_tilt
+    )
     synth = PairSynthesizer.from_folder(images, pcfg)
     ori = synth.batch("ori", range(cfg.n_pairs))
     sca = synth.batch("scale", range(cfg.n_pairs))
