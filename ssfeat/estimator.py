@@ -15,6 +15,7 @@ from torch import nn
 from .data.images import read_image, to_gray_float
 from .features import strongest_distinct
 from .geometry import angle_to_cv2, laf_from_pose
+from .models.layers import fuse_batchnorm
 from .models.patch_pose import PatchPoseNet, decode_pose
 from .patches import sample_patches
 
@@ -107,7 +108,7 @@ class PatchPoseEstimator(nn.Module):
                 model.set_c4_below(0.0)
         if c4_below is not None:
             model.set_c4_below(c4_below)
-        return cls(model).to(device)
+        return cls(fuse_batchnorm(model)).to(device)
 
     @property
     def device(self) -> torch.device:
@@ -126,7 +127,7 @@ class PatchPoseEstimator(nn.Module):
             raise ValueError(f"patches must have shape (B, 1 or 3, P, P), got {tuple(patches.shape)}")
         if not patches.is_floating_point():
             raise ValueError(f"patches must be a float tensor with values in [0, 1], got {patches.dtype}")
-        if not torch.isfinite(patches).all():
+        if not torch.isfinite(patches.sum()):  # one reduction instead of an elementwise mask
             raise ValueError("patches contain NaN or Inf values")
         x = patches.to(self.device, torch.float32)
         if x.shape[1] == 3:

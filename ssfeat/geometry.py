@@ -79,6 +79,22 @@ def warp_points(points: torch.Tensor, H_0to1: torch.Tensor) -> torch.Tensor:
     return p[..., :2] / p[..., 2:3]
 
 
+def inside_image(xy: np.ndarray, shape: tuple[int, int], margin: float = 0.0) -> np.ndarray:
+    """``(N,)`` mask of ``(N, 2)`` pixel positions at least ``margin`` px inside an image of
+    ``shape = (H, W)`` (pixel centres span ``[0, W - 1] x [0, H - 1]``)."""
+    H, W = shape
+    x, y = xy[:, 0], xy[:, 1]
+    return (x >= margin) & (y >= margin) & (x <= W - 1 - margin) & (y <= H - 1 - margin)
+
+
+def map_orientations(orientations: np.ndarray, A: np.ndarray) -> np.ndarray:
+    """Orientations ``(N,)`` (radians CCW as displayed) carried through the ``(2, 2)`` linear map
+    ``A`` of ``(x, y)`` offsets: the direction of each orientation vector after the map (exact for
+    similarities; for other maps the image of the orientation vector). Returns ``(N,)`` in ``[0, 2pi)``."""
+    d = np.stack([np.cos(orientations), -np.sin(orientations)], 1) @ np.asarray(A, np.float64).T  # y down
+    return wrap_angle(np.arctan2(-d[:, 1], d[:, 0]))
+
+
 def homography_jacobian(points: torch.Tensor, H_0to1: torch.Tensor) -> torch.Tensor:
     """Jacobian ``d warp(p) / d p`` of a homography at ``(N, 2)`` points, ``(N, 2, 2)``."""
     ones = torch.ones_like(points[..., :1])

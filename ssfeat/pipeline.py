@@ -29,7 +29,7 @@ import torch
 
 from .estimator import PatchPoseEstimator, _as_image
 from .features import Features, strongest_distinct
-from .geometry import TWO_PI, angle_diff, wrap_angle
+from .geometry import TWO_PI, angle_diff, inside_image, map_orientations, wrap_angle
 from .patches import sample_patches
 
 # Bundled model the ssfeat orienters use by default, in a single pass (no adaptive C4): on SIFT
@@ -114,16 +114,13 @@ class AffineViews:
                 continue
             Ainv = np.linalg.inv(A)
             xy = f.keypoints.astype(np.float64) @ Ainv[:2, :2].T + Ainv[:2, 2]
-            h, w = image.shape
-            inside = (xy[:, 0] >= 0) & (xy[:, 0] <= w - 1) & (xy[:, 1] >= 0) & (xy[:, 1] <= h - 1)
-            # direction of each orientation (CCW as displayed: (cos, -sin) in x-right, y-down pixels)
-            d = np.stack([np.cos(f.orientations), -np.sin(f.orientations)], 1) @ Ainv[:2, :2].T
+            inside = inside_image(xy, image.shape)
             g = f.subset(inside)
             parts.append(
                 replace(
                     g,
                     keypoints=xy[inside].astype(np.float32),
-                    orientations=np.arctan2(-d[inside, 1], d[inside, 0]).astype(np.float32),
+                    orientations=map_orientations(g.orientations, Ainv[:2, :2]).astype(np.float32),
                     scales=g.scales * math.sqrt(abs(np.linalg.det(Ainv[:2, :2]))),
                     image_size=image.shape,
                 )

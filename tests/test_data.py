@@ -7,6 +7,7 @@ import torch
 
 from ssfeat.data.images import ImageReadError, list_images, load_folder, read_image, to_gray_float
 from ssfeat.data.synthesis import PairConfig, PairSynthesizer, _tilt_views, split_by_image
+from ssfeat.evaluation.benchmarks import paper_protocol
 from ssfeat.geometry import angle_diff, linear_rotation_scale, rotation_matrix
 
 from .conftest import textured_image
@@ -134,6 +135,8 @@ def test_tilted_windows_stay_within_the_margin(image_dir):
     assert (angle_diff(tilted["rotation"], plain["rotation"]).abs() > 1e-3).sum() >= 10
     with pytest.raises(ValueError, match="max_tilt"):
         PairConfig(max_tilt=0.5)
+    # the benchmark protocol (also used to calibrate a tilt-trained run) is untilted unless asked
+    assert paper_protocol(cfg).max_tilt == 1.0 and paper_protocol(cfg, max_tilt=3.0).max_tilt == 3.0
 
 
 def test_batch_shapes_and_photometric(image_dir):

@@ -9,9 +9,11 @@ from ssfeat.geometry import (
     angle_diff,
     angle_from_cv2,
     angle_to_cv2,
+    inside_image,
     laf_from_pose,
     linear_rotation_scale,
     local_rotation_scale,
+    map_orientations,
     pose_from_laf,
     rotation_matrix,
     similarity_matrix,
@@ -88,6 +90,17 @@ def test_tilt_changes_neither_rotation_nor_scale():
         r, s = linear_rotation_scale(J)
         assert torch.allclose(angle_diff(r, theta), torch.zeros(50, dtype=torch.float64), atol=1e-9)
         assert torch.allclose(s, ls, atol=1e-9)
+
+
+def test_map_orientations_and_inside_image():
+    ori = np.array([0.0, 1.0, 3.0, 5.5])
+    R = rotation_matrix(torch.tensor(0.4, dtype=torch.float64)).numpy()  # content turned CCW by 0.4
+    np.testing.assert_allclose(map_orientations(ori, 3.0 * R), wrap_angle(ori + 0.4), atol=1e-12)
+    # 45 degrees CCW as displayed is the offset (1, -1); stretching y by 2 gives (1, -2): 63.4 degrees
+    np.testing.assert_allclose(map_orientations(np.array([math.pi / 4]), np.diag([1.0, 2.0])), [math.atan(2.0)])
+    xy = np.array([[0.0, 0.0], [9.0, 4.0], [9.5, 2.0], [5.0, -0.1], [3.0, 3.0]])
+    assert inside_image(xy, (5, 10)).tolist() == [True, True, False, False, True]
+    assert inside_image(xy, (5, 10), margin=1.0).tolist() == [False, False, False, False, True]
 
 
 def test_local_scale_of_perspective_matches_finite_differences():

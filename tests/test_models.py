@@ -12,6 +12,7 @@ from ssfeat.estimator import detect_sift
 from ssfeat.geometry import angle_from_cv2
 from ssfeat.hub import BUNDLED, load_weights, save_weights
 from ssfeat.models import PatchPoseConfig, PatchPoseNet
+from ssfeat.models.layers import fuse_batchnorm
 from ssfeat.models.patch_pose import histogram_peaks
 from ssfeat.pipeline import build_pipeline, pipeline_estimator
 
@@ -42,6 +43,26 @@ def test_shapes(backbone):
     o, s = net(torch.rand(3, 1, 32, 32))
     assert o.shape == (3, 36) and s.shape == (3, 13)
     assert torch.allclose(o.norm(dim=-1), torch.full((3,), 12.0), atol=1e-4)  # fixed logit norm
+
+
+@pytest.mark.parametrize("backbone", ["tiny", "resnet18"])
+def test_fused_batchnorm_keeps_the_outputs(backbone):
+    torch.manual_seed(0)
+    net = PatchPoseNet(PatchPoseConfig(backbone=backbone))
+    with torch.no_grad():  # non-trivial statistics and affine parameters in every batch norm
+        for m in net.modules():
+            if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+                m.running_mean.normal_(0, 0.5)
+                m.running_var.uniform_(0.5, 2)
+                m.weight.normal_(1, 0.2)
+                m.bias.normal_(0, 0.2)
+    x = torch.rand(5, 1, 32, 32)
+    with torch.no_grad():
+        ref = net.eval()(x)
+        fused = fuse_batchnorm(net)(x)
+    n_bn = sum(isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)) for m in net.modules())
+    assert n_bn == 0  # every batch norm of these backbones follows a convolution or linear layer
+    assert torch.allclose(ref[0], fused[0], atol=1e-4) and torch.allclose(ref[1], fused[1], atol=1e-4)
 
 
 def test_separate_backbones_decouple_the_heads(tmp_path):

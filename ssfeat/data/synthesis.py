@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import torch
 
-from ..geometry import TWO_PI, linear_rotation_scale, tilt_matrix
+from ..geometry import TWO_PI, inside_image, linear_rotation_scale, tilt_matrix
 from ..patches import extract_patches
 from .images import load_folder
 
@@ -40,10 +40,10 @@ class PairConfig:
     photometric: bool = True  # independent brightness/contrast/gamma/noise on both patches
     blur: float = 0.0  # with photometric: blur half of the patches by a Gaussian of sigma in [0.3, blur] px
     # viewpoint: each view of a pair is, with probability 1/2, tilted by t in [1, max_tilt] (log-uniform,
-    # capped for strongly zoomed-out views so that windows stay within the margin;
-    # random direction; a plane seen at acos(1/t) from its normal); the ground truth is then the
-    # rotation and scale of the polar decomposition of the relative map (geometry.linear_rotation_scale),
-    # the convention of the sequence benchmark. 1: off
+    # random direction: a plane seen at acos(1/t) from its normal; capped for strongly zoomed-out views
+    # so that windows stay within the margin); the labels are then the rotation and scale of the polar
+    # decomposition of the relative map (geometry.linear_rotation_scale), the convention of the
+    # sequence benchmark. 1: off
     max_tilt: float = 1.0
     n_sift: int = 150  # keypoint candidates per image: SIFT,
     n_harris: int = 150  # Harris corners,
@@ -98,8 +98,7 @@ def candidate_keypoints(image: np.ndarray, margin: int, cfg: PairConfig, rng: np
             rng.uniform([margin, margin], [W - 1 - margin, H - 1 - margin], (cfg.n_random, 2)).astype(np.float32)
         )
     pts = np.concatenate(pts)
-    keep = (pts[:, 0] >= margin) & (pts[:, 1] >= margin) & (pts[:, 0] <= W - 1 - margin) & (pts[:, 1] <= H - 1 - margin)
-    return pts[keep]
+    return pts[inside_image(pts, image.shape, margin)]
 
 
 class PairSynthesizer:

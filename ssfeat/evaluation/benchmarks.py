@@ -26,7 +26,7 @@ from ..data.images import ImageReadError, read_image
 from ..data.sequences import find_sequences
 from ..data.synthesis import PairConfig, PairSynthesizer
 from ..estimator import PatchPoseEstimator, detect_sift
-from ..geometry import local_rotation_scale, warp_points
+from ..geometry import inside_image, local_rotation_scale, warp_points
 from ..patches import extract_patches
 from .baselines import KorniaGradientOrientation, LearnedPose, LoGScale, PoseMethod
 from .metrics import ORI_THRESHOLDS_DEG, SCALE_THRESHOLDS, pose_accuracies, topk_recall
@@ -170,10 +170,9 @@ def _meta(cfg: BenchmarkConfig, name: str, **extra) -> dict:
 def paper_protocol(pairs: PairConfig, **changes) -> PairConfig:
     """``pairs`` with the paper's evaluation protocol: patches at detected keypoints (SIFT and
     Harris, no random points), orientation pairs at scale 1, scale pairs at rotation 0, no
-    photometric change (``changes``: further fields to replace)."""
-    return dataclasses.replace(
-        pairs, ref_random_pose=False, photometric=False, ori_log2_jitter=0.0, n_random=0, **changes
-    )
+    photometric or viewpoint change (``changes``: further fields to replace, e.g. ``max_tilt``)."""
+    protocol = {"ref_random_pose": False, "photometric": False, "ori_log2_jitter": 0.0, "n_random": 0, "max_tilt": 1.0}
+    return dataclasses.replace(pairs, **{**protocol, **changes})
 
 
 def run_patchpose(images: str | Path, methods: list[PoseMethod], cfg: BenchmarkConfig | None = None) -> dict:
@@ -234,7 +233,7 @@ def sequence_pairs(root: str | Path, cfg: BenchmarkConfig) -> tuple[dict, list[d
                 continue
             Ht = torch.from_numpy(H)
             xy1_all = warp_points(torch.from_numpy(xy0_all), Ht).numpy()
-            ok = _inside(xy0_all, img0.shape, margin) & _inside(xy1_all, img1.shape, margin)
+            ok = inside_image(xy0_all, img0.shape, margin) & inside_image(xy1_all, img1.shape, margin)
             idx = np.flatnonzero(ok)
             if len(idx) > cfg.max_keypoints:
                 idx = np.sort(rng.choice(idx, cfg.max_keypoints, replace=False))
@@ -256,11 +255,6 @@ def sequence_pairs(root: str | Path, cfg: BenchmarkConfig) -> tuple[dict, list[d
         "log2_scale": torch.cat(scales),
     }
     return pairs, info
-
-
-def _inside(xy: np.ndarray, shape: tuple[int, int], margin: float) -> np.ndarray:
-    H, W = shape
-    return (xy[:, 0] >= margin) & (xy[:, 1] >= margin) & (xy[:, 0] <= W - 1 - margin) & (xy[:, 1] <= H - 1 - margin)
 
 
 def run_sequences(root: str | Path, methods: list[PoseMethod], cfg: BenchmarkConfig | None = None) -> dict:

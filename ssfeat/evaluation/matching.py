@@ -33,7 +33,7 @@ from ..data.images import ImageReadError, read_image
 from ..data.sequences import find_sequences
 from ..estimator import PatchPoseEstimator
 from ..features import Features
-from ..geometry import angle_diff, local_rotation_scale, warp_points
+from ..geometry import angle_diff, inside_image, local_rotation_scale, warp_points
 from ..pipeline import OrientationFilter, Pipeline, RansacHomography, build_pipeline, pipeline_estimator
 from .benchmarks import BenchmarkConfig, _meta, render_rows
 
@@ -110,11 +110,6 @@ def image_pairs(roots: list[str | Path]) -> list[ImagePair]:
     return out
 
 
-def _visible(xy: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    H, W = shape
-    return (xy[:, 0] >= 0) & (xy[:, 1] >= 0) & (xy[:, 0] <= W - 1) & (xy[:, 1] <= H - 1)
-
-
 def _warp(xy: np.ndarray, H: np.ndarray) -> np.ndarray:
     if len(xy) == 0:
         return xy.astype(np.float64)
@@ -135,7 +130,7 @@ def repeatability(f0: Features, f1: Features, H_0to1: np.ndarray, threshold: flo
     k0 = np.unique(f0.keypoints, axis=0).astype(np.float64)
     k1 = np.unique(f1.keypoints, axis=0).astype(np.float64)
     w0, w1 = _warp(k0, H_0to1), _warp(k1, np.linalg.inv(H_0to1))
-    v0, v1 = _visible(w0, f1.image_size), _visible(w1, f0.image_size)
+    v0, v1 = inside_image(w0, f1.image_size), inside_image(w1, f0.image_size)
     n = int(v0.sum() + v1.sum())
     if n == 0:
         return None

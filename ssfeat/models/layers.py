@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 
 def conv_bn_relu(cin: int, cout: int, k: int = 3, stride: int = 1) -> nn.Sequential:
@@ -18,6 +19,22 @@ def mlp_head(dim: int, hidden: int, out: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Linear(dim, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out)
     )
+
+
+def fuse_batchnorm(module: nn.Module) -> nn.Module:
+    """Fold every batch norm that directly follows a convolution or linear layer inside an
+    ``nn.Sequential`` into that layer (the batch norm becomes ``nn.Identity``), in place; returns
+    ``module`` in evaluation mode. Same outputs in evaluation mode, fewer passes over the
+    activations; for inference only (the model cannot be trained afterwards)."""
+    module.eval()
+    for seq in [m for m in module.modules() if isinstance(m, nn.Sequential)]:
+        for i in range(len(seq) - 1):
+            layer, bn = seq[i], seq[i + 1]
+            if isinstance(layer, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                seq[i], seq[i + 1] = fuse_conv_bn_eval(layer, bn), nn.Identity()
+            elif isinstance(layer, nn.Linear) and isinstance(bn, nn.BatchNorm1d):
+                seq[i], seq[i + 1] = fuse_linear_bn_eval(layer, bn), nn.Identity()
+    return module
 
 
 class BasicBlock(nn.Module):
