@@ -127,7 +127,7 @@ class PatchPoseEstimator(nn.Module):
             raise ValueError(f"patches must have shape (B, 1 or 3, P, P), got {tuple(patches.shape)}")
         if not patches.is_floating_point():
             raise ValueError(f"patches must be a float tensor with values in [0, 1], got {patches.dtype}")
-        if not torch.isfinite(patches.sum()):  # one reduction instead of an elementwise mask
+        if not torch.isfinite(patches.sum(dtype=torch.float64)):  # one reduction; float64 cannot overflow
             raise ValueError("patches contain NaN or Inf values")
         x = patches.to(self.device, torch.float32)
         if x.shape[1] == 3:

@@ -137,7 +137,7 @@ def local_rotation_scale(points: torch.Tensor, H_0to1: torch.Tensor) -> tuple[to
 
 def tilt_matrix(tilt: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
     """``(..., 2, 2)`` symmetric maps of determinant 1 that stretch by ``sqrt(tilt)`` along the
-    direction at angle ``direction`` (radians) and compress by ``sqrt(tilt)`` across it: the
+    offset ``(cos(direction), sin(direction))`` and compress by ``sqrt(tilt)`` across it: the
     affine part of viewing a plane at ``acos(1 / tilt)`` from its normal, up to a similarity
     (ASIFT's tilt)."""
     c, s = torch.cos(direction), torch.sin(direction)
