@@ -29,7 +29,7 @@ import torch
 
 from .estimator import PatchPoseEstimator, _as_image
 from .features import Features, strongest_distinct
-from .geometry import TWO_PI, angle_diff, inside_image, map_orientations, wrap_angle
+from .geometry import TWO_PI, angle_diff, inside_image, map_orientations, warp_points, wrap_angle
 from .patches import sample_patches
 
 # Bundled model the ssfeat orienters use by default, in a single pass (no adaptive C4): on SIFT
@@ -113,7 +113,7 @@ class AffineViews:
                 parts.append(replace(f, image_size=image.shape))
                 continue
             Ainv = np.linalg.inv(A)
-            xy = f.keypoints.astype(np.float64) @ Ainv[:2, :2].T + Ainv[:2, 2]
+            xy = warp_points(torch.from_numpy(f.keypoints.astype(np.float64)), torch.from_numpy(Ainv)).numpy()
             inside = inside_image(xy, image.shape)
             g = f.subset(inside)
             parts.append(
