@@ -44,6 +44,9 @@ def _add_loop_args(p, d, batch_help: str) -> None:
     p.add_argument("--init", default=None, help="start from these weights / run (fine-tuning)")
     p.add_argument("--val-every", type=int, default=d.val_every)
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument(
+        "--ema", type=float, default=d.ema_decay, metavar="DECAY", help="keep a weight average (e.g. 0.999; 0: off)"
+    )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     p.add_argument("--no-progress", action="store_true")
 
@@ -388,6 +391,7 @@ def _loop_kwargs(args, default_steps: int) -> dict:
         init_weights=args.init,
         val_every=args.val_every,
         seed=args.seed,
+        ema_decay=args.ema,
     )
 
 

@@ -175,7 +175,8 @@ def checkpoint_file(run: str | Path) -> Path:
 
 
 def model_from_checkpoint(run: str | Path):
-    """The model of a training run (PatchPoseNet, OrientedKeypointNet or DescriptorNet, eval mode)."""
+    """The model of a training run (PatchPoseNet, OrientedKeypointNet or DescriptorNet, eval mode):
+    the run's weight average when it kept one (``ema_decay > 0``), else its weights."""
     from .training import config_from_checkpoint, load_checkpoint
 
     path = checkpoint_file(run)
@@ -183,7 +184,7 @@ def model_from_checkpoint(run: str | Path):
     try:
         cfg = config_from_checkpoint(ckpt)
         model = _kinds()[ckpt.get("task", "pose")][1](cfg.model)
-        model.load_state_dict(ckpt["model"], strict=True)
+        model.load_state_dict(ckpt.get("ema", ckpt["model"]), strict=True)  # the weight average if any
     except (KeyError, TypeError, RuntimeError) as e:
         raise ValueError(f"{path}: checkpoint does not match this ssfeat version ({e})") from e
     return model.eval()

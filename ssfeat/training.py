@@ -13,6 +13,7 @@ AdamW with warm-up and cosine decay replaces SGD at lr 3.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -75,6 +76,7 @@ class LoopConfig:
     workers: int = 1  # background processes synthesising batches (0: in the training process)
     init_weights: str | None = None  # start from these weights (fine-tuning; same architecture)
     seed: int = 0
+    ema_decay: float = 0.0  # > 0: validate, select and export an exponential moving average of the weights
 
 
 @dataclass
@@ -255,6 +257,23 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     t = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
     return cfg.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def ema_decay_at(step: int, decay: float) -> float:
+    """Decay of the weight average after optimisation step ``step`` (0-based): ``decay``, ramped
+    up as ``(1 + step) / (10 + step)`` early on so the average forgets the random initialisation."""
+    return min(decay, (1 + step) / (10 + step))
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """``ema <- decay * ema + (1 - decay) * model`` over every floating-point parameter and buffer
+    (batch-norm statistics included); integer buffers are copied."""
+    for e, m in zip(ema.state_dict().values(), model.state_dict().values(), strict=True):
+        if e.dtype.is_floating_point:
+            e.lerp_(m, 1.0 - decay)
+        else:
+            e.copy_(m)
 
 
 def pair_loss(model, batch: dict, cfg: TrainConfig, step: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
@@ -705,6 +724,8 @@ def fit(
         cfg = config_from_checkpoint(ckpt)
     elif resume:
         logger.warning("no checkpoint at %s: starting a new run", last)
+    if not 0.0 <= cfg.ema_decay < 1.0:
+        raise ValueError(f"ema_decay must be in [0, 1), got {cfg.ema_decay}")
     if cfg.batch_size % world:
         raise ValueError(f"batch_size {cfg.batch_size} is not divisible by {world} processes")
     if du.is_main():
@@ -717,8 +738,12 @@ def fit(
         model.load_state_dict(task.init_state(cfg.init_weights))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step, total, best, history = 0, cfg.steps, -1.0, []
+    # the weight average (if any) is what validation scores, best.pt selects and export reads
+    ema = copy.deepcopy(model).eval().requires_grad_(False) if cfg.ema_decay > 0 else None
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
+        if ema is not None:
+            ema.load_state_dict(ckpt["ema"])
         opt.load_state_dict(ckpt["optimizer"])
         step, best, history = ckpt["step"], ckpt["best_score"], ckpt["history"]
         total = total_steps or ckpt["total_steps"]
@@ -739,6 +764,7 @@ def fit(
                     "ssfeat_version": __version__,
                     "config": dataclasses.asdict(cfg),
                     "model": model.state_dict(),
+                    **({"ema": ema.state_dict()} if ema is not None else {}),
                     "optimizer": opt.state_dict(),
                     "step": step,
                     "total_steps": total,
@@ -780,6 +806,8 @@ def fit(
         if grads and not torch.isfinite(torch.nn.utils.get_total_norm(grads)):
             raise FloatingPointError(f"non-finite gradient at step {step} (loss {parts}); weights left unchanged")
         opt.step()
+        if ema is not None:
+            ema_update(ema, model, ema_decay_at(step, cfg.ema_decay))
         step += 1
         loss_val = du.all_reduce_mean(loss.detach()).item()
         if not calibrated and step == 10:
@@ -799,7 +827,7 @@ def fit(
                 bar.total = total
             logger.info("time budget %.1f min: %d steps at %.3f s/step", cfg.time_budget_min, total, per_step)
         if step % cfg.val_every == 0 or step == total:
-            metrics = task.evaluate(model, val_batches)
+            metrics = task.evaluate(ema if ema is not None else model, val_batches)
             score = task.score(metrics)
             history.append({"step": step, "loss": loss_val, "lr": lr, **metrics})
             if du.is_main():

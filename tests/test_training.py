@@ -52,8 +52,9 @@ def test_time_budget_refits_the_schedule(image_dir, tmp_path, monkeypatch):
     assert 54.0 <= clock["t"] <= 60.0  # the fake training time fills 90-100% of the budget
 
 
-def test_resume_equals_uninterrupted(image_dir, tmp_path, monkeypatch):
-    cfg = tiny_cfg(image_dir, steps=6, ckpt_every=3, val_every=3)
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
+def test_resume_equals_uninterrupted(image_dir, tmp_path, monkeypatch, ema_decay):
+    cfg = tiny_cfg(image_dir, steps=6, ckpt_every=3, val_every=3, ema_decay=ema_decay)
     full = fit(cfg, tmp_path / "full", progress=False)
 
     real_save = training.save_atomic
@@ -78,9 +79,37 @@ def test_resume_equals_uninterrupted(image_dir, tmp_path, monkeypatch):
     assert a["step"] == b["step"] == 6 and a["total_steps"] == b["total_steps"] == 6
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
+    assert ("ema" in a) == ("ema" in b) == (ema_decay > 0)
+    for k in a.get("ema", {}):
+        assert torch.equal(a["ema"][k], b["ema"][k]), k
     for k in a["optimizer"]["state"]:
         assert torch.equal(a["optimizer"]["state"][k]["exp_avg"], b["optimizer"]["state"][k]["exp_avg"])
     assert (tmp_path / "full" / "log.jsonl").read_text().count("\n") == 2
+
+
+def test_ema_update_and_decay_ramp():
+    torch.manual_seed(0)
+    model, ema = PatchPoseNet(PatchPoseConfig()), PatchPoseNet(PatchPoseConfig())
+    before = {k: v.clone() for k, v in ema.state_dict().items()}
+    training.ema_update(ema, model, 0.75)
+    for k, v in ema.state_dict().items():
+        m = model.state_dict()[k]
+        want = 0.75 * before[k] + 0.25 * m if v.dtype.is_floating_point else m
+        assert torch.allclose(v, want, atol=1e-6), k
+    assert training.ema_decay_at(0, 0.999) == pytest.approx(0.1)  # the first update mostly copies
+    assert training.ema_decay_at(10**6, 0.999) == 0.999
+
+
+def test_export_reads_the_weight_average(image_dir, tmp_path):
+    from ssfeat.hub import model_from_checkpoint
+
+    last = fit(tiny_cfg(image_dir, steps=4, ema_decay=0.5), tmp_path / "run", progress=False)
+    ckpt = load_checkpoint(last)
+    model = model_from_checkpoint(last)
+    k = next(k for k, v in ckpt["ema"].items() if v.dtype.is_floating_point and not torch.equal(v, ckpt["model"][k]))
+    assert torch.equal(model.state_dict()[k], ckpt["ema"][k])
+    with pytest.raises(ValueError, match="ema_decay"):
+        fit(tiny_cfg(image_dir, ema_decay=1.0), tmp_path / "bad", progress=False)
 
 
 def test_checkpoint_is_atomic_and_versioned(tmp_path):
