@@ -72,6 +72,9 @@ def _add_train(sub) -> None:
     p.add_argument(
         "--max-tilt", type=float, default=pc.max_tilt, help="viewpoint augmentation: tilt views up to this (1: off)"
     )
+    p.add_argument(
+        "--window", type=float, default=m.window, help="circular input window, radius in half patch sides (0: off)"
+    )
     p.add_argument("--scale-loss", default=d.scale_loss, choices=["full", "shared"], help="see ssfeat.losses")
     p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
 
@@ -370,7 +373,12 @@ def cmd_train(args) -> int:
         **_loop_kwargs(args, TrainConfig.steps),
         scale_loss=args.scale_loss,
         warmup_steps=args.warmup_steps,
-        model=PatchPoseConfig(backbone=args.backbone, c4_symmetric=args.c4, separate_backbones=args.separate_backbones),
+        model=PatchPoseConfig(
+            backbone=args.backbone,
+            c4_symmetric=args.c4,
+            separate_backbones=args.separate_backbones,
+            window=args.window,
+        ),
         pairs=PairConfig(support=args.support, blur=args.blur, max_tilt=args.max_tilt, seed=args.seed),
     )
     last = fit(cfg, args.out, resume=args.resume, progress=not args.no_progress, total_steps=args.steps)

@@ -96,7 +96,7 @@ class TrainConfig(LoopConfig):
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
         d = dict(d)
-        d["model"] = PatchPoseConfig(**d.get("model", {}))
+        d["model"] = PatchPoseConfig.from_dict(d.get("model", {}))
         d["pairs"] = PairConfig(**d.get("pairs", {}))
         return cls(**d)
 

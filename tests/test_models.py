@@ -13,7 +13,7 @@ from ssfeat.geometry import angle_from_cv2
 from ssfeat.hub import BUNDLED, load_weights, save_weights
 from ssfeat.models import PatchPoseConfig, PatchPoseNet
 from ssfeat.models.layers import fuse_batchnorm
-from ssfeat.models.patch_pose import histogram_peaks
+from ssfeat.models.patch_pose import circular_window, histogram_peaks, standardize
 from ssfeat.pipeline import build_pipeline, pipeline_estimator
 
 from .conftest import textured_image
@@ -86,14 +86,45 @@ def test_unknown_backbone():
         PatchPoseNet(PatchPoseConfig(backbone="vgg"))
 
 
-def test_c4_model_is_exactly_equivariant():
-    net = PatchPoseNet(PatchPoseConfig(c4_symmetric=True)).eval()
+@pytest.mark.parametrize("window", [0.0, 1.0])
+def test_c4_model_is_exactly_equivariant(window):
+    net = PatchPoseNet(PatchPoseConfig(c4_symmetric=True, window=window)).eval()
     x = torch.rand(4, 1, 32, 32)
     with torch.no_grad():
         o0, s0 = net(x)
         o1, s1 = net(torch.rot90(x, 1, (-2, -1)))  # content CCW by 90 degrees
     assert torch.allclose(o1, torch.roll(o0, 9, -1), atol=1e-4)
     assert torch.allclose(s1, s0, atol=1e-4)
+
+
+def test_standardize_with_and_without_window():
+    x = torch.rand(3, 1, 32, 32) * 0.5 + 0.2
+    plain = standardize(x)
+    assert torch.allclose(plain.mean((1, 2, 3)), torch.zeros(3), atol=1e-5)
+    assert torch.allclose(plain.square().mean((1, 2, 3)), torch.ones(3), atol=0.05)
+    w = circular_window(32, 1.0)
+    assert w[16, 16] > 0.999 and w[0, 0] < 0.005 and w[16, 0] < w[16, 2]  # a disk with a soft edge
+    assert torch.equal(w, torch.rot90(w, 1)) and torch.equal(w, w.flip(0))
+    y = standardize(x, 1.0)
+    z = y / w  # undo the window: zero weighted mean, unit weighted RMS
+    assert torch.allclose((z * w).sum((1, 2, 3)) / w.sum(), torch.zeros(3), atol=1e-5)
+    assert torch.allclose((z.square() * w).sum((1, 2, 3)) / w.sum(), torch.ones(3), atol=0.05)
+    # brightness/contrast invariance holds with the window too
+    assert torch.allclose(standardize(3 * x + 1, 1.0), y, rtol=0.02, atol=1e-3)
+
+
+def test_windowed_model_ignores_the_corners():
+    torch.manual_seed(0)
+    net = PatchPoseNet(PatchPoseConfig(window=1.0)).eval()
+    x = torch.rand(8, 1, 32, 32)
+    u = torch.arange(32) - 15.5
+    corners = (u[None] ** 2 + u[:, None] ** 2).sqrt() > 21.0
+    centre = (u[None] ** 2 + u[:, None] ** 2).sqrt() < 4.0
+    with torch.no_grad():
+        o = net(x)[0]
+        dc = (net(torch.where(corners, torch.rand_like(x), x))[0] - o).abs().max()
+        dm = (net(torch.where(centre, torch.rand_like(x), x))[0] - o).abs().max()
+    assert dc < 0.01 * dm
 
 
 def test_adaptive_c4_matches_full_c4_on_uncertain_patches_only():

@@ -30,10 +30,14 @@ class PatchPoseConfig:
     # backbone did not start to learn orientation in 450 steps (the scale pairs, at random rotations,
     # pull its pooled features towards rotation invariance), one trained on orientation alone did
     separate_backbones: bool = False
+    # soft circular input window, radius in half patch sides (1: the inscribed disk; 0: off): pixels
+    # outside are left out of the standardisation and zeroed, since a view turned by other than a
+    # multiple of 90 degrees shows different content there
+    window: float = 1.0
 
     @classmethod
     def from_dict(cls, d: dict) -> PatchPoseConfig:
-        return cls(**d)
+        return cls(**{"window": 0.0, **d})  # files written before the window existed had none
 
     @property
     def ori_bin_width(self) -> float:
@@ -105,9 +109,7 @@ class PatchPoseNet(nn.Module):
 
     def forward(self, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.config
-        # per-patch standardisation: invariance to brightness and contrast
-        x = patches - patches.mean((1, 2, 3), keepdim=True)
-        x = x / (x.square().mean((1, 2, 3), keepdim=True).sqrt() + 1e-3)
+        x = standardize(patches, cfg.window)
         if cfg.c4_symmetric:
             ori, sca = self._c4_average(x)
         else:
@@ -138,6 +140,27 @@ class PatchPoseNet(nn.Module):
         if ori0 is not None:
             oris, scas = [ori0, *oris], [sca0, *scas]
         return torch.stack(oris).mean(0), torch.stack(scas).mean(0)
+
+
+def circular_window(size: int, radius: float, device=None, dtype=torch.float32) -> torch.Tensor:
+    """``(size, size)`` soft disk centred on the patch: 1 inside ``radius`` half sides, falling to 0
+    over about ``size / 32`` pixels (a logistic edge) around it."""
+    u = torch.arange(size, device=device, dtype=dtype) - (size - 1) / 2.0
+    r = torch.sqrt(u[None, :] ** 2 + u[:, None] ** 2)
+    return torch.sigmoid((radius * size / 2.0 - r) / (size / 32.0))
+
+
+def standardize(patches: torch.Tensor, window: float = 0.0) -> torch.Tensor:
+    """Per-patch zero mean and unit RMS (invariance to brightness and contrast) of ``(B, C, P, P)``
+    patches; with ``window > 0`` the statistics are weighted by :func:`circular_window` and the
+    result is multiplied by it."""
+    if window <= 0:
+        x = patches - patches.mean((1, 2, 3), keepdim=True)
+        return x / (x.square().mean((1, 2, 3), keepdim=True).sqrt() + 1e-3)
+    w = circular_window(patches.shape[-1], window, patches.device, patches.dtype)
+    total = w.sum() * patches.shape[1]
+    x = patches - (patches * w).sum((1, 2, 3), keepdim=True) / total
+    return x / (((x.square() * w).sum((1, 2, 3), keepdim=True) / total).sqrt() + 1e-3) * w
 
 
 def _fixed_norm(z: torch.Tensor, norm: float) -> torch.Tensor:
