@@ -113,6 +113,16 @@ def test_standardize_with_and_without_window():
     assert torch.allclose(standardize(3 * x + 1, 1.0), y, rtol=0.02, atol=1e-3)
 
 
+def test_window_defaults_and_legacy_files():
+    assert PatchPoseConfig().window == 1.0  # new models read through the window
+    assert PatchPoseConfig.from_dict({"backbone": "tiny"}).window == 0.0  # files from before it: off
+    assert load_weights("patchpose").config.window == 1.0
+    assert load_weights("patchpose_fast").config.window == 0.0
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="window"):
+            PatchPoseNet(PatchPoseConfig(window=bad))
+
+
 def test_windowed_model_ignores_the_corners():
     torch.manual_seed(0)
     net = PatchPoseNet(PatchPoseConfig(window=1.0)).eval()

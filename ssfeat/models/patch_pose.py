@@ -80,6 +80,8 @@ class PatchPoseNet(nn.Module):
         self.config = config = config or PatchPoseConfig()
         if config.backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {config.backbone!r}, expected one of {sorted(BACKBONES)}")
+        if not math.isfinite(config.window) or config.window < 0:
+            raise ValueError(f"window must be a finite radius >= 0 (0: off), got {config.window}")
         self.set_c4(config.c4_symmetric)
         self.set_c4_below(config.c4_below)
         make, dim, hidden = BACKBONES[config.backbone]
