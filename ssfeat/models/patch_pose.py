@@ -156,10 +156,8 @@ def standardize(patches: torch.Tensor, window: float = 0.0) -> torch.Tensor:
     """Per-patch zero mean and unit RMS (invariance to brightness and contrast) of ``(B, C, P, P)``
     patches; with ``window > 0`` the statistics are weighted by :func:`circular_window` and the
     result is multiplied by it."""
-    if window <= 0:
-        x = patches - patches.mean((1, 2, 3), keepdim=True)
-        return x / (x.square().mean((1, 2, 3), keepdim=True).sqrt() + 1e-3)
-    w = circular_window(patches.shape[-1], window, patches.device, patches.dtype)
+    P = patches.shape[-1]
+    w = circular_window(P, window, patches.device, patches.dtype) if window > 0 else patches.new_ones(P, P)
     total = w.sum() * patches.shape[1]
     x = patches - (patches * w).sum((1, 2, 3), keepdim=True) / total
     return x / (((x.square() * w).sum((1, 2, 3), keepdim=True) / total).sqrt() + 1e-3) * w
