@@ -70,11 +70,24 @@ def _add_train(sub) -> None:
     p.add_argument("--support", type=float, default=pc.support, help="reference window side in pixels")
     p.add_argument("--blur", type=float, default=pc.blur, help="max sigma of the random blur augmentation (0: off)")
     p.add_argument(
+        "--ori-scale-jitter",
+        type=float,
+        default=pc.ori_log2_jitter,
+        help="orientation pairs: log2 scale change uniform in [-J, J] between the two views",
+    )
+    p.add_argument(
         "--max-tilt", type=float, default=pc.max_tilt, help="viewpoint augmentation: tilt views up to this (1: off)"
     )
     p.add_argument(
         "--window", type=float, default=m.window, help="circular input window, radius in half patch sides (0: off)"
     )
+    p.add_argument(
+        "--scale-range",
+        type=float,
+        default=m.scale_range,
+        help="scale histogram spans log2 scales [-R, R] (wider than the pairs' scale range leaves room)",
+    )
+    p.add_argument("--scale-bins", type=int, default=m.n_scale_bins, help="number of scale histogram bins")
     p.add_argument("--scale-loss", default=d.scale_loss, choices=["full", "shared"], help="see ssfeat.losses")
     p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
 
@@ -290,6 +303,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=float, default=g.k, help="trapezoid distortion in [0, 1] (a float)")
     p.add_argument("--splits", default=",".join(map(str, g.splits)), help="train,val,test shares of the places")
     p.add_argument("--seed", type=int, default=g.seed)
+    from .data.synthetic_sequences import SyntheticSequenceConfig
+
+    q = SyntheticSequenceConfig()
+    p = data.add_parser(
+        "make-sequences",
+        help="HPatches-layout sequences with exact homographies from photos (for benchmark sequences/matching)",
+    )
+    p.add_argument("--images", required=True, help="source photos (one sequence per photo)")
+    p.add_argument("--out", required=True, help="new folder of sequences (ROOT/v_*/1.png, 2.png, H_1_2, ...)")
+    p.add_argument("--targets", type=_positive, default=q.n_targets, help="target views per photo")
+    p.add_argument("--limit", type=_positive, default=None, help="use only the first N photos (sorted)")
+    p.add_argument("--max-side", type=_positive, default=q.max_side, help="reduce photos to this longer side")
+    p.add_argument("--min-zoom", type=float, default=q.min_log2_zoom, help="log2 magnification range of the targets")
+    p.add_argument("--max-zoom", type=float, default=q.max_log2_zoom)
+    p.add_argument(
+        "--perspective", type=float, default=q.perspective, help="corner displacement of the last target (0: none)"
+    )
+    p.add_argument("--seed", type=int, default=q.seed)
     p = data.add_parser("warp-pair", help="draw a self-supervised homography pair (GeoWarp's four images)")
     p.add_argument("image")
     p.add_argument("--out", required=True, help="PNG path")
@@ -378,8 +409,16 @@ def cmd_train(args) -> int:
             c4_symmetric=args.c4,
             separate_backbones=args.separate_backbones,
             window=args.window,
+            n_scale_bins=args.scale_bins,
+            scale_range=args.scale_range,
         ),
-        pairs=PairConfig(support=args.support, blur=args.blur, max_tilt=args.max_tilt, seed=args.seed),
+        pairs=PairConfig(
+            support=args.support,
+            blur=args.blur,
+            max_tilt=args.max_tilt,
+            ori_log2_jitter=args.ori_scale_jitter,
+            seed=args.seed,
+        ),
     )
     last = fit(cfg, args.out, resume=args.resume, progress=not args.no_progress, total_steps=args.steps)
     print(f"checkpoint: {last}")
@@ -535,7 +574,13 @@ def cmd_benchmark_detector(args) -> int:
 
 def cmd_benchmark_matching(args) -> int:
     from .evaluation.benchmarks import write_json
-    from .evaluation.matching import MatchingConfig, format_matching_table, plot_mma, run_matching
+    from .evaluation.matching import (
+        MatchingConfig,
+        format_matching_table,
+        format_paired_table,
+        plot_mma,
+        run_matching,
+    )
     from .pipeline import pipeline_estimator
 
     names = [n.strip() for n in args.pipelines.split(",") if n.strip()]
@@ -550,6 +595,9 @@ def cmd_benchmark_matching(args) -> int:
     print(format_matching_table(result, "dataset"))
     print()
     print(format_matching_table(result, "category"))
+    if "paired" in result:
+        print()
+        print(format_paired_table(result))
     for key, ref in (("", "detectAndCompute"), ("_detect_compute", "separate detect and compute calls")):
         ratio = result["timing_ratio_vs_opencv" + key]
         print(f"\n640x480 pair, extraction + matching, relative to OpenCV SIFT {ref} + match:")
@@ -816,6 +864,25 @@ def cmd_make_geoloc(args) -> int:
     return 0
 
 
+def cmd_make_sequences(args) -> int:
+    from .data.synthetic_sequences import SyntheticSequenceConfig, make_synthetic_sequences
+
+    cfg = SyntheticSequenceConfig(
+        n_targets=args.targets,
+        max_side=args.max_side,
+        min_log2_zoom=args.min_zoom,
+        max_log2_zoom=args.max_zoom,
+        perspective=args.perspective,
+        seed=args.seed,
+    )
+    meta = make_synthetic_sequences(args.images, args.out, cfg, limit=args.limit)
+    for s in meta["skipped"]:
+        print(f"skipped: {s}")
+    n = len(meta["sequences"])
+    print(f"{n} sequences, {n * cfg.n_targets} pairs, {len(meta['skipped'])} photos skipped: {args.out}")
+    return 0
+
+
 def cmd_extract(args) -> int:
     from . import distributed as du
     from .extract import ExtractConfig, extract_folder
@@ -881,6 +948,8 @@ def main(argv: list[str] | None = None) -> int:
             synth = WarpPairSynthesizer([img], WarpPairConfig(size=args.size, k=args.k, seed=args.seed))
             print(f"figure: {draw_pair(img, synth.sample(0), args.out)}")
             return 0
+        if args.cmd == "data" and args.data_cmd == "make-sequences":
+            return cmd_make_sequences(args)
         if args.cmd == "data":
             return cmd_make_geoloc(args)
     except (ValueError, OSError, ImageReadError, FloatingPointError) as e:

@@ -1,9 +1,11 @@
 import json
 
 import pytest
+import torch
 
 from ssfeat.cli import main
 from ssfeat.hub import load_weights, model_from_checkpoint
+from ssfeat.training import load_checkpoint
 
 
 @pytest.mark.parametrize(
@@ -55,8 +57,12 @@ def test_train_export_benchmark_show(image_dir, oxford_dir, tmp_path, capsys):
     # architecture mismatch: a clear error
     assert train(image_dir, ft / "x", "--steps", "1", "--init", str(w), "--backbone", "small") == 2
     sep = tmp_path / "sep"  # the paper's layout: one backbone per head
-    assert train(image_dir, sep, "--steps", "1", "--separate-backbones") == 0
-    assert model_from_checkpoint(sep).scale_backbone is not None
+    wide = ("--scale-range", "3", "--scale-bins", "19")  # a wider scale histogram
+    assert train(image_dir, sep, "--steps", "1", "--separate-backbones", *wide, "--ori-scale-jitter", "0.5") == 0
+    assert load_checkpoint(sep / "last.pt")["config"]["pairs"]["ori_log2_jitter"] == 0.5
+    net = model_from_checkpoint(sep)
+    assert net.scale_backbone is not None and (net.config.scale_range, net.config.n_scale_bins) == (3.0, 19)
+    assert net(torch.rand(2, 1, 32, 32))[1].shape == (2, 19)
     js = tmp_path / "pp.json"
     assert (
         main(

@@ -123,6 +123,12 @@ def test_window_defaults_and_legacy_files():
             PatchPoseNet(PatchPoseConfig(window=bad))
 
 
+def test_bad_scale_histograms_are_rejected():
+    for bins, rng in [(1, 2.0), (13, 0.0), (13, float("nan"))]:
+        with pytest.raises(ValueError, match="scale histogram"):
+            PatchPoseNet(PatchPoseConfig(n_scale_bins=bins, scale_range=rng))
+
+
 def test_windowed_model_ignores_the_corners():
     torch.manual_seed(0)
     net = PatchPoseNet(PatchPoseConfig(window=1.0)).eval()

@@ -14,9 +14,12 @@ from ssfeat.evaluation.matching import (
     category_of,
     corner_error,
     format_matching_table,
+    format_paired_table,
+    paired_comparison,
     plot_mma,
     repeatability,
     run_matching,
+    sign_test_p,
 )
 from ssfeat.features import Features, sift_octaves
 from ssfeat.geometry import angle_diff
@@ -286,3 +289,23 @@ def test_run_matching(oxford_dir, estimator, tmp_path):
     torch.testing.assert_close(
         torch.tensor(s["ssfeat"]["all"]["repeatability"]), torch.tensor(s["sift"]["all"]["repeatability"])
     )
+    assert set(res["paired"]["groups"]["all"]) == {"upright", "ssfeat", "ssfeat*"}
+    assert "paired against sift" in format_paired_table(res)
+
+
+def test_paired_comparison_and_sign_test():
+    assert sign_test_p(0, 0) == 1.0 and sign_test_p(3, 3) == 1.0
+    assert sign_test_p(0, 5) == sign_test_p(5, 0) == 2 / 32
+    assert math.isclose(sign_test_p(10, 2), 2 * (1 + 12 + 66) / 4096)
+
+    def row(ok: bool, mma3: float, dataset: str) -> dict:
+        return {"h_acc": [0.0, float(ok), 1.0, 1.0], "mma": [0.0, 0.0, mma3] + [1.0] * 7, "dataset": dataset}
+
+    base = [row(False, 0.5, "a"), row(True, 0.5, "a"), row(True, 0.2, "b"), row(False, 0.4, "b")]
+    other = [row(True, 0.6, "a"), row(True, 0.7, "a"), row(False, 0.2, "b"), row(True, 0.4, "b")]
+    out = paired_comparison({"sift": base, "x": other}, "sift", MatchingConfig())
+    r = out["all"]["x"]
+    assert r["pairs"] == 4 and r["h_wins"] == [0, 2, 0, 0] and r["h_losses"] == [0, 1, 0, 0]
+    assert r["h_sign_test_p"] == [1.0, 1.0, 1.0, 1.0] and math.isclose(r["mma3_diff"], 7.5)
+    assert math.isclose(r["mma3_diff_se"], np.std([10, 20, 0, 0], ddof=1) / 2, rel_tol=1e-3)
+    assert (out["a"]["x"]["h_wins"][1], out["b"]["x"]["h_wins"][1], out["b"]["x"]["h_losses"][1]) == (1, 1, 1)

@@ -25,7 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .images import ImageReadError, list_images, read_image
+from .images import ImageReadError, list_images, photometric_change, read_image
 
 SPLITS = ("train", "val", "test")
 
@@ -123,9 +123,7 @@ def random_view(image: np.ndarray, cfg: GeolocMakeConfig, rng: np.random.Generat
     shrink = max((W - d[0] - d[2]) / w, (H - d[1] - d[5]) / h, 1.0)
     src = cv2.GaussianBlur(image, (0, 0), 0.5 * math.sqrt(shrink**2 - 1)) if shrink > 1.0 else image
     v = cv2.warpPerspective(src, M, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
-    v = np.clip(v, 0, 1) ** math.exp(rng.uniform(-0.4, 0.4)) * rng.uniform(0.7, 1.3) + rng.uniform(-0.1, 0.1)
-    v = v + rng.normal(0, 0.01, v.shape)
-    return np.round(np.clip(v, 0, 1) * 255).astype(np.uint8)
+    return photometric_change(v, rng)
 
 
 def _utm_name(east: float, north: float, place: int, tag: str) -> str:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -230,6 +231,70 @@ def summarize(per_pair: list[dict]) -> dict:
     return out
 
 
+def sign_test_p(wins: int, losses: int) -> float:
+    """Exact two-sided sign-test p-value of ``wins`` against ``losses`` (ties left out)."""
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    k = min(wins, losses)
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n)
+
+
+def paired_comparison(per_pair: dict[str, list[dict]], baseline: str, cfg: MatchingConfig, by: str = "dataset") -> dict:
+    """Every pipeline against ``baseline`` on the same pairs, overall and per ``by`` group.
+
+    Homography accuracy at each of ``cfg.h_thresholds``: pairs only the pipeline gets right
+    (``h_wins``), pairs only the baseline gets right (``h_losses``) and the exact sign-test p-value
+    (lists in threshold order). MMA@3: mean per-pair difference (points) and its standard error.
+    A small p, or a difference of several standard errors, says the gap is more than the draw of
+    pairs.
+    """
+    m3 = cfg.mma_thresholds.index(3)
+    base = per_pair[baseline]
+    groups = {"all": list(range(len(base)))}
+    for i, r in enumerate(base):
+        groups.setdefault(r[by], []).append(i)
+    out = {}
+    for g, idx in groups.items():
+        out[g] = {}
+        for name, rows in per_pair.items():
+            if name == baseline:
+                continue
+            a = np.array([rows[i]["h_acc"] for i in idx]) > 0.5  # (pairs, thresholds)
+            b = np.array([base[i]["h_acc"] for i in idx]) > 0.5
+            d = 100 * np.array([rows[i]["mma"][m3] - base[i]["mma"][m3] for i in idx])
+            wins, losses = (a & ~b).sum(0).tolist(), (b & ~a).sum(0).tolist()
+            out[g][name] = {
+                "pairs": len(idx),
+                "h_wins": wins,
+                "h_losses": losses,
+                "h_sign_test_p": [round(sign_test_p(w, v), 4) for w, v in zip(wins, losses)],
+                "mma3_diff": round(float(d.mean()), 3),
+                "mma3_diff_se": round(float(d.std(ddof=1) / math.sqrt(len(d))), 3) if len(d) > 1 else None,
+            }
+    return out
+
+
+def format_paired_table(result: dict, thresholds: tuple[int, ...] = (1, 3)) -> str:
+    """Text table of :func:`paired_comparison` (``result["paired"]``): wins/losses and sign-test p
+    at the H thresholds ``thresholds`` and the MMA@3 difference."""
+    p, hs = result["paired"], list(result["config"]["h_thresholds"])
+    head = ["group", "pipeline", "pairs"]
+    for t in thresholds:
+        head += [f"H@{t} wins/losses", "p"]
+    rows = [head + ["MMA@3 diff", "s.e."]]
+    for g, d in p["groups"].items():
+        for name, r in d.items():
+            row = [g, name, str(r["pairs"])]
+            for t in thresholds:
+                j = hs.index(t)
+                row += [f"{r['h_wins'][j]}/{r['h_losses'][j]}", f"{r['h_sign_test_p'][j]:.3f}"]
+            se = "-" if r["mma3_diff_se"] is None else f"{r['mma3_diff_se']:.2f}"
+            rows.append(row + [f"{r['mma3_diff']:+.2f}", se])
+    title = f"paired against {p['baseline']} on the same pairs (sign test p; MMA@3 difference in points)"
+    return title + "\n" + render_rows(rows)
+
+
 def _timed(fn, *args):
     t0 = time.perf_counter()
     out = fn(*args)
@@ -350,6 +415,8 @@ def run_matching(
     out["timing_ratio_vs_opencv_detect_compute"] = {k: round(v / ref, 2) for k, v in timing.items()}
     out["extract_s_per_image"] = {b: round(float(np.mean(v)), 4) for b, v in extract_s.items() if v}
     out["pipelines"] = {name: summarize(rows) for name, rows in per_pair.items()}
+    if "sift" in per_pair:
+        out["paired"] = {"baseline": "sift", "groups": paired_comparison(per_pair, "sift", cfg)}
     out["per_pair"] = per_pair
     return out
 

@@ -82,6 +82,11 @@ class PatchPoseNet(nn.Module):
             raise ValueError(f"unknown backbone {config.backbone!r}, expected one of {sorted(BACKBONES)}")
         if not math.isfinite(config.window) or config.window < 0:
             raise ValueError(f"window must be a finite radius >= 0 (0: off), got {config.window}")
+        if config.n_scale_bins < 2 or not (math.isfinite(config.scale_range) and config.scale_range > 0):
+            raise ValueError(
+                f"the scale histogram needs >= 2 bins over a finite range > 0, got {config.n_scale_bins} bins "
+                f"over [-{config.scale_range}, {config.scale_range}]"
+            )
         self.set_c4(config.c4_symmetric)
         self.set_c4_below(config.c4_below)
         make, dim, hidden = BACKBONES[config.backbone]
