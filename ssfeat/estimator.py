@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data.images import read_image, to_gray_float
+from .data.images import read_image, to_gray_float, to_uint8
 from .features import strongest_distinct
 from .geometry import angle_to_cv2, laf_from_pose
 from .models.layers import fuse_batchnorm
@@ -211,7 +211,7 @@ class PatchPoseEstimator(nn.Module):
 def detect_sift(image, n: int = 500) -> list[cv2.KeyPoint]:
     """OpenCV SIFT keypoints (positions only matter to ssfeat) on any supported image input."""
     img = _as_image(image)
-    u8 = np.round(np.clip(img, 0, 1) * 255).astype(np.uint8)
+    u8 = to_uint8(img)
     return strongest_distinct(cv2.SIFT_create(nfeatures=n).detect(u8, None), n)
 
 

@@ -53,13 +53,18 @@ def to_gray_float(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(img)
 
 
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """A float image with values in ``[0, 1]`` (any shape) as uint8: clipped, scaled by 255, rounded."""
+    return np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
+
+
 def photometric_change(image: np.ndarray, rng: np.random.Generator, noise: float = 0.01) -> np.ndarray:
     """A random photometric change of a ``(H, W)`` float image in ``[0, 1]``: gamma ``exp(U(-0.4,
     0.4))``, gain ``U(0.7, 1.3)``, offset ``U(-0.1, 0.1)``, Gaussian noise of std ``noise``; returned
     as uint8."""
     v = np.clip(image, 0, 1) ** math.exp(rng.uniform(-0.4, 0.4)) * rng.uniform(0.7, 1.3) + rng.uniform(-0.1, 0.1)
     v = v + rng.normal(0, noise, v.shape)
-    return np.round(np.clip(v, 0, 1) * 255).astype(np.uint8)
+    return to_uint8(v)
 
 
 def read_image(path: str | Path) -> np.ndarray:

@@ -20,7 +20,7 @@ import torch
 
 from ..geometry import TWO_PI, inside_image, linear_rotation_scale, tilt_matrix
 from ..patches import extract_patches
-from .images import load_folder
+from .images import load_folder, to_uint8
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def candidate_keypoints(image: np.ndarray, margin: int, cfg: PairConfig, rng: np
     H, W = image.shape
     if H <= 2 * margin or W <= 2 * margin:
         return np.zeros((0, 2), np.float32)
-    u8 = image if image.dtype == np.uint8 else np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
+    u8 = image if image.dtype == np.uint8 else to_uint8(image)
     pts = [np.zeros((0, 2), np.float32)]
     if cfg.n_sift > 0:
         kps = cv2.SIFT_create(nfeatures=cfg.n_sift).detect(u8, None)

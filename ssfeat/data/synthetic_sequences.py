@@ -30,7 +30,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .images import ImageReadError, list_images, photometric_change, read_image
+from .images import ImageReadError, list_images, photometric_change, read_image, to_uint8
 
 
 @dataclass
@@ -108,7 +108,7 @@ def make_sequence(image: np.ndarray, cfg: SyntheticSequenceConfig, rng: np.rando
         covered = cv2.warpPerspective(np.ones_like(image), M, (W, H), flags=cv2.INTER_NEAREST, borderValue=0)
         targets.append(photometric_change(view, rng, cfg.noise) * (covered > 0))
         Hs.append(M)
-    reference = np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
+    reference = to_uint8(image)
     return reference, targets, Hs
 
 

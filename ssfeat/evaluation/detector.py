@@ -8,6 +8,7 @@ import math
 import numpy as np
 import torch
 
+from ..data.images import to_uint8
 from ..detector import decode_orientation, nms_candidates
 from ..geometry import angle_diff
 from ..losses import visibility_masks, warp_to_view0
@@ -104,7 +105,7 @@ def time_detector(detector, image: np.ndarray, repeats: int = 3) -> dict[str, fl
 
     import cv2
 
-    u8 = np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
+    u8 = to_uint8(image)
     sift = cv2.SIFT_create(nfeatures=detector.config.max_keypoints)
 
     def med(fn) -> float:

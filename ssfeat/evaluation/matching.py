@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 import torch
 
-from ..data.images import ImageReadError, read_image
+from ..data.images import ImageReadError, read_image, to_uint8
 from ..data.sequences import find_sequences
 from ..estimator import PatchPoseEstimator
 from ..features import Features
@@ -307,7 +307,7 @@ def time_pair(pipelines: dict[str, Pipeline], image0: np.ndarray, image1: np.nda
     OpenCV SIFT with one ``detectAndCompute`` call per image (``opencv_sift``, the reference), OpenCV
     SIFT with separate ``detect`` and ``compute`` calls (``opencv_sift_detect_compute``), both with
     brute-force mutual matching, and each pipeline."""
-    u0, u1 = (np.round(np.clip(x, 0, 1) * 255).astype(np.uint8) for x in (image0, image1))
+    u0, u1 = (to_uint8(x) for x in (image0, image1))
     n = next(iter(pipelines.values())).detector.max_keypoints if pipelines else 1000
     sift = cv2.SIFT_create(nfeatures=n)
     bf = cv2.BFMatcher(cv2.NORM_L2, crossCheck=True)
