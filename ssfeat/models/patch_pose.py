@@ -35,6 +35,15 @@ class PatchPoseConfig:
     # multiple of 90 degrees shows different content there
     window: float = 1.0
 
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.window) or self.window < 0:
+            raise ValueError(f"window must be a finite radius >= 0 (0: off), got {self.window}")
+        if self.n_scale_bins < 2 or not (math.isfinite(self.scale_range) and self.scale_range > 0):
+            raise ValueError(
+                f"the scale histogram needs >= 2 bins over a finite range > 0, got {self.n_scale_bins} bins "
+                f"over [-{self.scale_range}, {self.scale_range}]"
+            )
+
     @classmethod
     def from_dict(cls, d: dict) -> PatchPoseConfig:
         return cls(**{"window": 0.0, **d})  # files written before the window existed had none
@@ -80,13 +89,6 @@ class PatchPoseNet(nn.Module):
         self.config = config = config or PatchPoseConfig()
         if config.backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {config.backbone!r}, expected one of {sorted(BACKBONES)}")
-        if not math.isfinite(config.window) or config.window < 0:
-            raise ValueError(f"window must be a finite radius >= 0 (0: off), got {config.window}")
-        if config.n_scale_bins < 2 or not (math.isfinite(config.scale_range) and config.scale_range > 0):
-            raise ValueError(
-                f"the scale histogram needs >= 2 bins over a finite range > 0, got {config.n_scale_bins} bins "
-                f"over [-{config.scale_range}, {config.scale_range}]"
-            )
         self.set_c4(config.c4_symmetric)
         self.set_c4_below(config.c4_below)
         make, dim, hidden = BACKBONES[config.backbone]
