@@ -141,6 +141,7 @@ def _add_train(sub) -> None:
 
 
 def _add_benchmark(sub) -> None:
+    from .data.synthesis import SCALE_SAMPLINGS
     from .evaluation.benchmarks import BenchmarkConfig
 
     d = BenchmarkConfig()
@@ -157,6 +158,12 @@ def _add_benchmark(sub) -> None:
             p.add_argument("--n-pairs", type=_positive, default=d.n_pairs, help="pairs of each kind")
             p.add_argument(
                 "--max-tilt", type=float, default=d.max_tilt, help="also tilt the views (viewpoint change; 1: off)"
+            )
+            p.add_argument(
+                "--scale-sampling",
+                choices=SCALE_SAMPLINGS,
+                default=d.scale_sampling,
+                help="scale changes of the scale pairs: log2 uniform in [-2, 2], or the paper's PatchPoseA+B test mix",
             )
         else:
             p.add_argument("--root", required=True, help="folder holding Oxford / HPatches / EVD sequences")
@@ -263,6 +270,12 @@ def build_parser() -> argparse.ArgumentParser:
     c4.add_argument("--c4", dest="c4", action="store_const", const=True, help="average over 90-degree rotations")
     c4.add_argument("--no-c4", dest="c4", action="store_const", const=False, help="no rotation averaging")
     p.add_argument("--half", action="store_true", help="store float16 weights (half the file size)")
+    p.add_argument(
+        "--no-average",
+        dest="average",
+        action="store_false",
+        help="a run trained with --ema: export its trained weights, not the weight average",
+    )
     p.add_argument(
         "--c4-below",
         type=_c4_below,
@@ -378,13 +391,13 @@ def cmd_export(args) -> int:
 
     c4_below = args.c4_below
     if c4_below == "auto":
-        c4_below, rows = calibrate_run_c4_below(args.run, model_from_checkpoint(args.run))
+        c4_below, rows = calibrate_run_c4_below(args.run, model_from_checkpoint(args.run, args.average))
         print("adaptive C4 on the run's validation photos (orientation pairs, +-10 degrees):")
         table = [["c4_below", "ori ±10°", "% averaged"]]
         table += [[f"{r['c4_below']:g}", f"{r['ori_acc@10deg']:.2f}", f"{r['share_averaged']:.1f}"] for r in rows]
         print(render_rows(table))
         print(f"chosen: c4_below = {c4_below:g}")
-    print(f"weights: {export(args.run, args.out, args.c4, args.half, c4_below)}")
+    print(f"weights: {export(args.run, args.out, args.c4, args.half, c4_below, args.average)}")
     return 0
 
 
@@ -540,7 +553,13 @@ def cmd_benchmark(args) -> int:
         return cmd_benchmark_warp(args)
     methods = build_methods(args.weights, _extra(args.extra))
     if args.bench == "patchpose":
-        cfg = BenchmarkConfig(n_pairs=args.n_pairs, support=args.support, seed=args.seed, max_tilt=args.max_tilt)
+        cfg = BenchmarkConfig(
+            n_pairs=args.n_pairs,
+            support=args.support,
+            seed=args.seed,
+            max_tilt=args.max_tilt,
+            scale_sampling=args.scale_sampling,
+        )
         result = run_patchpose(args.images, methods, cfg)
     else:
         cfg = BenchmarkConfig(max_keypoints=args.max_keypoints, support=args.support, seed=args.seed)

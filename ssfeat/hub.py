@@ -174,9 +174,10 @@ def checkpoint_file(run: str | Path) -> Path:
     return run
 
 
-def model_from_checkpoint(run: str | Path):
+def model_from_checkpoint(run: str | Path, average: bool = True):
     """The model of a training run (PatchPoseNet, OrientedKeypointNet or DescriptorNet, eval mode):
-    the run's weight average when it kept one (``ema_decay > 0``), else its weights."""
+    the run's weight average when it kept one (``ema_decay > 0``) and ``average`` is set, else the
+    trained weights of the checkpoint's step."""
     from .training import config_from_checkpoint, load_checkpoint
 
     path = checkpoint_file(run)
@@ -184,22 +185,28 @@ def model_from_checkpoint(run: str | Path):
     try:
         cfg = config_from_checkpoint(ckpt)
         model = _kinds()[ckpt.get("task", "pose")][1](cfg.model)
-        model.load_state_dict(ckpt.get("ema", ckpt["model"]), strict=True)  # the weight average if any
+        model.load_state_dict(ckpt["ema"] if average and "ema" in ckpt else ckpt["model"], strict=True)
     except (KeyError, TypeError, RuntimeError) as e:
         raise ValueError(f"{path}: checkpoint does not match this ssfeat version ({e})") from e
     return model.eval()
 
 
 def export(
-    run: str | Path, out: str | Path, c4: bool | None = None, half: bool = False, c4_below: float | str | None = None
+    run: str | Path,
+    out: str | Path,
+    c4: bool | None = None,
+    half: bool = False,
+    c4_below: float | str | None = None,
+    average: bool = True,
 ) -> Path:
     """Export the best (else last) checkpoint of a training run to a safetensors weights file.
 
     ``c4`` switches the averaging over the four 90-degree rotations on or off at inference
     (the weights are unchanged; ``None`` keeps the training setting); ``half`` stores float16.
     ``c4_below`` (patch-pose models) stores an adaptive C4 threshold, or ``"auto"``: the one
-    :func:`ssfeat.evaluation.benchmarks.calibrate_c4_below` picks on the run's own validation photos."""
-    model = model_from_checkpoint(run)
+    :func:`ssfeat.evaluation.benchmarks.calibrate_c4_below` picks on the run's own validation photos.
+    ``average=False`` exports the trained weights of a run that also kept a weight average (``--ema``)."""
+    model = model_from_checkpoint(run, average)
     if (c4 is not None or c4_below is not None) and not isinstance(model, PatchPoseNet):
         raise ValueError("--c4/--c4-below apply to patch-pose runs only")
     if c4 is not None:

@@ -77,6 +77,8 @@ def test_train_export_benchmark_show(image_dir, oxford_dir, tmp_path, capsys):
                 str(w),
                 "--extra",
                 f"mine={run}",
+                "--scale-sampling",
+                "paper",
                 "--json",
                 str(js),
             ]
@@ -84,6 +86,7 @@ def test_train_export_benchmark_show(image_dir, oxford_dir, tmp_path, capsys):
         == 0
     )
     res = json.loads(js.read_text())
+    assert res["config"]["scale_sampling"] == "paper"
     assert set(res["methods"]) == {"ssfeat", "ssfeat_single", "ssfeat_c4", "mine", "kornia_gradient", "log_scale"}
     assert res["methods"]["ssfeat"]["topk_recall"]["k"] == [1, 2, 3, 4]
     assert "ori_acc@10deg" in res["methods"]["kornia_gradient"] and "scale_acc@0.333" in res["methods"]["log_scale"]

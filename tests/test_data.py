@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ssfeat.data.images import ImageReadError, list_images, load_folder, read_image, to_gray_float
-from ssfeat.data.synthesis import PairConfig, PairSynthesizer, _tilt_views, split_by_image
+from ssfeat.data.synthesis import PairConfig, PairSynthesizer, _paper_log2_scale, _tilt_views, split_by_image
 from ssfeat.evaluation.benchmarks import paper_protocol
 from ssfeat.geometry import angle_diff, linear_rotation_scale, rotation_matrix
 
@@ -148,6 +148,25 @@ def test_batch_shapes_and_photometric(image_dir):
     plain = PairSynthesizer.from_folder(image_dir, PairConfig(n_random=20, photometric=False)).batch("scale", range(7))
     assert plain["log2_scale"].equal(b["log2_scale"])  # same geometry, different intensities
     assert not torch.allclose(plain["patch0"], b["patch0"], atol=1e-3)
+
+
+def test_paper_scale_sampling_mixes_grid_and_linear_magnifications(image_dir):
+    rng = np.random.default_rng(0)
+    lsc = np.array([_paper_log2_scale(rng) for _ in range(20000)])
+    on_grid = np.isclose(lsc * 3, np.round(lsc * 3), atol=1e-9)
+    assert abs(on_grid.mean() - (0.5 + 0.5 / 13)) < 0.015 and (np.abs(lsc) <= 2 + 1e-9).all()  # B's 1 is on it
+    assert abs((lsc == 0).mean() - 1 / 13) < 0.01  # 1/26 from each half
+    linear = 2.0 ** lsc[~on_grid]  # PatchPoseB: uniform in linear [1/4, 4]
+    assert abs(linear.mean() - 2.125) < 0.05 and abs((linear > 1).mean() - 0.8) < 0.02
+    b = PairSynthesizer.from_folder(image_dir, PairConfig(n_random=20, scale_sampling="paper")).batch(
+        "scale", range(64)
+    )
+    grid = torch.isclose(b["log2_scale"] * 3, torch.round(b["log2_scale"] * 3), atol=1e-5)
+    assert 0 < int(grid.sum()) < 64
+    with pytest.raises(ValueError, match="scale_sampling"):
+        PairConfig(scale_sampling="linear")
+    with pytest.raises(ValueError, match="spans log2 scales"):
+        PairConfig(scale_sampling="paper", max_log2_scale=3.0)
 
 
 def test_split_is_by_image_and_deterministic(image_dir):

@@ -283,6 +283,9 @@ def test_run_matching(oxford_dir, estimator, tmp_path):
     assert s["ssfeat"]["all"]["mma"][2] > 0.5
     assert s["ssfeat*"]["all"]["mma"][2] >= s["ssfeat"]["all"]["mma"][2] - 1e-9
     assert s["sift"]["all"]["h_acc"][-1] == 1.0
+    for name in ("sift", "ssfeat"):  # AUC <= accuracy at every threshold, and the pairs are solved
+        auc, acc = s[name]["all"]["h_auc"], s[name]["all"]["h_acc"]
+        assert all(0 <= u <= a + 1e-9 for u, a in zip(auc, acc)) and auc[-1] > 0.5
     assert set(res["timing_640x480_s"]) == {"opencv_sift", "opencv_sift_detect_compute", "sift", "upright", "ssfeat"}
     assert "toy" in format_matching_table(res, "sequence")
     assert plot_mma(res, tmp_path / "mma.png").stat().st_size > 1000
@@ -299,7 +302,8 @@ def test_paired_comparison_and_sign_test():
     assert math.isclose(sign_test_p(10, 2), 2 * (1 + 12 + 66) / 4096)
 
     def row(ok: bool, mma3: float, dataset: str) -> dict:
-        return {"h_acc": [0.0, float(ok), 1.0, 1.0], "mma": [0.0, 0.0, mma3] + [1.0] * 7, "dataset": dataset}
+        h = {"h_acc": [0.0, float(ok), 1.0, 1.0], "corner_error": 1.5 if ok else 4.5}
+        return {**h, "mma": [0.0, 0.0, mma3] + [1.0] * 7, "dataset": dataset}
 
     base = [row(False, 0.5, "a"), row(True, 0.5, "a"), row(True, 0.2, "b"), row(False, 0.4, "b")]
     other = [row(True, 0.6, "a"), row(True, 0.7, "a"), row(False, 0.2, "b"), row(True, 0.4, "b")]
@@ -308,4 +312,7 @@ def test_paired_comparison_and_sign_test():
     assert r["pairs"] == 4 and r["h_wins"] == [0, 2, 0, 0] and r["h_losses"] == [0, 1, 0, 0]
     assert r["h_sign_test_p"] == [1.0, 1.0, 1.0, 1.0] and math.isclose(r["mma3_diff"], 7.5)
     assert math.isclose(r["mma3_diff_se"], np.std([10, 20, 0, 0], ddof=1) / 2, rel_tol=1e-3)
+    # AUC@3 shares: 1 - 1.5 / 3 = 0.5 for a pair right at 3 px, 0 otherwise
+    assert math.isclose(r["h_auc3_diff"], 12.5)
+    assert math.isclose(r["h_auc3_diff_se"], np.std([50, 0, -50, 50], ddof=1) / 2, rel_tol=1e-3)
     assert (out["a"]["x"]["h_wins"][1], out["b"]["x"]["h_wins"][1], out["b"]["x"]["h_losses"][1]) == (1, 1, 1)

@@ -6,6 +6,7 @@ import torch
 from ssfeat import training
 from ssfeat.cli import main
 from ssfeat.data.synthesis import PairConfig, PairSynthesizer
+from ssfeat.hub import load_model
 from ssfeat.models import PatchPoseConfig, PatchPoseNet
 from ssfeat.training import TrainConfig, fit, load_checkpoint, pair_loss, save_atomic
 
@@ -85,6 +86,13 @@ def test_resume_equals_uninterrupted(image_dir, tmp_path, monkeypatch, ema_decay
     for k in a["optimizer"]["state"]:
         assert torch.equal(a["optimizer"]["state"][k]["exp_avg"], b["optimizer"]["state"][k]["exp_avg"])
     assert (tmp_path / "full" / "log.jsonl").read_text().count("\n") == 2
+    if ema_decay > 0:  # export writes the average by default, the trained weights with --no-average
+        assert any(not torch.equal(a["ema"][k], a["model"][k]) for k in a["model"])
+        for flags, key in (([], "ema"), (["--no-average"], "model")):
+            out = tmp_path / f"{key}.safetensors"
+            assert main(["export", str(tmp_path / "full" / "last.pt"), "--out", str(out), *flags]) == 0
+            sd = load_model(out).state_dict()
+            assert all(torch.equal(sd[k], a[key][k]) for k in a[key]), key
 
 
 def test_ema_update_and_decay_ramp():

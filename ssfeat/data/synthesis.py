@@ -25,6 +25,7 @@ from .images import load_folder, to_uint8
 logger = logging.getLogger(__name__)
 
 KINDS = ("ori", "scale")
+SCALE_SAMPLINGS = ("log_uniform", "paper")
 
 
 @dataclass
@@ -34,6 +35,11 @@ class PairConfig:
     patch_size: int = 32  # output patch size P
     support: float = 32.0  # side of the reference window in image pixels (log2 scale 0)
     max_log2_scale: float = 2.0  # scale pairs: log2 magnification uniform in [-max, max]
+    # scale pairs: "log_uniform" (log2 magnification uniform in [-max, max]) or "paper", the mix of the
+    # paper's PatchPoseA + B test pairs (max 2 only): half the 13 grid values 2**(i/3), i = -6..6, half
+    # PatchPoseB's magnifications (1 with probability 1/13, else uniform in *linear* [1/4, 4], so 80%
+    # of them magnify)
+    scale_sampling: str = "log_uniform"
     ori_log2_jitter: float = 0.25  # orientation pairs: log2 magnification uniform in [-j, j]
     ref_random_pose: bool = True  # reference patch gets a random rotation and a small scale jitter
     ref_log2_jitter: float = 0.5  # uniform jitter of the reference scale when ref_random_pose
@@ -53,6 +59,10 @@ class PairConfig:
     def __post_init__(self) -> None:
         if not 1.0 <= self.max_tilt < 100.0:
             raise ValueError(f"max_tilt must be in [1, 100) (1: no tilt), got {self.max_tilt}")
+        if self.scale_sampling not in SCALE_SAMPLINGS:
+            raise ValueError(f"scale_sampling must be one of {SCALE_SAMPLINGS}, got {self.scale_sampling!r}")
+        if self.scale_sampling == "paper" and self.max_log2_scale != 2.0:
+            raise ValueError(f"scale_sampling 'paper' spans log2 scales [-2, 2], not [-{self.max_log2_scale:g}, ...]")
 
     def margin(self) -> int:
         """Distance from the image border a keypoint needs so that no patch leaves the image."""
@@ -151,7 +161,11 @@ class PairSynthesizer:
             lsc = float(rng.uniform(-cfg.ori_log2_jitter, cfg.ori_log2_jitter))
         else:
             rot = float(rng.uniform(0.0, TWO_PI)) if cfg.ref_random_pose else 0.0
-            lsc = float(rng.uniform(-cfg.max_log2_scale, cfg.max_log2_scale))
+            lsc = (
+                _paper_log2_scale(rng)
+                if cfg.scale_sampling == "paper"
+                else float(rng.uniform(-cfg.max_log2_scale, cfg.max_log2_scale))
+            )
         if cfg.ref_random_pose:
             rot0 = float(rng.uniform(0.0, TWO_PI))
             lsc0 = float(rng.uniform(-cfg.ref_log2_jitter, cfg.ref_log2_jitter))
@@ -179,6 +193,15 @@ class PairSynthesizer:
             "rotation": torch.tensor([t[2] for t in items], dtype=torch.float32),
             "log2_scale": torch.tensor([t[3] for t in items], dtype=torch.float32),
         }
+
+
+def _paper_log2_scale(rng: np.random.Generator) -> float:
+    """One log2 scale change from the paper's test mix (see ``PairConfig.scale_sampling``)."""
+    if rng.random() < 0.5:  # PatchPoseA: the 13-value log2 grid
+        return float(rng.integers(-6, 7)) / 3.0
+    if rng.random() < 1.0 / 13.0:  # PatchPoseB: the unchanged patch is one of its 13 scales
+        return 0.0
+    return float(np.log2(rng.uniform(0.25, 4.0)))
 
 
 def _inverse_similarity(rot: float, log2_scale: float) -> np.ndarray:

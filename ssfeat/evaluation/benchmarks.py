@@ -46,6 +46,7 @@ class BenchmarkConfig:
     seed: int = 1234
     max_keypoints: int = 300  # sequences: SIFT keypoints sampled per image pair
     max_tilt: float = 1.0  # patchpose: viewpoint tilts of the views (PairConfig.max_tilt; 1: the paper's protocol)
+    scale_sampling: str = "log_uniform"  # patchpose: scale changes of the scale pairs (PairConfig.scale_sampling)
 
 
 def build_methods(
@@ -179,7 +180,8 @@ def run_patchpose(images: str | Path, methods: list[PoseMethod], cfg: BenchmarkC
     """Synthetic-pair benchmark on an (image-disjoint) folder of photos."""
     cfg = cfg or BenchmarkConfig()
     pcfg = paper_protocol(
-        PairConfig(patch_size=cfg.patch_size, support=cfg.support, seed=cfg.seed), max_tilt=cfg.max_tilt
+        PairConfig(patch_size=cfg.patch_size, support=cfg.support, seed=cfg.seed, scale_sampling=cfg.scale_sampling),
+        max_tilt=cfg.max_tilt,
     )
     synth = PairSynthesizer.from_folder(images, pcfg)
     ori = synth.batch("ori", range(cfg.n_pairs))

@@ -9,7 +9,9 @@ Every pipeline sees the same pairs and the same keypoint budget. Per pair:
   (a pair without matches scores 0); the number of matches and of correct matches (<= 3 px);
 * **homography accuracy**: OpenCV RANSAC (3 px, 5000 iterations, confidence 0.9995) on the matches;
   the error is the mean distance between the four corners of image 0 mapped by the estimated and by
-  the true homography; accuracy at 1/3/5/10 px (no model: failure).
+  the true homography; accuracy at 1/3/5/10 px (no model: failure), and the AUC of the
+  corner-error curve up to each threshold (as LightGlue and hloc report it): the mean over pairs
+  of ``max(0, 1 - error / t)``, which weighs how close each pair is instead of counting it in or out.
 
 Pairs are grouped by dataset (the ``--root`` they come from), sequence and category: HPatches ``v_*``
 and EVD are ``viewpoint``, HPatches ``i_*`` ``illumination``; the Oxford sequences are graf, wall
@@ -183,6 +185,12 @@ def corner_error(H_est: np.ndarray | None, H_gt: np.ndarray, shape0: tuple[int, 
     return float(np.linalg.norm(_warp(c, H_est) - _warp(c, H_gt), axis=1).mean())
 
 
+def _auc(corner_error: float, t: float) -> float:
+    """A pair's share of the homography AUC up to ``t`` px: ``max(0, 1 - corner_error / t)`` (the
+    mean over pairs is the area under the accuracy-vs-threshold curve on [0, t], divided by t)."""
+    return max(0.0, 1.0 - corner_error / t)
+
+
 def score_pair(f0: Features, f1: Features, idx: np.ndarray, H_gt: np.ndarray, cfg: MatchingConfig, ransac) -> dict:
     """Metrics of one pair's matches ``idx`` ``(M, 2)``."""
     x0, x1 = f0.keypoints[idx[:, 0]].astype(np.float64), f1.keypoints[idx[:, 1]].astype(np.float64)
@@ -194,6 +202,7 @@ def score_pair(f0: Features, f1: Features, idx: np.ndarray, H_gt: np.ndarray, cf
         "matches": int(len(idx)),
         "correct": int((err <= cfg.correct_threshold).sum()),
         "h_acc": [float(cerr <= t) for t in cfg.h_thresholds],
+        "h_auc": [_auc(cerr, t) for t in cfg.h_thresholds],
         "corner_error": cerr,
     }
 
@@ -201,7 +210,7 @@ def score_pair(f0: Features, f1: Features, idx: np.ndarray, H_gt: np.ndarray, cf
 def _mean(rows: list[dict]) -> dict:
     """Average per-pair metric dicts (lists element-wise)."""
     out = {"pairs": len(rows)}
-    for k in ("mma", "h_acc"):
+    for k in ("mma", "h_acc", "h_auc"):
         out[k] = np.mean([r[k] for r in rows], 0).round(4).tolist()
     for k in ("matches", "correct"):
         out[k] = round(float(np.mean([r[k] for r in rows])), 2)
@@ -227,7 +236,7 @@ def summarize(per_pair: list[dict]) -> dict:
         out[g] = {k: _mean(v) for k, v in sorted(d.items())}
     v, i = out["category"].get("viewpoint"), out["category"].get("illumination")
     if v and i:
-        out["d2net_average"] = {k: (np.add(v[k], i[k]) / 2).round(4).tolist() for k in ("mma", "h_acc")}
+        out["d2net_average"] = {k: (np.add(v[k], i[k]) / 2).round(4).tolist() for k in ("mma", "h_acc", "h_auc")}
     return out
 
 
@@ -245,7 +254,8 @@ def paired_comparison(per_pair: dict[str, list[dict]], baseline: str, cfg: Match
 
     Homography accuracy at each of ``cfg.h_thresholds``: pairs only the pipeline gets right
     (``h_wins``), pairs only the baseline gets right (``h_losses``) and the exact sign-test p-value
-    (lists in threshold order). MMA@3: mean per-pair difference (points) and its standard error.
+    (lists in threshold order). MMA@3 and homography AUC@3: mean per-pair difference (points) and
+    its standard error.
     A small p, or a difference of several standard errors, says the gap is more than the draw of
     pairs.
     """
@@ -263,6 +273,7 @@ def paired_comparison(per_pair: dict[str, list[dict]], baseline: str, cfg: Match
             a = np.array([rows[i]["h_acc"] for i in idx]) > 0.5  # (pairs, thresholds)
             b = np.array([base[i]["h_acc"] for i in idx]) > 0.5
             d = 100 * np.array([rows[i]["mma"][m3] - base[i]["mma"][m3] for i in idx])
+            da = 100 * np.array([_auc(rows[i]["corner_error"], 3) - _auc(base[i]["corner_error"], 3) for i in idx])
             wins, losses = (a & ~b).sum(0).tolist(), (b & ~a).sum(0).tolist()
             out[g][name] = {
                 "pairs": len(idx),
@@ -270,28 +281,40 @@ def paired_comparison(per_pair: dict[str, list[dict]], baseline: str, cfg: Match
                 "h_losses": losses,
                 "h_sign_test_p": [round(sign_test_p(w, v), 4) for w, v in zip(wins, losses)],
                 "mma3_diff": round(float(d.mean()), 3),
-                "mma3_diff_se": round(float(d.std(ddof=1) / math.sqrt(len(d))), 3) if len(d) > 1 else None,
+                "mma3_diff_se": _se(d),
+                "h_auc3_diff": round(float(da.mean()), 3),
+                "h_auc3_diff_se": _se(da),
             }
     return out
 
 
+def _se(d: np.ndarray) -> float | None:
+    """Standard error of the mean of ``d`` (``None`` for fewer than two values)."""
+    return round(float(d.std(ddof=1) / math.sqrt(len(d))), 3) if len(d) > 1 else None
+
+
 def format_paired_table(result: dict, thresholds: tuple[int, ...] = (1, 3)) -> str:
     """Text table of :func:`paired_comparison` (``result["paired"]``): wins/losses and sign-test p
-    at the H thresholds ``thresholds`` and the MMA@3 difference."""
+    at the H thresholds ``thresholds`` and the MMA@3 and homography AUC@3 differences."""
     p, hs = result["paired"], list(result["config"]["h_thresholds"])
     head = ["group", "pipeline", "pairs"]
     for t in thresholds:
         head += [f"H@{t} wins/losses", "p"]
-    rows = [head + ["MMA@3 diff", "s.e."]]
+    rows = [head + ["MMA@3 diff", "s.e.", "H-AUC@3 diff", "s.e."]]
     for g, d in p["groups"].items():
         for name, r in d.items():
             row = [g, name, str(r["pairs"])]
             for t in thresholds:
                 j = hs.index(t)
                 row += [f"{r['h_wins'][j]}/{r['h_losses'][j]}", f"{r['h_sign_test_p'][j]:.3f}"]
-            se = "-" if r["mma3_diff_se"] is None else f"{r['mma3_diff_se']:.2f}"
-            rows.append(row + [f"{r['mma3_diff']:+.2f}", se])
-    title = f"paired against {p['baseline']} on the same pairs (sign test p; MMA@3 difference in points)"
+            for k in ("mma3_diff", "h_auc3_diff"):
+                se = r.get(f"{k}_se")
+                row += [f"{r[k]:+.2f}", "-" if se is None else f"{se:.2f}"]
+            rows.append(row)
+    title = (
+        f"paired against {p['baseline']} on the same pairs (sign test p; MMA@3 and homography AUC@3 "
+        "differences in points)"
+    )
     return title + "\n" + render_rows(rows)
 
 
@@ -440,11 +463,11 @@ def format_grouped_table(result: dict, group: str, head: list[str], row) -> str:
 
 def format_matching_table(result: dict, group: str = "all", with_repeatability: bool = True) -> str:
     """One row per pipeline: repeatability (optional), MMA@1/3/5/10, matches, correct, H-acc@1/3/5/10
-    (``group``: "all", "dataset" or "category")."""
+    and homography AUC@3 (``group``: "all", "dataset" or "category")."""
     cfg = result["config"]
     ts, hs = list(cfg["mma_thresholds"]), list(cfg["h_thresholds"])
     head = ["pipeline"] + ["rep"] * with_repeatability + [f"MMA@{t}" for t in (1, 3, 5, 10)] + ["matches", "correct"]
-    head += [f"H@{t}px" for t in hs]
+    head += [f"H@{t}px" for t in hs] + ["AUC@3px"]
 
     def row(name: str, r: dict) -> list[str]:
         rep = "-" if r["repeatability"] is None else f"{r['repeatability']:.1f}"
@@ -454,6 +477,7 @@ def format_matching_table(result: dict, group: str = "all", with_repeatability: 
             + [f"{100 * r['mma'][ts.index(t)]:.1f}" for t in (1, 3, 5, 10)]
             + [f"{r['matches']:.0f}", f"{r['correct']:.0f}"]
             + [f"{100 * a:.1f}" for a in r["h_acc"]]
+            + [f"{100 * r['h_auc'][hs.index(3)]:.1f}"]
         )
 
     return format_grouped_table(result, group, head, row)
