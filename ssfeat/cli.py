@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from importlib import resources
 from pathlib import Path
@@ -27,6 +28,20 @@ def _positive(text: str) -> int:
     return v
 
 
+def _positive_float(text: str) -> float:
+    v = float(text)
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return v
+
+
+def _non_negative(text: str) -> int:
+    v = int(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
+
+
 def _add_loop_args(p, d, batch_help: str) -> None:
     """Arguments every ``ssfeat train`` command shares (``d``: the task's default config)."""
     p.add_argument("--images", required=True, help="folder of training photos (recursive)")
@@ -34,7 +49,9 @@ def _add_loop_args(p, d, batch_help: str) -> None:
     p.add_argument("--val-images", default=None, help="image-disjoint validation folder (default: hold out images)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--steps", type=_positive, default=None, help=f"optimisation steps (default {d.steps})")
-    g.add_argument("--time-budget", type=float, default=None, metavar="MIN", help="fit the schedule into MIN minutes")
+    g.add_argument(
+        "--time-budget", type=_positive_float, default=None, metavar="MIN", help="fit the schedule into MIN minutes"
+    )
     p.add_argument(
         "--resume", action="store_true", help="continue RUN/last.pt with its stored config (--steps changes the length)"
     )
@@ -42,12 +59,12 @@ def _add_loop_args(p, d, batch_help: str) -> None:
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--workers", type=int, default=d.workers)
     p.add_argument("--init", default=None, help="start from these weights / run (fine-tuning)")
-    p.add_argument("--val-every", type=int, default=d.val_every)
+    p.add_argument("--val-every", type=_positive, default=d.val_every)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument(
         "--ema", type=float, default=d.ema_decay, metavar="DECAY", help="keep a weight average (e.g. 0.999; 0: off)"
     )
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    p.add_argument("--threads", type=_non_negative, default=0, help="torch CPU threads (0: torch default)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -67,7 +84,7 @@ def _add_train(sub) -> None:
     p.add_argument(
         "--separate-backbones", action="store_true", help="one backbone per head, as the paper (2x the cost)"
     )
-    p.add_argument("--support", type=float, default=pc.support, help="reference window side in pixels")
+    p.add_argument("--support", type=_positive_float, default=pc.support, help="reference window side in pixels")
     p.add_argument("--blur", type=float, default=pc.blur, help="max sigma of the random blur augmentation (0: off)")
     p.add_argument(
         "--ori-scale-jitter",
@@ -89,7 +106,7 @@ def _add_train(sub) -> None:
     )
     p.add_argument("--scale-bins", type=int, default=m.n_scale_bins, help="number of scale histogram bins")
     p.add_argument("--scale-loss", default=d.scale_loss, choices=["full", "shared"], help="see ssfeat.losses")
-    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
+    p.add_argument("--warmup-steps", type=_non_negative, default=d.warmup_steps)
 
     d, m, pc = DetectorTrainConfig(), DetectorConfig(), HomographyPairConfig()
     p = tr.add_parser("detector", help="train the equivariant keypoint detector on unlabeled photos")
@@ -176,10 +193,10 @@ def _add_benchmark(sub) -> None:
             metavar="NAME=PATH",
             help="another learned model to compare, e.g. resnet18=runs/r18 (repeatable)",
         )
-        p.add_argument("--support", type=float, default=d.support)
+        p.add_argument("--support", type=_positive_float, default=d.support)
         p.add_argument("--seed", type=int, default=d.seed)
         p.add_argument("--json", required=True, help="output JSON path")
-        p.add_argument("--threads", type=int, default=0)
+        p.add_argument("--threads", type=_non_negative, default=0)
     from .evaluation.matching import DEFAULT_PIPELINES, MatchingConfig
 
     p = bsub.add_parser("matching", help="detect -> orient -> describe -> match pipelines on real pairs")
@@ -197,7 +214,7 @@ def _add_benchmark(sub) -> None:
     )
     p.add_argument("--json", required=True, help="output JSON path")
     p.add_argument("--plot", default=None, help="MMA-vs-threshold PNG (default: next to the JSON)")
-    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--threads", type=_non_negative, default=0)
     p.add_argument("--no-progress", action="store_true")
     from .evaluation.descriptor import DESCRIPTOR_PIPELINES
     from .evaluation.detector import DETECTOR_PIPELINES
@@ -230,7 +247,7 @@ def _add_benchmark(sub) -> None:
         p.add_argument("--json", required=True, help="output JSON path")
         if plot:
             p.add_argument("--plot", default=None, help="MMA-vs-threshold PNG (default: next to the JSON)")
-        p.add_argument("--threads", type=int, default=0)
+        p.add_argument("--threads", type=_non_negative, default=0)
         p.add_argument("--no-progress", action="store_true")
 
 
@@ -246,7 +263,7 @@ def _add_geoloc_benchmark(bsub) -> None:
     p.add_argument("--no-rerank", action="store_true", help="plain retrieval only")
     p.add_argument("--flips", action="store_true", help="average the regressor over flipped inputs (4x cost)")
     p.add_argument("--json", required=True, help="output JSON path")
-    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--threads", type=_non_negative, default=0)
     p.add_argument("--no-progress", action="store_true")
     p = bsub.add_parser("warp", help="corner accuracy of the warping regressor on held-out synthetic pairs")
     p.add_argument("--images", required=True, help="photos the model was not trained on")
@@ -254,7 +271,7 @@ def _add_geoloc_benchmark(bsub) -> None:
     p.add_argument("--pairs", type=_positive, default=512, help="number of synthetic pairs")
     p.add_argument("--k", type=float, default=None, help="trapezoid distortion (default: the model's training k)")
     p.add_argument("--json", required=True, help="output JSON path")
-    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--threads", type=_non_negative, default=0)
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -289,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="PNG path")
     p.add_argument("--weights", default=None)
     p.add_argument("--n", type=_positive, default=60, help="number of keypoints")
-    p.add_argument("--support", type=float, default=32.0)
+    p.add_argument("--support", type=_positive_float, default=32.0)
     p.add_argument("--histograms", action="store_true", help="also draw histograms (paper Fig. 4)")
     from .pipeline import PIPELINES
 
@@ -351,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-side", type=int, default=ExtractConfig.max_side, help="shrink larger images (0: never)")
     p.add_argument("--part-size", type=_positive, default=ExtractConfig.part_size, help="images per part file")
     p.add_argument("--workers", type=int, default=0, help="extraction processes (0/1: this process)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    p.add_argument("--threads", type=_non_negative, default=0, help="torch CPU threads (0: torch default)")
     p.add_argument("--no-progress", action="store_true")
     p = sub.add_parser("detect", help="detect oriented keypoints with the equivariant detector and draw them")
     p.add_argument("image")
@@ -388,10 +405,14 @@ def _c4_below(text: str) -> float | str:
 def cmd_export(args) -> int:
     from .evaluation.benchmarks import render_rows
     from .hub import calibrate_run_c4_below, export, model_from_checkpoint
+    from .models.patch_pose import PatchPoseNet
 
     c4_below = args.c4_below
     if c4_below == "auto":
-        c4_below, rows = calibrate_run_c4_below(args.run, model_from_checkpoint(args.run, args.average))
+        model = model_from_checkpoint(args.run, args.average)
+        if not isinstance(model, PatchPoseNet):
+            raise ValueError("--c4/--c4-below apply to patch-pose runs only")
+        c4_below, rows = calibrate_run_c4_below(args.run, model)
         print("adaptive C4 on the run's validation photos (orientation pairs, +-10 degrees):")
         table = [["c4_below", "ori ±10°", "% averaged"]]
         table += [[f"{r['c4_below']:g}", f"{r['ori_acc@10deg']:.2f}", f"{r['share_averaged']:.1f}"] for r in rows]
@@ -526,8 +547,14 @@ def _extra(items: list[str]) -> dict[str, str]:
         if "=" not in it:
             raise ValueError(f"--extra expects NAME=PATH, got {it!r}")
         k, v = it.split("=", 1)
+        if not k or k in RESERVED_METHOD_NAMES or k in out:
+            raise ValueError(f"--extra name {k!r} is empty, repeated or a built-in method's name")
         out[k] = v
     return out
+
+
+# rows every patch-pose benchmark has (ssfeat.evaluation.benchmarks.build_methods)
+RESERVED_METHOD_NAMES = ("ssfeat", "ssfeat_single", "ssfeat_c4", "kornia_gradient", "log_scale")
 
 
 def cmd_benchmark(args) -> int:

@@ -39,6 +39,9 @@ class DetectConfig:
     # coarsest level). 0 = at the detecting level (ReKD's intent). Measured on Oxford + HPatches:
     # +-10 degree accuracy of repeated keypoints 39% at 0, 52% at 2, 60% at 4.
     orientation_levels_up: int = 4
+    # a keypoint needs image contrast: intensity standard deviation (image in [0, 1]) over its
+    # suppression window above this at its level, so flat regions (a blank image) give none
+    min_contrast: float = 1e-3
 
 
 def decode_orientation(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,6 +52,15 @@ def decode_orientation(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     N = logits.shape[-1]
     pos, score = histogram_peaks(torch.softmax(logits.float(), -1), 1, circular=True)
     return torch.remainder(pos[:, 0] * (2 * math.pi / N), 2 * math.pi), score[:, 0]
+
+
+def textured(image: np.ndarray, radius: int, min_std: float) -> np.ndarray:
+    """``(H, W)`` bool: where the float image's standard deviation over the ``(2 radius + 1)^2``
+    window exceeds ``min_std``."""
+    k = (2 * radius + 1, 2 * radius + 1)
+    m = cv2.blur(image, k, borderType=cv2.BORDER_REFLECT_101)
+    m2 = cv2.blur(image * image, k, borderType=cv2.BORDER_REFLECT_101)
+    return np.sqrt(np.maximum(m2 - m * m, 0.0)) > min_std
 
 
 def nms_candidates(score: torch.Tensor, radius: int, border: int, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,11 +118,14 @@ class KeypointDetector:
             out.append((h, w, f))
         return out
 
-    def _run(self, img: np.ndarray, level: tuple[int, int, float]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Score ``(1, 1, h, w)`` and orientation logits ``(1, N, h, w)`` of one pyramid level."""
+    def _level_image(self, img: np.ndarray, level: tuple[int, int, float]) -> np.ndarray:
         h, w, f = level
         lev = img if f == 1.0 else cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
-        return self.net(torch.from_numpy(np.ascontiguousarray(lev, dtype=np.float32))[None, None].to(self.device))
+        return np.ascontiguousarray(lev, dtype=np.float32)
+
+    def _run(self, img: np.ndarray, level: tuple[int, int, float]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Score ``(1, 1, h, w)`` and orientation logits ``(1, N, h, w)`` of one pyramid level."""
+        return self.net(torch.from_numpy(self._level_image(img, level))[None, None].to(self.device))
 
     @staticmethod
     def _read(ori: torch.Tensor, xy: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -129,17 +144,27 @@ class KeypointDetector:
         each is read (bilinearly) at the pyramid level whose feature size is closest to its size
         ``sizes`` ``(K,)`` (pixels, ``cv2.KeyPoint.size``; default: level 0), plus
         ``config.orientation_levels_up``."""
-        from .estimator import _as_image
+        from .estimator import _as_image, _points
 
         img = _as_image(image)
-        kp = np.asarray(keypoints, np.float64).reshape(-1, 2)
+        kp = _points(keypoints)
         out = np.zeros(len(kp), np.float32)
         if len(kp) == 0:
             return out
+        H, W = img.shape
+        if not np.isfinite(kp).all():
+            raise ValueError("keypoint coordinates contain NaN or Inf")
+        outside = (kp[:, 0] < -0.5) | (kp[:, 1] < -0.5) | (kp[:, 0] > W - 0.5) | (kp[:, 1] > H - 0.5)
+        if outside.any():
+            raise ValueError(f"{int(outside.sum())} keypoints lie outside the {W}x{H} image")
+        if sizes is not None:
+            sizes = np.asarray(sizes, np.float64).reshape(-1)
+            if len(sizes) != len(kp) or not np.isfinite(sizes).all():
+                raise ValueError(f"sizes must be {len(kp)} finite values, one per keypoint, got {len(sizes)}")
         levels = self.levels(img.shape)
         lv = np.zeros(len(kp), int)
         if sizes is not None:
-            f = np.log(np.maximum(np.asarray(sizes, np.float64), 1e-6) / self.config.base_size)
+            f = np.log(np.maximum(sizes, 1e-6) / self.config.base_size)
             lv = np.round(f / math.log(self.config.pyramid_factor)).astype(int)
         lv = np.clip(lv + self.config.orientation_levels_up, 0, len(levels) - 1)
         for i in np.unique(lv):
@@ -161,7 +186,11 @@ class KeypointDetector:
         outs = [self._run(img, lev) for lev in levels]
         xy_all, sc_all, size_all, lv_all = [], [], [], []
         for i, ((h, w, f), (score, _)) in enumerate(zip(levels, outs)):
-            xy, s = nms_candidates(score[0, 0], cfg.nms_radius, cfg.border, cfg.max_keypoints)
+            score = score[0, 0]
+            if cfg.min_contrast > 0:
+                keep = textured(self._level_image(img, levels[i]), cfg.nms_radius, cfg.min_contrast)
+                score = score * torch.from_numpy(keep).to(score)
+            xy, s = nms_candidates(score, cfg.nms_radius, cfg.border, cfg.max_keypoints)
             if len(s) == 0:
                 continue
             sx, sy = W / w, H / h  # cv2.resize pixel-centre convention

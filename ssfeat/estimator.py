@@ -3,6 +3,7 @@ adapters)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -162,7 +163,9 @@ class PatchPoseEstimator(nn.Module):
         """Axis-aligned patches ``(N, 1, P, P)`` of side ``support`` pixels centred at ``xy`` ``(N, 2)``
         (reflected at the image border)."""
         img = _as_image(image)
-        xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+        if not (math.isfinite(support) and support > 0):
+            raise ValueError(f"support must be a positive window side in pixels, got {support}")
+        xy = _points(xy)
         if not np.isfinite(xy).all():
             raise ValueError("keypoint coordinates contain NaN or Inf")
         H, W = img.shape
@@ -189,6 +192,8 @@ class PatchPoseEstimator(nn.Module):
         """
         if len(keypoints) == 0:
             return []
+        if not all(isinstance(k, cv2.KeyPoint) for k in keypoints):
+            raise ValueError("keypoints must be cv2.KeyPoint objects (estimate_laf takes (N, 2) positions)")
         xy = np.array([k.pt for k in keypoints])
         out = self(self.extract(image, xy, support))
         ang = angle_to_cv2(out.orientation.cpu().numpy())
@@ -201,11 +206,20 @@ class PatchPoseEstimator(nn.Module):
     def estimate_laf(self, image, xy: torch.Tensor | np.ndarray, support: float = 32.0) -> torch.Tensor:
         """kornia LAFs ``(1, N, 2, 3)`` at centres ``xy`` ``(N, 2)`` with the learned orientation and
         scale (LAF scale = half the feature size, i.e. ``support / 2 * 2**log2_scale``)."""
-        xy_np = xy.detach().cpu().numpy() if isinstance(xy, torch.Tensor) else np.asarray(xy, dtype=np.float64)
-        xy_np = xy_np.reshape(-1, 2)
+        xy_np = _points(xy.detach().cpu().numpy() if isinstance(xy, torch.Tensor) else xy)
         out = self(self.extract(image, xy_np, support))
         size = 0.5 * support * torch.exp2(out.log2_scale.cpu())
         return laf_from_pose(torch.as_tensor(xy_np, dtype=torch.float32), size.float(), out.orientation.cpu().float())
+
+
+def _points(xy) -> np.ndarray:
+    """``(N, 2)`` float64 keypoint positions from an ``(N, 2)`` array-like (``(0, 2)``, or empty, for none)."""
+    a = np.asarray(xy, dtype=np.float64)
+    if a.size == 0:
+        return a.reshape(0, 2)
+    if a.ndim != 2 or a.shape[1] != 2:
+        raise ValueError(f"keypoint positions must be an (N, 2) array of (x, y), got shape {a.shape}")
+    return a
 
 
 def detect_sift(image, n: int = 500) -> list[cv2.KeyPoint]:

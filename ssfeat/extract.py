@@ -55,6 +55,12 @@ class ExtractConfig:
     max_side: int = 4096  # longer sides are shrunk to this before extraction (0: never)
     part_size: int = 64  # images per part file
 
+    def __post_init__(self) -> None:
+        if self.max_keypoints < 1 or self.part_size < 1:
+            raise ValueError("max_keypoints and part_size must be >= 1")
+        if self.max_side != 0 and self.max_side < 32:
+            raise ValueError(f"max_side must be 0 (never shrink) or at least 32 px, got {self.max_side}")
+
 
 def image_key(path: Path, root: Path) -> str:
     """The HDF5 group name of an image: its POSIX path relative to ``root`` (or its file name)."""
@@ -106,6 +112,33 @@ def done_images(out: Path) -> tuple[set[str], list[str]]:
         done |= k
         skipped += s
     return done, skipped
+
+
+def _settings(cfg: ExtractConfig) -> dict:
+    """The settings stored in (and required of) every output and part file."""
+    return {"pipeline": cfg.pipeline, "max_keypoints": cfg.max_keypoints, "max_side": cfg.max_side}
+
+
+def check_existing(out: Path, cfg: ExtractConfig) -> None:
+    """Refuse to add to an ``out`` (or parts of an interrupted run) that is not an ssfeat feature
+    file or was extracted with other settings, instead of overwriting or mixing it."""
+    if out.is_dir():
+        raise ValueError(f"{out} is a folder; give the .h5 file to write")
+    want = _settings(cfg)
+    for p in ([out] if out.exists() else []) + sorted(_parts_dir(out).glob("part-*.h5")):
+        try:
+            with _h5().File(p, "r") as f:
+                have = {k: f.attrs.get(k) for k in want}
+        except OSError as e:
+            if p == out:
+                raise ValueError(f"{out} exists and is not an HDF5 feature file; choose another output") from e
+            continue  # a damaged part: done_images drops it
+        have = {k: v.decode() if isinstance(v, bytes) else v for k, v in have.items()}
+        if p == out and have["pipeline"] is None:
+            raise ValueError(f"{out} exists and is not an ssfeat feature file; choose another output")
+        diff = [f"{k}={have[k]!r} (now {want[k]!r})" for k in want if have[k] is not None and have[k] != want[k]]
+        if diff:
+            raise ValueError(f"{p} was extracted with {', '.join(diff)}; use the same settings or another output")
 
 
 def _skipped_key(entry: str) -> str:
@@ -207,6 +240,7 @@ def extract_folder(
     keys = [image_key(p, images) for p in paths]
     if len(set(keys)) != len(keys):
         raise ValueError(f"duplicate image names under {images}")
+    check_existing(out, cfg)
     if du.is_main():
         _parts_dir(out).mkdir(parents=True, exist_ok=True)
         for stale in _parts_dir(out).glob(".*.tmp*"):  # a part a killed run was writing
@@ -243,6 +277,7 @@ def extract_folder(
                 else:
                     _write_group(f, key, *res)
             f.create_dataset("skipped", data=np.array(bad, dtype=object), dtype=_h5().string_dtype())
+            f.attrs.update(_settings(cfg))
 
         _write_atomic(_parts_dir(out) / f"part-r{rank}-{seq:06d}.h5", fill)
         seq += 1
@@ -303,9 +338,7 @@ def merge(out: Path, cfg: ExtractConfig) -> Path:
                         src.copy(src[k], f, name=k)
                 skipped += sk
         f.create_dataset("skipped", data=np.array(sorted(set(skipped)), dtype=object), dtype=h5py.string_dtype())
-        f.attrs["pipeline"] = cfg.pipeline
-        f.attrs["max_keypoints"] = cfg.max_keypoints
-        f.attrs["max_side"] = cfg.max_side
+        f.attrs.update(_settings(cfg))
         f.attrs["ssfeat_version"] = __version__
 
     _write_atomic(out, fill)

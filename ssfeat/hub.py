@@ -61,6 +61,8 @@ def save_weights(model, path: str | Path, half: bool = False) -> Path:
     if fmt is None:
         raise TypeError(f"cannot save a {type(model).__name__}")
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; give the weights file to write, e.g. {path / 'weights.safetensors'}")
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if half:
@@ -132,6 +134,9 @@ def _read_weights(path: Path, fmt: str, what: str) -> tuple[dict, dict]:
         raise ValueError(f"{path}: not a safetensors weights file ({e})") from e
     if meta.get("format") != fmt:
         raise ValueError(f"{path}: not an ssfeat {what} weights file (format {meta.get('format')!r})")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(v.isfinite().all())]
+    if bad:
+        raise ValueError(f"{path}: weights contain NaN or Inf ({', '.join(bad[:3])}); the training diverged")
     return meta, state
 
 

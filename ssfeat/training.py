@@ -78,6 +78,16 @@ class LoopConfig:
     seed: int = 0
     ema_decay: float = 0.0  # > 0: validate, select and export an exponential moving average of the weights
 
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "val_every", "val_pairs", "ckpt_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.warmup_steps < 0 or self.workers < 0:
+            raise ValueError("warmup_steps and workers must be >= 0")
+        t = self.time_budget_min
+        if t is not None and not (math.isfinite(t) and t > 0):
+            raise ValueError(f"time_budget_min must be a positive number of minutes, got {t}")
+
 
 @dataclass
 class TrainConfig(LoopConfig):
@@ -156,6 +166,7 @@ class DescriptorTrainConfig(LoopConfig):
     pairs: DescriptorPairConfig = field(default_factory=DescriptorPairConfig)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.loss not in ("ap", "triplet"):
             raise ValueError(f"loss must be 'ap' or 'triplet', not {self.loss!r}")
 
@@ -208,6 +219,11 @@ CONFIGS = {
     "descriptor": DescriptorTrainConfig,
     "warp": WarpTrainConfig,
 }
+
+
+def _task_name(cfg: LoopConfig) -> str:
+    """The checkpoint ``task`` name of a config (``CONFIGS`` key)."""
+    return next((k for k, v in CONFIGS.items() if isinstance(cfg, v)), type(cfg).__name__)
 
 
 def config_from_checkpoint(ckpt: dict) -> LoopConfig:
@@ -721,7 +737,15 @@ def fit(
     ckpt = None
     if resume and last.exists():
         ckpt = load_checkpoint(last)
-        cfg = config_from_checkpoint(ckpt)
+        stored = config_from_checkpoint(ckpt)
+        if type(stored) is not type(cfg):
+            raise ValueError(
+                f"{last} is a {ckpt.get('task', 'pose')} run, not a {_task_name(cfg)} run: "
+                "resume it with its own train command"
+            )
+        cfg = stored
+        if total_steps is not None and total_steps <= ckpt["step"]:
+            raise ValueError(f"{last} is already at step {ckpt['step']}; the resumed run needs more steps than that")
     elif resume:
         logger.warning("no checkpoint at %s: starting a new run", last)
     if not 0.0 <= cfg.ema_decay < 1.0:

@@ -103,10 +103,16 @@ def draw_matches(
 
 
 def save_figure(fig, out: str | Path, dpi: int | None = None) -> Path:
-    """Write a matplotlib figure to ``out`` (parent folders created), close it, return the path."""
+    """Write a matplotlib figure to ``out`` (parent folders created), close it, return the path
+    written (``.png`` is appended when ``out`` has no file extension)."""
     import matplotlib.pyplot as plt
 
     out = Path(out)
+    if out.is_dir():
+        plt.close(fig)
+        raise ValueError(f"{out} is a folder; give the figure file to write, e.g. {out / 'figure.png'}")
+    if not out.suffix:
+        out = out.with_name(out.name + ".png")
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=dpi)
     plt.close(fig)

@@ -45,6 +45,8 @@ def test_unreadable_files_are_reported_and_skipped(tmp_path):
         read_image(tmp_path / "notes.jpg")
     with pytest.raises(ImageReadError, match="no such file"):
         read_image(tmp_path / "missing.png")
+    with pytest.raises(ImageReadError, match="a folder, not an image"):
+        read_image(tmp_path)
 
 
 def test_to_gray_float_rejects_nan_and_bad_shapes():
@@ -52,6 +54,9 @@ def test_to_gray_float_rejects_nan_and_bad_shapes():
         to_gray_float(np.full((4, 4), np.nan, np.float32))
     with pytest.raises(ValueError, match="shape"):
         to_gray_float(np.zeros((4, 4, 2), np.uint8))
+    with pytest.raises(ValueError, match=r"must be in \[0, 1\], found \[0, 255\]"):  # a float image of 0..255
+        to_gray_float(np.linspace(0, 255, 16, dtype=np.float32).reshape(4, 4))
+    assert to_gray_float(np.full((4, 4), 1.0005, np.float32)).max() == 1.0  # rounding noise is clipped
 
 
 def test_pairs_are_reproducible_and_labels_match_the_warp(image_dir):
@@ -198,3 +203,18 @@ def test_sequences_layouts_and_malformed_folders(tmp_path, oxford_dir):
     cv2.imwrite(str(hp / "2.ppm"), textured_image(50, 50))
     (hp / "H_1_2").write_text("1 0 0\n0 1 0\n0 0")  # not 3x3
     assert find_sequences(tmp_path) == []
+
+
+def test_a_missing_target_skips_only_that_pair(tmp_path, caplog):
+    from ssfeat.data.sequences import find_sequences
+
+    seq = tmp_path / "v_gap"
+    seq.mkdir()
+    for k in (1, 3, 4):
+        cv2.imwrite(str(seq / f"{k}.png"), textured_image(50, 50))
+    for k in (2, 3, 4):  # target 2 has a homography but no image
+        (seq / f"H_1_{k}").write_text("1 0 0\n0 1 0\n0 0 1")
+    with caplog.at_level("WARNING"):
+        (s,) = find_sequences(tmp_path)
+    assert [p.name for p in s.targets] == ["3.png", "4.png"] and len(s.H) == 2
+    assert "target 2 has H_1_2 but no image" in caplog.text

@@ -14,7 +14,7 @@ from ssfeat.hub import load_detector, save_weights
 from ssfeat.losses import dense_orientation_loss, msip_loss, visibility_masks, warp_to_view0
 from ssfeat.models.detector import DetectorConfig, OrientedKeypointNet, box_mean
 from ssfeat.models.equivariant import GroupConv, LiftingConv, disc_mask, group_pool, rotation_resampler
-from ssfeat.training import DetectorTask, DetectorTrainConfig, fit, load_checkpoint
+from ssfeat.training import DetectorTask, DetectorTrainConfig, TrainConfig, fit, load_checkpoint
 
 from .conftest import run_torchrun, textured_image
 
@@ -196,6 +196,10 @@ def test_detector_training_resume_export_and_inference(image_dir, tmp_path):
     for k in a["model"]:
         assert torch.allclose(a["model"][k].float(), b["model"][k].float(), atol=1e-6), k
     assert "rep@3px" in (tmp_path / "full" / "log.jsonl").read_text()
+    with pytest.raises(ValueError, match="already at step 4"):
+        fit(cfg, tmp_path / "part", resume=True, total_steps=3, progress=False)
+    with pytest.raises(ValueError, match="is a detector run, not a pose run"):
+        fit(TrainConfig(images=str(image_dir)), tmp_path / "part", resume=True, progress=False)
     net = load_detector(tmp_path / "full")
     path = save_weights(net, tmp_path / "det.safetensors")
     det = KeypointDetector.from_pretrained(path, DetectConfig(max_keypoints=50))
@@ -267,3 +271,24 @@ def test_detector_orientation_at_given_keypoints_and_pipelines():
     for name in ("rekd", "sift_rekdori"):
         f = build_pipeline(name, 80).extract(img)
         assert 0 < len(f) <= 80 and f.descriptors.shape == (len(f), 128)
+
+
+def test_detector_bad_keypoints_and_blank_images():
+    img = textured_image(160, 200, seed=8).astype(np.float32) / 255
+    det = KeypointDetector.from_pretrained(config=DetectConfig(max_keypoints=300))
+    for bad, msg in (
+        (np.zeros((2, 3)), r"\(N, 2\)"),
+        (np.array([[np.nan, 5.0]]), "NaN"),
+        (np.array([[500.0, 5.0]]), "outside"),
+    ):
+        with pytest.raises(ValueError, match=msg):
+            det.orientations(img, bad)
+    with pytest.raises(ValueError, match="one per keypoint"):
+        det.orientations(img, np.array([[5.0, 5.0], [9.0, 9.0]]), np.array([12.0]))
+    # flat regions have no keypoints: a blank image none, a half-blank one only in its textured half
+    assert len(det(np.full((160, 200), 0.5, np.float32))) == 0
+    half = img.copy()
+    half[:, :100] = 0.0
+    f = det(half)
+    assert len(f) > 20 and (f.keypoints[:, 0] > 100 - det.config.nms_radius - 1).all()
+    assert len(KeypointDetector.from_pretrained(config=DetectConfig(min_contrast=0))(half)) > len(f)

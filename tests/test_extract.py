@@ -59,6 +59,17 @@ def test_extract_writes_one_group_per_image_and_reports_skips(folder, tmp_path):
     assert got.image_size == (120, 160)
     with pytest.raises(KeyError):
         read_features(out, "missing.png")
+    # adding to the file needs the same settings; a file that is not ours is never overwritten
+    other = ExtractConfig(pipeline="upright", max_keypoints=50, part_size=2)
+    with pytest.raises(ValueError, match="pipeline='sift' \\(now 'upright'\\)"):
+        extract_folder(folder, out, other, progress=False)
+    victim = tmp_path / "photo.png"
+    victim.write_bytes((folder / "im0.png").read_bytes())
+    with pytest.raises(ValueError, match="not an HDF5 feature file"):
+        extract_folder(folder, victim, CFG, progress=False)
+    assert victim.read_bytes() == (folder / "im0.png").read_bytes()
+    with pytest.raises(ValueError, match="max_side"):
+        ExtractConfig(max_side=1)
 
 
 def test_extract_resumes_after_a_kill_without_loss_or_duplicates(folder, tmp_path, monkeypatch):

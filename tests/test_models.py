@@ -273,5 +273,13 @@ def test_estimate_with_cv2_keypoints_and_lafs(bundled):
         bundled.estimate(img, [cv2.KeyPoint(500.0, 10.0, 5.0)])
     with pytest.raises(ValueError, match="smaller than"):
         bundled.estimate(img[:20, :20], [cv2.KeyPoint(5.0, 5.0, 5.0)])
+    for support in (0.0, -5.0, float("nan")):
+        with pytest.raises(ValueError, match="support must be a positive"):
+            bundled.estimate(img, kps[:2], support=support)
+    with pytest.raises(ValueError, match=r"\(N, 2\)"):  # six numbers are not three keypoints
+        bundled.estimate_laf(img, np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="cv2.KeyPoint"):
+        bundled.estimate(img, np.array([[80.0, 60.0]]))
+    assert bundled.estimate_laf(img, np.zeros((0, 2))).shape == (1, 0, 2, 3)
     deep = img.astype(np.uint16) * 257  # 16-bit input gives the same poses as 8-bit
     assert [k.angle for k in bundled.estimate(deep, kps[:5])] == pytest.approx([k.angle for k in out[:5]], abs=1e-3)

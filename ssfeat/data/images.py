@@ -46,6 +46,10 @@ def to_gray_float(image: np.ndarray) -> np.ndarray:
         img = image.astype(np.float32)
         if not np.isfinite(img).all():
             raise ValueError("image contains NaN or Inf values")
+        lo, hi = float(img.min()), float(img.max())
+        if lo < -1e-3 or hi > 1.0 + 1e-3:  # e.g. a float TIFF holding 0..255: scale it to [0, 1] first
+            raise ValueError(f"float image values must be in [0, 1], found [{lo:g}, {hi:g}]")
+        img = np.clip(img, 0.0, 1.0)
     else:
         raise ValueError(f"unsupported image dtype {image.dtype}")
     if img.ndim == 3:
@@ -74,6 +78,8 @@ def read_image(path: str | Path) -> np.ndarray:
         ImageReadError: the file is missing or cannot be decoded as an image.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ImageReadError(f"{path}: a folder, not an image file")
     if not path.is_file():
         raise ImageReadError(f"{path}: no such file")
     data = np.fromfile(str(path), dtype=np.uint8)

@@ -93,12 +93,15 @@ def _numbered_sequence(d: Path, name: str, layout: str) -> list[Sequence]:
         logger.warning("%s: %s layout without a %s image, skipped", d, layout, ref_stem)
         return []
     seq = Sequence(name, layout, ref)
-    for k in range(2, 100):
+    for k in range(2, 100):  # every target that has both its image and its homography
         h, img = h_file(d, k), _find_image(d, target_stem(k))
-        if not h.is_file() or img is None:
-            break
-        seq.targets.append(img)
-        seq.H.append(read_homography(h))
+        if h.is_file() and img is not None:
+            seq.targets.append(img)
+            seq.H.append(read_homography(h))
+        elif h.is_file() or img is not None:
+            logger.warning(
+                "%s: target %d has %s but no %s, skipped", d, k, *(("an image", h.name) if img else (h.name, "image"))
+            )
     return [seq] if seq.targets else []
 
 

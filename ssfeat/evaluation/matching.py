@@ -335,15 +335,18 @@ def time_pair(pipelines: dict[str, Pipeline], image0: np.ndarray, image1: np.nda
     sift = cv2.SIFT_create(nfeatures=n)
     bf = cv2.BFMatcher(cv2.NORM_L2, crossCheck=True)
 
+    def match(d0, d1):
+        return [] if d0 is None or d1 is None else bf.match(d0, d1)  # None: no keypoints
+
     def opencv():
         _, d0 = sift.detectAndCompute(u0, None)
         _, d1 = sift.detectAndCompute(u1, None)
-        return bf.match(d0, d1)
+        return match(d0, d1)
 
     def opencv_detect_compute():
         _, d0 = sift.compute(u0, sift.detect(u0, None))
         _, d1 = sift.compute(u1, sift.detect(u1, None))
-        return bf.match(d0, d1)
+        return match(d0, d1)
 
     def pipeline(p: Pipeline):
         return lambda: p.match_features(p.extract(image0), p.extract(image1))
