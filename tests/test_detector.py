@@ -91,6 +91,8 @@ def test_bad_group_settings():
         LiftingConv(1, 1, 6, 3)
     with pytest.raises(ValueError, match="odd"):
         GroupConv(1, 1, 8, 4)
+    with pytest.raises(ValueError, match="fields"):
+        DetectorConfig(fields=(0, 0))
 
 
 def test_model_equivariance_and_export_equal_outputs():

@@ -187,6 +187,8 @@ def test_warp_pairs_targets_are_the_shared_region(image_dir):
     assert np.allclose(flat["t_a"], FRAME, atol=1e-5) and np.allclose(flat["t_b"], FRAME, atol=1e-5)
     with pytest.raises(ValueError, match="k must lie"):
         WarpPairConfig(k=1.5)
+    with pytest.raises(ValueError, match="size must be between"):
+        WarpPairConfig(size=1)
 
 
 def test_warp_pair_figure_cli(image_dir, tmp_path, capsys):

@@ -34,6 +34,8 @@ class WarpPairConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.k <= 1.0:
             raise ValueError(f"k must lie in [0, 1], got {self.k}")
+        if not 16 <= self.size <= 2048:
+            raise ValueError(f"size must be between 16 and 2048 px, got {self.size}")
 
 
 def random_trapezoid(k: float, rng: np.random.Generator) -> np.ndarray:

@@ -34,6 +34,10 @@ class DetectorConfig:
     internal_scales: tuple[float, ...] = (1.0, 0.5)
     norm_window: int = 31  # side of the local-normalisation box (pixels, odd)
 
+    def __post_init__(self) -> None:
+        if not self.fields or min(self.fields) < 1:
+            raise ValueError(f"fields must be one or more positive counts, got {self.fields}")
+
     @classmethod
     def from_dict(cls, d: dict) -> DetectorConfig:
         d = dict(d)
