@@ -405,14 +405,10 @@ def _c4_below(text: str) -> float | str:
 def cmd_export(args) -> int:
     from .evaluation.benchmarks import render_rows
     from .hub import calibrate_run_c4_below, export, model_from_checkpoint
-    from .models.patch_pose import PatchPoseNet
 
     c4_below = args.c4_below
     if c4_below == "auto":
-        model = model_from_checkpoint(args.run, args.average)
-        if not isinstance(model, PatchPoseNet):
-            raise ValueError("--c4/--c4-below apply to patch-pose runs only")
-        c4_below, rows = calibrate_run_c4_below(args.run, model)
+        c4_below, rows = calibrate_run_c4_below(args.run, model_from_checkpoint(args.run, args.average))
         print("adaptive C4 on the run's validation photos (orientation pairs, +-10 degrees):")
         table = [["c4_below", "ori ±10°", "% averaged"]]
         table += [[f"{r['c4_below']:g}", f"{r['ori_acc@10deg']:.2f}", f"{r['share_averaged']:.1f}"] for r in rows]
@@ -547,14 +543,10 @@ def _extra(items: list[str]) -> dict[str, str]:
         if "=" not in it:
             raise ValueError(f"--extra expects NAME=PATH, got {it!r}")
         k, v = it.split("=", 1)
-        if not k or k in RESERVED_METHOD_NAMES or k in out:
-            raise ValueError(f"--extra name {k!r} is empty, repeated or a built-in method's name")
+        if k in out:
+            raise ValueError(f"--extra name {k!r} given twice")
         out[k] = v
     return out
-
-
-# rows every patch-pose benchmark has (ssfeat.evaluation.benchmarks.build_methods)
-RESERVED_METHOD_NAMES = ("ssfeat", "ssfeat_single", "ssfeat_c4", "kornia_gradient", "log_scale")
 
 
 def cmd_benchmark(args) -> int:

@@ -123,9 +123,9 @@ class KeypointDetector:
         lev = img if f == 1.0 else cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
         return np.ascontiguousarray(lev, dtype=np.float32)
 
-    def _run(self, img: np.ndarray, level: tuple[int, int, float]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Score ``(1, 1, h, w)`` and orientation logits ``(1, N, h, w)`` of one pyramid level."""
-        return self.net(torch.from_numpy(self._level_image(img, level))[None, None].to(self.device))
+    def _run(self, lev: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Score ``(1, 1, h, w)`` and orientation logits ``(1, N, h, w)`` of one pyramid level image."""
+        return self.net(torch.from_numpy(lev)[None, None].to(self.device))
 
     @staticmethod
     def _read(ori: torch.Tensor, xy: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -144,19 +144,13 @@ class KeypointDetector:
         each is read (bilinearly) at the pyramid level whose feature size is closest to its size
         ``sizes`` ``(K,)`` (pixels, ``cv2.KeyPoint.size``; default: level 0), plus
         ``config.orientation_levels_up``."""
-        from .estimator import _as_image, _points
+        from .estimator import _as_image, image_points
 
         img = _as_image(image)
-        kp = _points(keypoints)
+        kp = image_points(keypoints, img.shape)
         out = np.zeros(len(kp), np.float32)
         if len(kp) == 0:
             return out
-        H, W = img.shape
-        if not np.isfinite(kp).all():
-            raise ValueError("keypoint coordinates contain NaN or Inf")
-        outside = (kp[:, 0] < -0.5) | (kp[:, 1] < -0.5) | (kp[:, 0] > W - 0.5) | (kp[:, 1] > H - 0.5)
-        if outside.any():
-            raise ValueError(f"{int(outside.sum())} keypoints lie outside the {W}x{H} image")
         if sizes is not None:
             sizes = np.asarray(sizes, np.float64).reshape(-1)
             if len(sizes) != len(kp) or not np.isfinite(sizes).all():
@@ -169,7 +163,7 @@ class KeypointDetector:
         lv = np.clip(lv + self.config.orientation_levels_up, 0, len(levels) - 1)
         for i in np.unique(lv):
             sel = np.flatnonzero(lv == i)
-            out[sel] = self._read(self._run(img, levels[i])[1], kp[sel], img.shape)
+            out[sel] = self._read(self._run(self._level_image(img, levels[i]))[1], kp[sel], img.shape)
         return out
 
     @torch.no_grad()
@@ -183,12 +177,13 @@ class KeypointDetector:
         if min(H, W) < 2 * cfg.border + 3:
             raise ValueError(f"the {W}x{H} image is too small for the detector (border {cfg.border} px)")
         levels = self.levels((H, W))
-        outs = [self._run(img, lev) for lev in levels]
+        images = [self._level_image(img, lev) for lev in levels]
+        outs = [self._run(lev) for lev in images]
         xy_all, sc_all, size_all, lv_all = [], [], [], []
         for i, ((h, w, f), (score, _)) in enumerate(zip(levels, outs)):
             score = score[0, 0]
             if cfg.min_contrast > 0:
-                keep = textured(self._level_image(img, levels[i]), cfg.nms_radius, cfg.min_contrast)
+                keep = textured(images[i], cfg.nms_radius, cfg.min_contrast)
                 score = score * torch.from_numpy(keep).to(score)
             xy, s = nms_candidates(score, cfg.nms_radius, cfg.border, cfg.max_keypoints)
             if len(s) == 0:

@@ -15,7 +15,7 @@ from torch import nn
 
 from .data.images import read_image, to_gray_float, to_uint8
 from .features import strongest_distinct
-from .geometry import angle_to_cv2, laf_from_pose
+from .geometry import angle_to_cv2, inside_image, laf_from_pose
 from .models.layers import fuse_batchnorm
 from .models.patch_pose import PatchPoseNet, decode_pose
 from .patches import sample_patches
@@ -165,15 +165,10 @@ class PatchPoseEstimator(nn.Module):
         img = _as_image(image)
         if not (math.isfinite(support) and support > 0):
             raise ValueError(f"support must be a positive window side in pixels, got {support}")
-        xy = _points(xy)
-        if not np.isfinite(xy).all():
-            raise ValueError("keypoint coordinates contain NaN or Inf")
         H, W = img.shape
         if min(H, W) < support:
             raise ValueError(f"the {W}x{H} image is smaller than the {support:g} px window read around keypoints")
-        outside = (xy[:, 0] < -0.5) | (xy[:, 1] < -0.5) | (xy[:, 0] > W - 0.5) | (xy[:, 1] > H - 0.5)
-        if outside.any():
-            raise ValueError(f"{int(outside.sum())} keypoints lie outside the {W}x{H} image")
+        xy = image_points(xy, img.shape)
         P = self.config.patch_size
         A = np.eye(2) * (support / P)
         return sample_patches(img, xy, A, P)[:, None]
@@ -206,19 +201,32 @@ class PatchPoseEstimator(nn.Module):
     def estimate_laf(self, image, xy: torch.Tensor | np.ndarray, support: float = 32.0) -> torch.Tensor:
         """kornia LAFs ``(1, N, 2, 3)`` at centres ``xy`` ``(N, 2)`` with the learned orientation and
         scale (LAF scale = half the feature size, i.e. ``support / 2 * 2**log2_scale``)."""
-        xy_np = _points(xy.detach().cpu().numpy() if isinstance(xy, torch.Tensor) else xy)
+        xy_np = xy.detach().cpu().numpy() if isinstance(xy, torch.Tensor) else xy
+        xy_np = image_points(xy_np)
         out = self(self.extract(image, xy_np, support))
         size = 0.5 * support * torch.exp2(out.log2_scale.cpu())
         return laf_from_pose(torch.as_tensor(xy_np, dtype=torch.float32), size.float(), out.orientation.cpu().float())
 
 
-def _points(xy) -> np.ndarray:
-    """``(N, 2)`` float64 keypoint positions from an ``(N, 2)`` array-like (``(0, 2)``, or empty, for none)."""
+def image_points(xy, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """``(N, 2)`` float64 keypoint positions ``(x, y)`` from an ``(N, 2)`` array-like (empty: none),
+    checked to be finite and, given the image ``shape`` ``(H, W)``, inside the image (pixel
+    centres at integers, so ``[-0.5, W - 0.5]``).
+
+    Raises:
+        ValueError: wrong shape, NaN/Inf, or points outside the image.
+    """
     a = np.asarray(xy, dtype=np.float64)
     if a.size == 0:
         return a.reshape(0, 2)
     if a.ndim != 2 or a.shape[1] != 2:
         raise ValueError(f"keypoint positions must be an (N, 2) array of (x, y), got shape {a.shape}")
+    if not np.isfinite(a).all():
+        raise ValueError("keypoint coordinates contain NaN or Inf")
+    if shape is not None:
+        outside = ~inside_image(a, shape, margin=-0.5)
+        if outside.any():
+            raise ValueError(f"{int(outside.sum())} keypoints lie outside the {shape[1]}x{shape[0]} image")
     return a
 
 

@@ -212,8 +212,8 @@ def export(
     :func:`ssfeat.evaluation.benchmarks.calibrate_c4_below` picks on the run's own validation photos.
     ``average=False`` exports the trained weights of a run that also kept a weight average (``--ema``)."""
     model = model_from_checkpoint(run, average)
-    if (c4 is not None or c4_below is not None) and not isinstance(model, PatchPoseNet):
-        raise ValueError("--c4/--c4-below apply to patch-pose runs only")
+    if c4 is not None or c4_below is not None:
+        _require_pose(model)
     if c4 is not None:
         model.set_c4(c4)
     if c4_below == "auto":
@@ -223,6 +223,11 @@ def export(
     return save_weights(model, out, half)
 
 
+def _require_pose(model) -> None:
+    if not isinstance(model, PatchPoseNet):
+        raise ValueError("--c4/--c4-below apply to patch-pose runs only")
+
+
 def calibrate_run_c4_below(run: str | Path, model: PatchPoseNet, n_pairs: int = 2000) -> tuple[float, list[dict]]:
     """Adaptive C4 threshold of a patch-pose run, chosen on its validation photos (the images its
     training held out), with the benchmark's pair protocol."""
@@ -230,6 +235,7 @@ def calibrate_run_c4_below(run: str | Path, model: PatchPoseNet, n_pairs: int = 
     from .evaluation.benchmarks import calibrate_c4_below, paper_protocol
     from .training import _split_images, config_from_checkpoint, load_checkpoint
 
+    _require_pose(model)
     cfg = config_from_checkpoint(load_checkpoint(checkpoint_file(run)))
     _, _, vpaths, vimages = _split_images(cfg)
     pcfg = paper_protocol(cfg.pairs, seed=cfg.pairs.seed + 2)

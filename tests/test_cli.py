@@ -87,6 +87,8 @@ def test_train_export_benchmark_show(image_dir, oxford_dir, tmp_path, capsys):
     )
     res = json.loads(js.read_text())
     assert res["config"]["scale_sampling"] == "paper"
+    clash = ["benchmark", "patchpose", "--images", str(image_dir), "--extra", "log_scale=x", "--json", str(js)]
+    assert main(clash) == 2 and "is empty or taken" in capsys.readouterr().err
     assert set(res["methods"]) == {"ssfeat", "ssfeat_single", "ssfeat_c4", "mine", "kornia_gradient", "log_scale"}
     assert res["methods"]["ssfeat"]["topk_recall"]["k"] == [1, 2, 3, 4]
     assert "ori_acc@10deg" in res["methods"]["kornia_gradient"] and "scale_acc@0.333" in res["methods"]["log_scale"]
@@ -150,6 +152,8 @@ def test_detector_train_export_benchmark(image_dir, oxford_dir, tmp_path, capsys
     args += ["--size", "64", "--group-order", "8", "--fields", "1,1", "--workers", "0", "--no-progress"]
     assert main(args) == 0
     assert main(["export", str(run), "--out", str(w)]) == 0
+    assert main(["export", str(run), "--out", str(w), "--c4-below", "auto"]) == 2  # a pose-only option
+    assert "patch-pose runs only" in capsys.readouterr().err
     js = tmp_path / "det.json"
     bench = ["benchmark", "detector", "--root", str(oxford_dir), "--pipelines", "sift,rekd,rekd*", "--weights", str(w)]
     assert main([*bench, "--max-keypoints", "100", "--json", str(js), "--no-progress"]) == 0

@@ -99,9 +99,8 @@ def _numbered_sequence(d: Path, name: str, layout: str) -> list[Sequence]:
             seq.targets.append(img)
             seq.H.append(read_homography(h))
         elif h.is_file() or img is not None:
-            logger.warning(
-                "%s: target %d has %s but no %s, skipped", d, k, *(("an image", h.name) if img else (h.name, "image"))
-            )
+            have, missing = ("an image", h.name) if img is not None else (h.name, "image")
+            logger.warning("%s: target %d has %s but no %s, skipped", d, k, have, missing)
     return [seq] if seq.targets else []
 
 

@@ -61,9 +61,12 @@ def build_methods(
     if c4_variant:  # the same weights: one pass only, and always averaged over 90-degree rotations
         methods.append(LearnedPose(PatchPoseEstimator.from_pretrained(name, c4=False), "ssfeat_single"))
         methods.append(LearnedPose(PatchPoseEstimator.from_pretrained(name, c4=True), "ssfeat_c4"))
-    for name, path in (extra_weights or {}).items():
-        methods.append(LearnedPose(PatchPoseEstimator.from_pretrained(path), name))
     methods += [KorniaGradientOrientation(patch_size), LoGScale(patch_size)]
+    taken = {m.name for m in methods}
+    for name, path in (extra_weights or {}).items():
+        if not name or name in taken:
+            raise ValueError(f"extra model name {name!r} is empty or taken (taken: {', '.join(sorted(taken))})")
+        methods.insert(-2, LearnedPose(PatchPoseEstimator.from_pretrained(path), name))
     return methods
 
 
