@@ -316,3 +316,18 @@ def test_paired_comparison_and_sign_test():
     assert math.isclose(r["h_auc3_diff"], 12.5)
     assert math.isclose(r["h_auc3_diff_se"], np.std([50, 0, -50, 50], ddof=1) / 2, rel_tol=1e-3)
     assert (out["a"]["x"]["h_wins"][1], out["b"]["x"]["h_wins"][1], out["b"]["x"]["h_losses"][1]) == (1, 1, 1)
+
+
+def test_run_matching_skips_pairs_a_pipeline_cannot_handle(tmp_path):
+    seq = tmp_path / "v_tiny"
+    seq.mkdir()
+    img = textured_image(160, 200, seed=4)
+    for k, im in ((1, img), (2, img), (3, img[:12, :12])):  # the 12x12 target is too small for the detector
+        cv2.imwrite(str(seq / f"{k}.png"), im)
+    for k in (2, 3):
+        (seq / f"H_1_{k}").write_text("1 0 0\n0 1 0\n0 0 1")
+    res = run_matching(
+        [tmp_path], ["sift", "rekd"], MatchingConfig(max_keypoints=100, timing_repeats=1), progress=False
+    )
+    assert res["n_pairs"] == 1 and len(res["per_pair"]["sift"]) == len(res["per_pair"]["rekd"]) == 1
+    assert len(res["skipped"]) == 1 and "3.png" in res["skipped"][0] and "too small" in res["skipped"][0]

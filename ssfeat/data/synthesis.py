@@ -136,10 +136,11 @@ class PairSynthesizer:
                 continue
             self.images.append(img)
             self.keypoints.append(kps)
+        reason = f"smaller than {2 * margin + 1} px in some dimension, or without any keypoint inside the margins"
         if self.skipped:
-            logger.warning("%d images are too small for %d px margins and are skipped", len(self.skipped), margin)
+            logger.warning("%d images are %s, skipped: %s", len(self.skipped), reason, ", ".join(self.skipped[:5]))
         if not self.images:
-            raise ValueError(f"no usable images: every image is smaller than {2 * margin + 1} px in some dimension")
+            raise ValueError(f"no usable images: every image is {reason} (blank?)")
 
     @classmethod
     def from_folder(cls, root: str | Path, cfg: PairConfig | None = None, indices: list[int] | None = None):

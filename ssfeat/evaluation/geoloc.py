@@ -107,18 +107,18 @@ def run_warp_pairs(
 
     import torch
 
-    from ..data.images import list_images, read_image
+    from ..data.images import load_folder
     from ..data.warp_pairs import WarpPairConfig, WarpPairSynthesizer
     from ..hub import load_warp
     from ..models.warp import FRAME
     from ..training import corner_metrics
 
     net = load_warp(warp_weights)
-    paths = list_images(images)
-    if not paths:
-        raise ValueError(f"{images}: no images")
     cfg = WarpPairConfig(size=net.config.size, seed=seed, k=net_k(warp_weights) if k is None else k)
-    batch = WarpPairSynthesizer([read_image(p) for p in paths], cfg).batch(range(n_pairs))
+    paths, imgs, _ = load_folder(images, min_size=16)  # unreadable and tiny files are reported and skipped
+    if not paths:
+        raise ValueError(f"{images}: no readable images of at least 16 px")
+    batch = WarpPairSynthesizer(imgs, cfg).batch(range(n_pairs))
     methods, speed = {}, {}
     for name, flips in (("ssfeat WarpNet", False), ("ssfeat WarpNet, flip-averaged", True)):
         t0 = time.perf_counter()

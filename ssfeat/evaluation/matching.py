@@ -406,11 +406,16 @@ def run_matching(
         if im0 is None or im1 is None:
             skipped.append(f"{pair.path0} -> {pair.path1}")
             continue
-        for b, pipe in bases.items():
-            for path, im in ((pair.path0, im0), (pair.path1, im1)):
-                if (b, path) not in feats:
-                    feats[b, path], dt = _timed(pipe.extract, im)
-                    extract_s[b].append(dt)
+        try:
+            for b, pipe in bases.items():
+                for path, im in ((pair.path0, im0), (pair.path1, im1)):
+                    if (b, path) not in feats:
+                        feats[b, path], dt = _timed(pipe.extract, im)
+                        extract_s[b].append(dt)
+        except ValueError as e:  # e.g. an image too small for a pipeline: every pipeline skips the pair
+            logger.warning("skipped %s -> %s: %s", pair.path0, pair.path1, e)
+            skipped.append(f"{pair.path0} -> {pair.path1}: {e}")
+            continue
         for name in pipelines:
             b = name.rstrip("*")
             f0, f1 = feats[b, pair.path0], feats[b, pair.path1]
@@ -428,7 +433,7 @@ def run_matching(
             )
             per_pair[name].append(r)
     if not any(per_pair.values()):
-        raise ValueError("every image pair was skipped (unreadable images)")
+        raise ValueError("every image pair was skipped (unreadable or too small images, see the warnings)")
     first = next(p for p in pairs if images.get(p.path0) is not None and images.get(p.path1) is not None)
     im0, im1 = (cv2.resize(images[p], (640, 480), interpolation=cv2.INTER_AREA) for p in (first.path0, first.path1))
     timing = time_pair(bases, im0, im1, cfg.timing_repeats)
