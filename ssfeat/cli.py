@@ -367,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-keypoints", type=_positive, default=ExtractConfig.max_keypoints)
     p.add_argument("--max-side", type=int, default=ExtractConfig.max_side, help="shrink larger images (0: never)")
     p.add_argument("--part-size", type=_positive, default=ExtractConfig.part_size, help="images per part file")
-    p.add_argument("--workers", type=int, default=0, help="extraction processes (0/1: this process)")
+    p.add_argument("--workers", type=_non_negative, default=0, help="extraction processes (0/1: this process)")
     p.add_argument("--threads", type=_non_negative, default=0, help="torch CPU threads (0: torch default)")
     p.add_argument("--no-progress", action="store_true")
     p = sub.add_parser("detect", help="detect oriented keypoints with the equivariant detector and draw them")
@@ -714,6 +714,8 @@ def match(
     from .pipeline import RansacHomography, build_pipeline, pipeline_estimator
     from .viz import draw_matches
 
+    if weights is not None and "ssfeat" not in pipeline:
+        raise ValueError(f"--weights sets the patch-pose model of the ssfeat pipelines; {pipeline!r} has none")
     est = pipeline_estimator(weights) if "ssfeat" in pipeline else None
     pipe = build_pipeline(pipeline, max_keypoints, est)
     img0, img1 = read_image(image0), read_image(image1)

@@ -232,6 +232,8 @@ def image_points(xy, shape: tuple[int, int] | None = None) -> np.ndarray:
 
 def detect_sift(image, n: int = 500) -> list[cv2.KeyPoint]:
     """OpenCV SIFT keypoints (positions only matter to ssfeat) on any supported image input."""
+    if not 1 <= n <= 1_000_000:
+        raise ValueError(f"n must be between 1 and 1,000,000 keypoints, got {n}")
     img = _as_image(image)
     u8 = to_uint8(img)
     return strongest_distinct(cv2.SIFT_create(nfeatures=n).detect(u8, None), n)

@@ -326,8 +326,17 @@ def test_run_matching_skips_pairs_a_pipeline_cannot_handle(tmp_path):
         cv2.imwrite(str(seq / f"{k}.png"), im)
     for k in (2, 3):
         (seq / f"H_1_{k}").write_text("1 0 0\n0 1 0\n0 0 1")
-    res = run_matching(
-        [tmp_path], ["sift", "rekd"], MatchingConfig(max_keypoints=100, timing_repeats=1), progress=False
-    )
+    cfg = MatchingConfig(max_keypoints=100, timing_repeats=1)
+    res = run_matching([tmp_path, tmp_path / "."], ["sift", "rekd"], cfg, progress=False)  # one root, twice
     assert res["n_pairs"] == 1 and len(res["per_pair"]["sift"]) == len(res["per_pair"]["rekd"]) == 1
     assert len(res["skipped"]) == 1 and "3.png" in res["skipped"][0] and "too small" in res["skipped"][0]
+
+
+def test_benchmark_json_is_strict(tmp_path):
+    import json
+
+    from ssfeat.evaluation.benchmarks import write_json
+
+    path = write_json({"acc": float("nan"), "err": [math.inf, 1.5], "n": 3}, tmp_path / "r.json")
+    strict = json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"non-standard JSON {c}"))
+    assert strict == {"acc": None, "err": [None, 1.5], "n": 3}

@@ -320,10 +320,23 @@ def render_rows(rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _json_safe(obj):
+    """``obj`` with NaN / Inf floats as ``None`` (strict JSON: e.g. an empty range's accuracy, a pair
+    without a homography)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
 def write_json(result: dict, path: str | Path) -> Path:
+    """Write a benchmark result as strict JSON (NaN and Inf become ``null``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2))
+    path.write_text(json.dumps(_json_safe(result), indent=2, allow_nan=False))
     return path
 
 

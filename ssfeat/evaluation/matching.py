@@ -103,7 +103,7 @@ def category_of(layout: str, sequence: str) -> str:
 def image_pairs(roots: list[str | Path]) -> list[ImagePair]:
     """All (reference, target) pairs of every sequence under each root."""
     out = []
-    for root in roots:
+    for root in dict.fromkeys(Path(r).resolve() for r in roots):  # a root given twice counts once
         for seq in find_sequences(root):
             cat = category_of(seq.layout, seq.name)
             for t, H in zip(seq.targets, seq.H):
