@@ -284,3 +284,10 @@ def test_ddp_gradient_equals_the_single_process_gradient(tmp_path):
     mp.spawn(_ddp_grad_worker, args=(f"file://{tmp_path / 'init'}", batch, str(out)), nprocs=2)
     for p, g in zip(net.parameters(), torch.load(out)):
         assert torch.allclose(p.grad, g, atol=1e-6, rtol=1e-4)
+
+
+def test_bad_descriptor_pair_configs_are_refused():
+    with pytest.raises(ValueError, match="size must be between"):
+        DescriptorPairConfig(size=8)
+    with pytest.raises(ValueError, match="shift must be a finite non-negative"):
+        DescriptorPairConfig(shift=float("nan"))

@@ -294,3 +294,10 @@ def test_detector_bad_keypoints_and_blank_images():
     f = det(half)
     assert len(f) > 20 and (f.keypoints[:, 0] > 100 - det.config.nms_radius - 1).all()
     assert len(KeypointDetector.from_pretrained(config=DetectConfig(min_contrast=0))(half)) > len(f)
+
+
+def test_bad_pair_configs_are_refused():
+    with pytest.raises(ValueError, match="size must be between"):
+        HomographyPairConfig(size=8)
+    with pytest.raises(ValueError, match="max_log2_scale must be a finite non-negative"):
+        HomographyPairConfig(max_log2_scale=-1.0)

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from .homography_pairs import render_view
+from .validate import check_fields, check_size
 
 
 @dataclass
@@ -46,6 +47,10 @@ class DescriptorPairConfig:
     border: int = 6  # keypoints this close to a view's edge are dropped
     photometric: bool = True
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_size(self.size, 32)
+        check_fields(self, ("max_log2_zoom", "max_rotation_deg", "perspective", "shift"))
 
 
 def _view_homography(center: np.ndarray, side: float, rot: float, persp: tuple[float, float], P: int) -> np.ndarray:

@@ -21,6 +21,7 @@ import torch
 
 from ..geometry import linear_rotation_scale
 from .synthesis import _photometric
+from .validate import check_fields, check_size
 
 
 @dataclass
@@ -31,6 +32,10 @@ class HomographyPairConfig:
     max_shear: float = 0.15  # shear coefficient uniform in [-max, max]
     photometric: bool = True  # independent gamma/contrast/brightness/noise on both views
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_size(self.size, 32)
+        check_fields(self, ("max_rotation_deg", "max_log2_scale", "max_shear"))
 
 
 def pair_affine(rotation: float, log2_scale: float, shear: float) -> np.ndarray:

@@ -21,6 +21,7 @@ import torch
 from ..geometry import TWO_PI, inside_image, linear_rotation_scale, tilt_matrix
 from ..patches import extract_patches
 from .images import load_folder, to_uint8
+from .validate import check_fields
 
 logger = logging.getLogger(__name__)
 
@@ -59,11 +60,7 @@ class PairConfig:
     def __post_init__(self) -> None:
         if not 1.0 <= self.max_tilt < 100.0:
             raise ValueError(f"max_tilt must be in [1, 100) (1: no tilt), got {self.max_tilt}")
-        for name in ("support", "max_log2_scale", "ori_log2_jitter", "ref_log2_jitter", "blur"):
-            v, positive = getattr(self, name), name == "support"
-            if not (math.isfinite(v) and (v > 0 if positive else v >= 0)):
-                kind = "positive" if positive else "non-negative"
-                raise ValueError(f"{name} must be a finite {kind} number, got {v}")
+        check_fields(self, ("max_log2_scale", "ori_log2_jitter", "ref_log2_jitter", "blur"), ("support",))
         if self.scale_sampling not in SCALE_SAMPLINGS:
             raise ValueError(f"scale_sampling must be one of {SCALE_SAMPLINGS}, got {self.scale_sampling!r}")
         if self.scale_sampling == "paper" and self.max_log2_scale != 2.0:

@@ -21,6 +21,8 @@ import cv2
 import numpy as np
 import torch
 
+from .validate import check_size
+
 FRAME = np.array([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]])  # TL, TR, BR, BL
 
 
@@ -34,8 +36,7 @@ class WarpPairConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.k <= 1.0:
             raise ValueError(f"k must lie in [0, 1], got {self.k}")
-        if not 16 <= self.size <= 2048:
-            raise ValueError(f"size must be between 16 and 2048 px, got {self.size}")
+        check_size(self.size, 16)
 
 
 def random_trapezoid(k: float, rng: np.random.Generator) -> np.ndarray:
