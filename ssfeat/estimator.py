@@ -153,7 +153,8 @@ class PatchPoseEstimator(nn.Module):
         return PoseOutput(d["orientation"][:, 0], d["log2_scale"][:, 0], d["ori_hist"], d["scale_hist"])
 
     def topk(self, patches: torch.Tensor, k: int) -> TopKPoses:
-        """The ``k`` strongest orientation and scale modes per patch (multi-pose, paper Table 2)."""
+        """The ``k`` strongest orientation and scale modes per patch (multi-pose, paper Table 2); a
+        ``k`` above a histogram's bin count (36 / 13) gives that many modes."""
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         d = decode_pose(*self._logits(patches), self.config, k=k)

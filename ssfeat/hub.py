@@ -76,11 +76,21 @@ def save_weights(model, path: str | Path, half: bool = False) -> Path:
     return path
 
 
+def _first_line(e: BaseException) -> str:
+    """The first line of an exception's message (torch's and safetensors' run over many lines)."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def _load_kind(name_or_path: str | Path, task: str, what: str):
     """A model of training task ``task`` (eval mode): bundled name, ``.safetensors`` file or run
     folder / checkpoint of that task."""
-    fmt, model_cls, config_cls, bundled = _kinds()[task]
+    kinds = _kinds()
+    fmt, model_cls, config_cls, bundled = kinds[task]
     name = str(name_or_path)
+    other = next((k for k, v in kinds.items() if k != task and name in v[3]), None)
+    if other is not None and name not in bundled and not Path(name).exists():
+        raise ValueError(f"{name!r} is the bundled {other} model, not a {what} model ({', '.join(bundled)})")
     path = Path(str(resources.files("ssfeat") / "weights" / bundled[name])) if name in bundled else Path(name)
     if path.is_dir() or path.suffix == ".pt":
         model = model_from_checkpoint(path)
@@ -92,7 +102,7 @@ def _load_kind(name_or_path: str | Path, task: str, what: str):
         net = model_cls(config_cls.from_dict(json.loads(meta["config"])))
         net.load_state_dict(state, strict=True)
     except (KeyError, TypeError, RuntimeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: weights do not match this ssfeat version ({e})") from e
+        raise ValueError(f"{path}: weights do not match this ssfeat version ({_first_line(e)})") from e
     return net.eval()
 
 
@@ -131,7 +141,7 @@ def _read_weights(path: Path, fmt: str, what: str) -> tuple[dict, dict]:
             meta = f.metadata() or {}
         state = load_file(str(path))
     except Exception as e:
-        raise ValueError(f"{path}: not a safetensors weights file ({e})") from e
+        raise ValueError(f"{path}: not a safetensors weights file ({_first_line(e)})") from e
     if meta.get("format") != fmt:
         raise ValueError(f"{path}: not an ssfeat {what} weights file (format {meta.get('format')!r})")
     bad = [k for k, v in state.items() if v.is_floating_point() and not bool(v.isfinite().all())]

@@ -256,7 +256,8 @@ def load_checkpoint(path: Path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated or foreign files
-        raise ValueError(f"{path}: not a readable ssfeat checkpoint ({e})") from e
+        # torch's own message runs over many lines and suggests weights_only=False: not for untrusted files
+        raise ValueError(f"{path}: not a PyTorch checkpoint, or truncated ({type(e).__name__})") from e
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise ValueError(f"{path}: not an ssfeat checkpoint")
     if ckpt.get("checkpoint_version") != CHECKPOINT_VERSION:

@@ -196,8 +196,16 @@ def test_weights_roundtrip(tmp_path):
     with torch.no_grad():
         assert torch.equal(net(x)[0], net2(x)[0])
     (tmp_path / "bad.safetensors").write_bytes(b"garbage")
-    with pytest.raises(ValueError, match="not a safetensors"):
+    with pytest.raises(ValueError, match="not a safetensors") as err:
         load_weights(tmp_path / "bad.safetensors")
+    assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="'detector' is the bundled detector model, not a patch-pose model"):
+        load_weights("detector")
+    nan = PatchPoseNet(PatchPoseConfig()).eval()
+    with torch.no_grad():
+        next(nan.parameters()).fill_(float("nan"))
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        load_weights(save_weights(nan, tmp_path / "nan.safetensors"))
 
 
 def test_histogram_peaks_subbin():
