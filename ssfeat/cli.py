@@ -404,9 +404,10 @@ def _c4_below(text: str) -> float | str:
 
 def cmd_export(args) -> int:
     from .evaluation.benchmarks import render_rows
-    from .hub import calibrate_run_c4_below, export, model_from_checkpoint
+    from .hub import _weights_target, calibrate_run_c4_below, export, model_from_checkpoint
 
     c4_below = args.c4_below
+    _weights_target(args.out)  # refuse a folder before the calibration
     if c4_below == "auto":
         c4_below, rows = calibrate_run_c4_below(args.run, model_from_checkpoint(args.run, args.average))
         print("adaptive C4 on the run's validation photos (orientation pairs, +-10 degrees):")

@@ -210,9 +210,10 @@ class PatchPoseEstimator(nn.Module):
 
 
 def image_points(xy, shape: tuple[int, int] | None = None) -> np.ndarray:
-    """``(N, 2)`` float64 keypoint positions ``(x, y)`` from an ``(N, 2)`` array-like (empty: none),
-    checked to be finite and, given the image ``shape`` ``(H, W)``, inside the image (pixel
-    centres at integers, so ``[-0.5, W - 0.5]``).
+    """``(N, 2)`` float64 keypoint positions ``(x, y)`` from an array-like whose last axis holds
+    ``(x, y)`` (``(N, 2)``, kornia's ``(1, N, 2)``, OpenCV's ``(N, 1, 2)``; empty: none), checked to
+    be finite and, given the image ``shape`` ``(H, W)``, inside the image (pixel centres at
+    integers, so ``[-0.5, W - 0.5]``).
 
     Raises:
         ValueError: wrong shape, NaN/Inf, or points outside the image.
@@ -220,8 +221,9 @@ def image_points(xy, shape: tuple[int, int] | None = None) -> np.ndarray:
     a = np.asarray(xy, dtype=np.float64)
     if a.size == 0:
         return a.reshape(0, 2)
-    if a.ndim != 2 or a.shape[1] != 2:
-        raise ValueError(f"keypoint positions must be an (N, 2) array of (x, y), got shape {a.shape}")
+    if a.ndim < 2 or a.shape[-1] != 2:
+        raise ValueError(f"keypoint positions must be an (N, 2) array of (x, y) (or (1, N, 2)), got shape {a.shape}")
+    a = a.reshape(-1, 2)
     if not np.isfinite(a).all():
         raise ValueError("keypoint coordinates contain NaN or Inf")
     if shape is not None:

@@ -51,6 +51,14 @@ def _kinds() -> dict[str, tuple]:
     }
 
 
+def _weights_target(path: str | Path) -> Path:
+    """``path`` as a weights file to write (a folder is refused)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; give the weights file to write, e.g. {path / 'weights.safetensors'}")
+    return path
+
+
 def save_weights(model, path: str | Path, half: bool = False) -> Path:
     """Write a PatchPoseNet's, OrientedKeypointNet's, DescriptorNet's or WarpNet's weights and config
     to a safetensors file. ``half`` stores floating-point tensors as float16 (half the size; they
@@ -60,9 +68,7 @@ def save_weights(model, path: str | Path, half: bool = False) -> Path:
     fmt = next((k[0] for k in _kinds().values() if type(model) is k[1]), None)
     if fmt is None:
         raise TypeError(f"cannot save a {type(model).__name__}")
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{path} is a folder; give the weights file to write, e.g. {path / 'weights.safetensors'}")
+    path = _weights_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if half:
@@ -201,8 +207,8 @@ def model_from_checkpoint(run: str | Path, average: bool = True):
         cfg = config_from_checkpoint(ckpt)
         model = _kinds()[ckpt.get("task", "pose")][1](cfg.model)
         model.load_state_dict(ckpt["ema"] if average and "ema" in ckpt else ckpt["model"], strict=True)
-    except (KeyError, TypeError, RuntimeError) as e:
-        raise ValueError(f"{path}: checkpoint does not match this ssfeat version ({e})") from e
+    except (KeyError, TypeError, RuntimeError, ValueError) as e:
+        raise ValueError(f"{path}: checkpoint does not match this ssfeat version ({_first_line(e)})") from e
     return model.eval()
 
 
@@ -221,6 +227,7 @@ def export(
     ``c4_below`` (patch-pose models) stores an adaptive C4 threshold, or ``"auto"``: the one
     :func:`ssfeat.evaluation.benchmarks.calibrate_c4_below` picks on the run's own validation photos.
     ``average=False`` exports the trained weights of a run that also kept a weight average (``--ema``)."""
+    _weights_target(out)  # before the (possibly slow) calibration
     model = model_from_checkpoint(run, average)
     if c4 is not None or c4_below is not None:
         _require_pose(model)

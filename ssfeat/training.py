@@ -85,7 +85,9 @@ class LoopConfig:
         if self.warmup_steps < 0 or self.workers < 0:
             raise ValueError("warmup_steps and workers must be >= 0")
         t = self.time_budget_min
-        if t is not None and not (math.isfinite(t) and t > 0):
+        if t is not None and t == 0:  # "no budget" in checkpoints written before this check
+            self.time_budget_min = None
+        elif t is not None and not (math.isfinite(t) and t > 0):
             raise ValueError(f"time_budget_min must be a positive number of minutes, got {t}")
 
 
@@ -232,7 +234,10 @@ def config_from_checkpoint(ckpt: dict) -> LoopConfig:
     task = ckpt.get("task", "pose")
     if task not in CONFIGS:
         raise ValueError(f"unknown training task {task!r} in the checkpoint")
-    return CONFIGS[task].from_dict(ckpt["config"])
+    try:
+        return CONFIGS[task].from_dict(ckpt["config"])
+    except ValueError as e:  # a stored value this version refuses
+        raise ValueError(f"the checkpoint's {task} config is not valid for this ssfeat version: {e}") from e
 
 
 def save_atomic(obj, path: Path) -> None:
@@ -253,11 +258,15 @@ def load_checkpoint(path: Path) -> dict:
     Raises:
         ValueError: not an ssfeat checkpoint or written by an incompatible version.
     """
+    if not Path(path).is_file():
+        raise ValueError(f"{path}: no such checkpoint file")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated or foreign files
-        # torch's own message runs over many lines and suggests weights_only=False: not for untrusted files
-        raise ValueError(f"{path}: not a PyTorch checkpoint, or truncated ({type(e).__name__})") from e
+    except Exception as e:  # torch's own messages run over many lines and suggest weights_only=False,
+        # which is unsafe for files from elsewhere: name the failure instead
+        raise ValueError(
+            f"{path}: not an ssfeat checkpoint (truncated, or not a PyTorch file: {type(e).__name__})"
+        ) from e
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise ValueError(f"{path}: not an ssfeat checkpoint")
     if ckpt.get("checkpoint_version") != CHECKPOINT_VERSION:
@@ -745,8 +754,8 @@ def fit(
                 "resume it with its own train command"
             )
         cfg = stored
-        if total_steps is not None and total_steps <= ckpt["step"]:
-            raise ValueError(f"{last} is already at step {ckpt['step']}; the resumed run needs more steps than that")
+        if total_steps is not None and total_steps < ckpt["step"]:
+            raise ValueError(f"{last} is already at step {ckpt['step']}; the resumed run cannot be shorter")
     elif resume:
         logger.warning("no checkpoint at %s: starting a new run", last)
     if not 0.0 <= cfg.ema_decay < 1.0:

@@ -289,5 +289,9 @@ def test_estimate_with_cv2_keypoints_and_lafs(bundled):
     with pytest.raises(ValueError, match="cv2.KeyPoint"):
         bundled.estimate(img, np.array([[80.0, 60.0]]))
     assert bundled.estimate_laf(img, np.zeros((0, 2))).shape == (1, 0, 2, 3)
+    xy = np.array([k.pt for k in kps[:3]])  # kornia's (1, N, 2) and OpenCV's (N, 1, 2) layouts too
+    assert torch.equal(bundled.estimate_laf(img, xy[None]), laf) and torch.equal(
+        bundled.estimate_laf(img, xy[:, None]), laf
+    )
     deep = img.astype(np.uint16) * 257  # 16-bit input gives the same poses as 8-bit
     assert [k.angle for k in bundled.estimate(deep, kps[:5])] == pytest.approx([k.angle for k in out[:5]], abs=1e-3)

@@ -1,3 +1,4 @@
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -135,7 +136,7 @@ def test_checkpoint_is_atomic_and_versioned(tmp_path):
     with pytest.raises(ValueError, match="version 99"):
         load_checkpoint(path)
     path.write_bytes(b"truncated")
-    with pytest.raises(ValueError, match=r"not a PyTorch checkpoint, or truncated \(\w+\)$"):  # one short line
+    with pytest.raises(ValueError, match=r"not an ssfeat checkpoint \(truncated, or not a PyTorch file: \w+\)$"):
         load_checkpoint(path)
 
 
@@ -145,3 +146,16 @@ def test_ddp_two_processes(image_dir, tmp_path):
     run_torchrun([*args, "--batch-size", "8", "--workers", "0", "--val-every", "3", "--no-progress"])
     ck = load_checkpoint(tmp_path / "ddp" / "last.pt")
     assert ck["step"] == 3
+
+
+def test_config_checks_and_stored_configs():
+    assert TrainConfig(time_budget_min=0).time_budget_min is None  # "no budget" in older checkpoints
+    for bad in ({"val_every": 0}, {"time_budget_min": -1.0}, {"warmup_steps": -5}):
+        with pytest.raises(ValueError):
+            TrainConfig(**bad)
+    from ssfeat.training import config_from_checkpoint
+
+    stored = dataclasses.asdict(TrainConfig())
+    stored["pairs"]["blur"] = -1.0  # a value this version refuses
+    with pytest.raises(ValueError, match="checkpoint's pose config is not valid.*blur"):
+        config_from_checkpoint({"task": "pose", "config": stored})

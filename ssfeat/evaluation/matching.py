@@ -103,7 +103,11 @@ def category_of(layout: str, sequence: str) -> str:
 def image_pairs(roots: list[str | Path]) -> list[ImagePair]:
     """All (reference, target) pairs of every sequence under each root."""
     out = []
-    for root in dict.fromkeys(Path(r).resolve() for r in roots):  # a root given twice counts once
+    seen = set()
+    for root in map(Path, roots):
+        if root.resolve() in seen:  # a root given twice counts once
+            continue
+        seen.add(root.resolve())
         for seq in find_sequences(root):
             cat = category_of(seq.layout, seq.name)
             for t, H in zip(seq.targets, seq.H):
@@ -385,7 +389,7 @@ def run_matching(
     feats: dict[tuple[str, Path], Features] = {}
     extract_s = {b: [] for b in bases}
     per_pair: dict[str, list[dict]] = {name: [] for name in pipelines}
-    skipped = []
+    skipped, scored = [], []
 
     def image(path: Path) -> np.ndarray | None:
         if path not in images:
@@ -416,6 +420,7 @@ def run_matching(
             logger.warning("skipped %s -> %s: %s", pair.path0, pair.path1, e)
             skipped.append(f"{pair.path0} -> {pair.path1}: {e}")
             continue
+        scored.append(pair)
         for name in pipelines:
             b = name.rstrip("*")
             f0, f1 = feats[b, pair.path0], feats[b, pair.path1]
@@ -434,7 +439,7 @@ def run_matching(
             per_pair[name].append(r)
     if not any(per_pair.values()):
         raise ValueError("every image pair was skipped (unreadable or too small images, see the warnings)")
-    first = next(p for p in pairs if images.get(p.path0) is not None and images.get(p.path1) is not None)
+    first = scored[0]  # timed on the first pair every pipeline processed
     im0, im1 = (cv2.resize(images[p], (640, 480), interpolation=cv2.INTER_AREA) for p in (first.path0, first.path1))
     timing = time_pair(bases, im0, im1, cfg.timing_repeats)
     out = _meta(BenchmarkConfig(), "matching", roots=[str(r) for r in roots], skipped=skipped)
