@@ -68,6 +68,16 @@ def _add_loop_args(p, d, batch_help: str) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
+def _add_sift_first_octave(p) -> None:
+    p.add_argument(
+        "--sift-first-octave",
+        type=int,
+        choices=(-1, 0),
+        default=0,
+        help="SIFT descriptor pyramid: 0 starts at the image (faster), -1 upsamples it first (OpenCV's own)",
+    )
+
+
 def _add_train(sub) -> None:
     from .data.homography_pairs import HomographyPairConfig
     from .data.synthesis import PairConfig
@@ -94,6 +104,12 @@ def _add_train(sub) -> None:
     )
     p.add_argument(
         "--max-tilt", type=float, default=pc.max_tilt, help="viewpoint augmentation: tilt views up to this (1: off)"
+    )
+    p.add_argument(
+        "--zoom-out-pairs",
+        type=float,
+        default=pc.zoom_out_pairs,
+        help="fraction of scale pairs with both views downsampled (no blur cue to magnification)",
     )
     p.add_argument(
         "--window", type=float, default=m.window, help="circular input window, radius in half patch sides (0: off)"
@@ -209,6 +225,7 @@ def _add_benchmark(sub) -> None:
         help="comma-separated pipeline names (see ssfeat.pipeline.PIPELINES; '*' adds the orientation filter)",
     )
     p.add_argument("--max-keypoints", type=_positive, default=MatchingConfig.max_keypoints, help="per image")
+    _add_sift_first_octave(p)
     p.add_argument(
         "--weights", default=None, help="patch-pose weights/run, one pass per patch (default: patchpose_tiny)"
     )
@@ -317,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--pipeline", default="ssfeat*", help=f"one of {', '.join(PIPELINES)}; '*' adds the orientation filter"
     )
     p.add_argument("--max-keypoints", type=_positive, default=1000)
+    _add_sift_first_octave(p)
     p.add_argument(
         "--weights", default=None, help="patch-pose weights/run, one pass per patch (default: patchpose_tiny)"
     )
@@ -367,6 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-keypoints", type=_positive, default=ExtractConfig.max_keypoints)
     p.add_argument("--max-side", type=int, default=ExtractConfig.max_side, help="shrink larger images (0: never)")
     p.add_argument("--part-size", type=_positive, default=ExtractConfig.part_size, help="images per part file")
+    _add_sift_first_octave(p)
     p.add_argument("--workers", type=_non_negative, default=0, help="extraction processes (0/1: this process)")
     p.add_argument("--threads", type=_non_negative, default=0, help="torch CPU threads (0: torch default)")
     p.add_argument("--no-progress", action="store_true")
@@ -448,6 +467,7 @@ def cmd_train(args) -> int:
             blur=args.blur,
             max_tilt=args.max_tilt,
             ori_log2_jitter=args.ori_scale_jitter,
+            zoom_out_pairs=args.zoom_out_pairs,
             seed=args.seed,
         ),
     )
@@ -626,7 +646,7 @@ def cmd_benchmark_matching(args) -> int:
     if not names:
         raise ValueError("--pipelines is empty")
     est = pipeline_estimator(args.weights)
-    cfg = MatchingConfig(max_keypoints=args.max_keypoints)
+    cfg = MatchingConfig(max_keypoints=args.max_keypoints, sift_first_octave=args.sift_first_octave)
     result = run_matching(args.root, names, cfg, est, progress=not args.no_progress)
     print(f"matching: {result['n_pairs']} image pairs, {cfg.max_keypoints} keypoints per image")
     print(format_matching_table(result))
@@ -708,6 +728,7 @@ def match(
     pipeline: str = "ssfeat*",
     max_keypoints: int = 1000,
     weights: str | None = None,
+    sift_first_octave: int = 0,
 ) -> dict:
     """Match two images with a named pipeline, fit a RANSAC homography and draw the matches
     (inliers green). Returns counts and the homography."""
@@ -718,7 +739,7 @@ def match(
     if weights is not None and "ssfeat" not in pipeline:
         raise ValueError(f"--weights sets the patch-pose model of the ssfeat pipelines; {pipeline!r} has none")
     est = pipeline_estimator(weights) if "ssfeat" in pipeline else None
-    pipe = build_pipeline(pipeline, max_keypoints, est)
+    pipe = build_pipeline(pipeline, max_keypoints, est, sift_first_octave=sift_first_octave)
     img0, img1 = read_image(image0), read_image(image1)
     res = pipe(img0, img1)
     xy0 = res.features0.keypoints[res.matches.idx[:, 0]]
@@ -929,7 +950,7 @@ def cmd_extract(args) -> int:
     from .extract import ExtractConfig, extract_folder
 
     _set_threads(args.threads)
-    cfg = ExtractConfig(args.pipeline, args.max_keypoints, args.max_side, args.part_size)
+    cfg = ExtractConfig(args.pipeline, args.max_keypoints, args.max_side, args.part_size, args.sift_first_octave)
     du.init_from_env()  # under torchrun: shard the images over the processes
     rank = du.rank()
     try:
@@ -963,7 +984,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"figure: {show(args.image, args.out, args.weights, args.n, args.support, args.histograms)}")
             return 0
         if args.cmd == "match":
-            r = match(args.image0, args.image1, args.out, args.pipeline, args.max_keypoints, args.weights)
+            r = match(
+                args.image0,
+                args.image1,
+                args.out,
+                args.pipeline,
+                args.max_keypoints,
+                args.weights,
+                args.sift_first_octave,
+            )
             print(r["title"])
             if r["H_0to1"] is not None:
                 print("H_0to1 =\n" + "\n".join("  " + " ".join(f"{v: .6g}" for v in row) for row in r["H_0to1"]))

@@ -54,10 +54,13 @@ class ExtractConfig:
     max_keypoints: int = 1000
     max_side: int = 4096  # longer sides are shrunk to this before extraction (0: never)
     part_size: int = 64  # images per part file
+    sift_first_octave: int = 0  # SIFT descriptor pyramid (ssfeat.pipeline.SIFTDescriptor; -1: OpenCV's own)
 
     def __post_init__(self) -> None:
         if self.max_keypoints < 1 or self.part_size < 1:
             raise ValueError("max_keypoints and part_size must be >= 1")
+        if self.sift_first_octave not in (-1, 0):
+            raise ValueError(f"sift_first_octave must be -1 or 0, got {self.sift_first_octave}")
         if self.max_side != 0 and self.max_side < 32:
             raise ValueError(f"max_side must be 0 (never shrink) or at least 32 px, got {self.max_side}")
 
@@ -116,7 +119,12 @@ def done_images(out: Path) -> tuple[set[str], list[str]]:
 
 def _settings(cfg: ExtractConfig) -> dict:
     """The settings stored in (and required of) every output and part file."""
-    return {"pipeline": cfg.pipeline, "max_keypoints": cfg.max_keypoints, "max_side": cfg.max_side}
+    return {
+        "pipeline": cfg.pipeline,
+        "max_keypoints": cfg.max_keypoints,
+        "max_side": cfg.max_side,
+        "sift_first_octave": cfg.sift_first_octave,
+    }
 
 
 def check_existing(out: Path, cfg: ExtractConfig) -> None:
@@ -178,7 +186,7 @@ class _Extractor:
         from .pipeline import build_pipeline
 
         self.cfg = cfg
-        self.pipe = build_pipeline(cfg.pipeline, cfg.max_keypoints)
+        self.pipe = build_pipeline(cfg.pipeline, cfg.max_keypoints, sift_first_octave=cfg.sift_first_octave)
 
     def __call__(self, path: Path):
         """``(features, (H, W), resize)`` or a ``"path: reason"`` string."""

@@ -112,12 +112,12 @@ class Features:
             descriptors,
         )
 
-    def to_cv2(self) -> list[cv2.KeyPoint]:
+    def to_cv2(self, first_octave: int = -1) -> list[cv2.KeyPoint]:
         """``cv2.KeyPoint`` list with ``angle`` in OpenCV's clockwise degrees and ``octave`` packed
         from ``size`` the way OpenCV's SIFT does, so that ``cv2.SIFT.compute`` samples the right
-        pyramid level."""
+        pyramid level (``first_octave``: see :func:`sift_octaves`)."""
         ang = angle_to_cv2(self.orientations) if len(self) else []
-        octs = sift_octaves(self.scales, self.image_size)
+        octs = sift_octaves(self.scales, self.image_size, first_octave)
         return [
             cv2.KeyPoint(float(x), float(y), float(s), float(a), float(r), int(o))
             for (x, y), s, a, r, o in zip(self.keypoints, self.scales, ang, self.scores, octs)
@@ -165,22 +165,28 @@ _SIFT_SIGMA = 1.6
 _SIFT_LAYERS = 3
 
 
-def sift_octaves(sizes: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
+def sift_octaves(sizes: np.ndarray, image_size: tuple[int, int], first_octave: int = -1) -> np.ndarray:
     """OpenCV ``KeyPoint.octave`` fields for keypoints of the given sizes.
 
     OpenCV's SIFT gives a keypoint at octave ``o`` (``-1`` = upsampled image), layer ``l`` (1..3) and
     offset ``xi`` the size ``2 * 1.6 * 2**(o + (l + xi) / 3)``; this inverts that relation (octaves
     clamped to what the image supports) and packs ``o & 255 | l << 8 | round((xi + 0.5) * 255) << 16``.
+
+    ``first_octave=0`` places keypoints smaller than octave 0's first layer (size ``2 * 1.6``) at
+    octave 0, layer 0 (the image blurred to sigma 1.6), so that ``cv2.SIFT.compute`` does not build
+    the upsampled octave -1, about three quarters of its pyramid (VLFeat's SIFT starts at octave 0 too).
     """
+    if first_octave not in (-1, 0):
+        raise ValueError(f"first_octave must be -1 or 0, got {first_octave}")
     sizes = np.asarray(sizes, dtype=np.float64).reshape(-1)
     if len(sizes) == 0:
         return np.zeros(0, np.int64)
     v = _SIFT_LAYERS * np.log2(np.maximum(sizes, 1e-3) / (2 * _SIFT_SIGMA))
     o = np.floor((v - 0.5) / _SIFT_LAYERS)
     max_oct = max(0, int(math.log2(max(min(image_size), 2))) - 3)
-    o = np.clip(o, -1, max_oct)
+    o = np.clip(o, first_octave, max_oct)
     r = v - _SIFT_LAYERS * o
-    layer = np.clip(np.round(r), 1, _SIFT_LAYERS)
+    layer = np.clip(np.round(r), 1 if first_octave < 0 else 0, _SIFT_LAYERS)
     xi = np.clip(r - layer, -0.5, 0.5)
     oi = o.astype(np.int64)
     return (oi & 255) | (layer.astype(np.int64) << 8) | (np.round((xi + 0.5) * 255).astype(np.int64) << 16)

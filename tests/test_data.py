@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from ssfeat.data.images import ImageReadError, list_images, load_folder, read_image, to_gray_float
-from ssfeat.data.synthesis import PairConfig, PairSynthesizer, _paper_log2_scale, _tilt_views, split_by_image
+from ssfeat.data.synthesis import (
+    PairConfig,
+    PairSynthesizer,
+    _paper_log2_scale,
+    _tilt_views,
+    _zoomed_out_reference,
+    split_by_image,
+)
 from ssfeat.evaluation.benchmarks import paper_protocol
 from ssfeat.geometry import angle_diff, linear_rotation_scale, rotation_matrix
 
@@ -172,6 +179,42 @@ def test_paper_scale_sampling_mixes_grid_and_linear_magnifications(image_dir):
         PairConfig(scale_sampling="linear")
     with pytest.raises(ValueError, match="spans log2 scales"):
         PairConfig(scale_sampling="paper", max_log2_scale=3.0)
+
+
+def test_zoom_out_pairs_keep_both_views_sharp(image_dir):
+    rng = np.random.default_rng(0)
+    for lsc in rng.uniform(-2, 2, 500):
+        l0 = _zoomed_out_reference(float(lsc), 2.0**2.5, rng)
+        assert -2.5 - 1e-9 <= min(l0, l0 + lsc) and max(l0, l0 + lsc) <= 1e-9
+
+    def sharpness_ratios(cfg):  # gradient energy of the magnified view / the reference, big magnifications
+        s = PairSynthesizer.from_folder(image_dir, cfg)
+        out = []
+        for i in range(120):
+            p0, p1, _, lsc = s.sample("scale", i)
+            if lsc > 1.0 and p0.std() > 0.03:
+                out.append(np.abs(cv2.Laplacian(p1, cv2.CV_32F)).mean() / np.abs(cv2.Laplacian(p0, cv2.CV_32F)).mean())
+        assert len(out) >= 10
+        return np.median(out)
+
+    base = dict(photometric=False, ref_random_pose=False, n_random=20)
+    plain, zoomed = PairConfig(**base), PairConfig(**base, zoom_out_pairs=1.0)
+    assert sharpness_ratios(zoomed) > 1.4 * sharpness_ratios(plain)  # upsampled views are blurry, downsampled not
+    # same labels as plain pairs otherwise, and the content still matches them (patch 1 = patch 0 zoomed)
+    s = PairSynthesizer.from_folder(image_dir, zoomed)
+    checked = 0
+    for i in range(60):
+        p0, p1, _, lsc = s.sample("scale", i)
+        if not 0.4 < lsc < 1.5 or p0.std() < 0.03:
+            continue
+        zoom = cv2.warpAffine(p0, cv2.getRotationMatrix2D((15.5, 15.5), 0.0, 2.0**lsc), (32, 32))
+        if zoom[8:24, 8:24].std() < 0.03:
+            continue
+        assert np.corrcoef(zoom[8:24, 8:24].ravel(), p1[8:24, 8:24].ravel())[0, 1] > 0.8
+        checked += 1
+    assert checked >= 3
+    with pytest.raises(ValueError, match="zoom_out_pairs"):
+        PairConfig(zoom_out_pairs=1.5)
 
 
 def test_split_is_by_image_and_deterministic(image_dir):

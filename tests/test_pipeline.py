@@ -85,12 +85,25 @@ def test_sift_descriptor_on_sift_pose_equals_opencv(image):
     u8 = (image * 255).astype(np.uint8)
     sift = cv2.SIFT_create(nfeatures=200)
     kps, ref = sift.detectAndCompute(u8, None)
-    f = SIFTDescriptor()(image, Features.from_cv2(kps, image.shape))
+    f = SIFTDescriptor(first_octave=-1)(image, Features.from_cv2(kps, image.shape))
     ref = ref / np.linalg.norm(ref, axis=1, keepdims=True)
     cos = (f.descriptors * ref).sum(1)
     assert np.median(cos) > 0.999 and (cos > 0.99).mean() > 0.95
     root = SIFTDescriptor(root=True)(image, Features.from_cv2(kps, image.shape)).descriptors
     np.testing.assert_allclose(np.linalg.norm(root, axis=1), 1.0, atol=1e-4)
+    # the default pyramid starts at octave 0: features of OpenCV's upsampled octave -1 read the image
+    # at sigma 1.6 (close, not equal), the others the same pyramid level as OpenCV
+    fast = SIFTDescriptor()(image, Features.from_cv2(kps, image.shape)).descriptors
+    octave = np.array([k.octave & 255 for k in kps]).astype(np.uint8).view(np.int8)
+    cos = (fast * ref).sum(1)
+    assert (octave < 0).sum() >= 20 and (octave >= 0).sum() >= 20
+    assert np.median(cos[octave >= 0]) > 0.995 and np.median(cos[octave < 0]) > 0.9
+    assert np.median(cos[octave < 0]) < 0.995  # really another level for these
+    packed = sift_octaves(np.array([k.size for k in kps]), image.shape, first_octave=0)
+    low = (packed & 255).astype(np.uint8).view(np.int8)
+    assert low.min() == 0 and (((packed >> 8) & 255)[octave < 0] <= 1).all()
+    with pytest.raises(ValueError, match="first_octave"):
+        SIFTDescriptor(first_octave=1)
 
 
 def test_detector_budget_and_distinct_locations(image):

@@ -45,6 +45,10 @@ class PairConfig:
     ref_random_pose: bool = True  # reference patch gets a random rotation and a small scale jitter
     ref_log2_jitter: float = 0.5  # uniform jitter of the reference scale when ref_random_pose
     photometric: bool = True  # independent brightness/contrast/gamma/noise on both patches
+    # scale pairs: this fraction of them has both views zoomed out (downsampled from the photo, so both
+    # as sharp as a native patch) instead of a reference near the photo's resolution; upsampled
+    # (magnified) views are blurry, a cue that tells magnification but not shrinking apart
+    zoom_out_pairs: float = 0.0
     blur: float = 0.0  # with photometric: blur half of the patches by a Gaussian of sigma in [0.3, blur] px
     # viewpoint: each view of a pair is, with probability 1/2, tilted by t in [1, max_tilt] (log-uniform,
     # random direction: a plane seen at acos(1/t) from its normal; capped for strongly zoomed-out views
@@ -61,6 +65,8 @@ class PairConfig:
         if not 1.0 <= self.max_tilt < 100.0:
             raise ValueError(f"max_tilt must be in [1, 100) (1: no tilt), got {self.max_tilt}")
         check_fields(self, ("max_log2_scale", "ori_log2_jitter", "ref_log2_jitter", "blur"), ("support",))
+        if not 0.0 <= self.zoom_out_pairs <= 1.0:
+            raise ValueError(f"zoom_out_pairs must be a fraction in [0, 1], got {self.zoom_out_pairs}")
         if self.scale_sampling not in SCALE_SAMPLINGS:
             raise ValueError(f"scale_sampling must be one of {SCALE_SAMPLINGS}, got {self.scale_sampling!r}")
         if self.scale_sampling == "paper" and self.max_log2_scale != 2.0:
@@ -174,6 +180,8 @@ class PairSynthesizer:
             lsc0 = float(rng.uniform(-cfg.ref_log2_jitter, cfg.ref_log2_jitter))
         else:
             rot0, lsc0 = 0.0, 0.0
+        if kind == "scale" and cfg.zoom_out_pairs > 0 and rng.random() < cfg.zoom_out_pairs:
+            lsc0 = _zoomed_out_reference(lsc, cfg.max_zoom_out(), rng)
         if kind == "scale" and not cfg.ref_random_pose:
             rot = 0.0
         a = cfg.support / cfg.patch_size
@@ -205,6 +213,13 @@ def _paper_log2_scale(rng: np.random.Generator) -> float:
     if rng.random() < 1.0 / 13.0:  # PatchPoseB: the unchanged patch is one of its 13 scales
         return 0.0
     return float(np.log2(rng.uniform(0.25, 4.0)))
+
+
+def _zoomed_out_reference(lsc: float, max_zoom_out: float, rng: np.random.Generator) -> float:
+    """A reference log2 scale ``l0`` for a scale pair of change ``lsc`` such that both views, ``l0``
+    and ``l0 + lsc``, are zoomed out (<= 0) by at most ``max_zoom_out`` (the synthesis margin)."""
+    lo = -math.log2(max_zoom_out)
+    return float(rng.uniform(max(lo, lo - lsc), min(0.0, -lsc)))
 
 
 def _inverse_similarity(rot: float, log2_scale: float) -> np.ndarray:

@@ -79,6 +79,7 @@ class MatchingConfig:
     ransac_iters: int = 5000
     ransac_confidence: float = 0.9995
     timing_repeats: int = 5
+    sift_first_octave: int = 0  # SIFT descriptor pyramid (ssfeat.pipeline.SIFTDescriptor; -1: OpenCV's own)
 
 
 @dataclass
@@ -382,7 +383,8 @@ def run_matching(
     if isinstance(pipelines, dict):  # custom Pipeline objects by name
         bases, pipelines = {k.rstrip("*"): v for k, v in pipelines.items()}, list(pipelines)
     else:
-        bases = {n.rstrip("*"): build_pipeline(n.rstrip("*"), cfg.max_keypoints, est) for n in pipelines}
+        names = dict.fromkeys(n.rstrip("*") for n in pipelines)  # ordered, without the '*' variants
+        bases = {b: build_pipeline(b, cfg.max_keypoints, est, sift_first_octave=cfg.sift_first_octave) for b in names}
     ofilter = OrientationFilter()
     ransac = RansacHomography(cfg.ransac_threshold, cfg.ransac_iters, cfg.ransac_confidence)
     images: dict[Path, np.ndarray | None] = {}
