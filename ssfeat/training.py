@@ -411,6 +411,11 @@ def _init_state(load, path: str, arch) -> dict:
     return init.state_dict()
 
 
+def _with_c4_below(model, threshold: float):
+    model.set_c4_below(threshold)
+    return model
+
+
 class PoseTask:
     """Patch pose by histogram alignment (orientation and scale pair batches)."""
 
@@ -425,7 +430,8 @@ class PoseTask:
     def init_state(self, path: str) -> dict:
         from .hub import load_model
 
-        return _init_state(load_model, path, self.cfg.model)
+        # the adaptive-C4 threshold of exported weights is an inference setting, not architecture
+        return _init_state(lambda p: _with_c4_below(load_model(p), self.cfg.model.c4_below), path, self.cfg.model)
 
     def synthesizers(self):
         return make_synthesizers(self.cfg)
