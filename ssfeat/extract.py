@@ -141,9 +141,14 @@ def check_existing(out: Path, cfg: ExtractConfig) -> None:
             if p == out:
                 raise ValueError(f"{out} exists and is not an HDF5 feature file; choose another output") from e
             continue  # a damaged part: done_images drops it
-        have = {k: v.decode() if isinstance(v, bytes) else v for k, v in have.items()}
+        have = {
+            k: v.decode() if isinstance(v, bytes) else v.item() if isinstance(v, np.generic) else v
+            for k, v in have.items()
+        }
         if p == out and have["pipeline"] is None:
             raise ValueError(f"{out} exists and is not an ssfeat feature file; choose another output")
+        if have["pipeline"] is not None and have["sift_first_octave"] is None:
+            have["sift_first_octave"] = -1  # written before the setting existed: OpenCV's own descriptors
         diff = [f"{k}={have[k]!r} (now {want[k]!r})" for k in want if have[k] is not None and have[k] != want[k]]
         if diff:
             raise ValueError(f"{p} was extracted with {', '.join(diff)}; use the same settings or another output")

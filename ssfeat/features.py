@@ -172,9 +172,10 @@ def sift_octaves(sizes: np.ndarray, image_size: tuple[int, int], first_octave: i
     offset ``xi`` the size ``2 * 1.6 * 2**(o + (l + xi) / 3)``; this inverts that relation (octaves
     clamped to what the image supports) and packs ``o & 255 | l << 8 | round((xi + 0.5) * 255) << 16``.
 
-    ``first_octave=0`` places keypoints smaller than octave 0's first layer (size ``2 * 1.6``) at
-    octave 0, layer 0 (the image blurred to sigma 1.6), so that ``cv2.SIFT.compute`` does not build
-    the upsampled octave -1, about three quarters of its pyramid (VLFeat's SIFT starts at octave 0 too).
+    ``first_octave=0`` places the keypoints OpenCV would put on octave -1 (sizes below
+    ``2 * 1.6 * 2**(1/6)``, about 3.6 px) at octave 0, layer 0 (the image blurred to sigma 1.6), so
+    that ``cv2.SIFT.compute`` does not build the upsampled octave -1, about three quarters of its
+    pyramid (VLFeat's SIFT starts at octave 0 too).
     """
     if first_octave not in (-1, 0):
         raise ValueError(f"first_octave must be -1 or 0, got {first_octave}")

@@ -54,7 +54,9 @@ def test_train_export_benchmark_show(image_dir, oxford_dir, tmp_path, capsys):
         main(["export", str(run), "--out", str(wa), "--c4-below", "2"])
     ft = tmp_path / "finetune"
     assert train(image_dir, ft, "--steps", "1", "--init", str(w), "--scale-loss", "shared") == 0
-    assert train(image_dir, ft / "c4", "--steps", "1", "--init", str(wa), "--zoom-out-pairs", "0.5") == 0  # c4_below set
+    assert (
+        train(image_dir, ft / "c4", "--steps", "1", "--init", str(wa), "--zoom-out-pairs", "0.5") == 0
+    )  # c4_below set
     assert load_checkpoint(ft / "c4" / "last.pt")["config"]["pairs"]["zoom_out_pairs"] == 0.5
     # architecture mismatch: a clear error
     assert train(image_dir, ft / "x", "--steps", "1", "--init", str(w), "--backbone", "small") == 2

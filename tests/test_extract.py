@@ -1,5 +1,6 @@
 """ssfeat extract: one HDF5 file per folder, resumable after a kill, sharded, readable throughout."""
 
+import dataclasses
 from pathlib import Path
 
 import cv2
@@ -63,6 +64,13 @@ def test_extract_writes_one_group_per_image_and_reports_skips(folder, tmp_path):
     other = ExtractConfig(pipeline="upright", max_keypoints=50, part_size=2)
     with pytest.raises(ValueError, match="pipeline='sift' \\(now 'upright'\\)"):
         extract_folder(folder, out, other, progress=False)
+    opencv = dataclasses.replace(CFG, sift_first_octave=-1)  # OpenCV's own descriptors
+    with pytest.raises(ValueError, match="sift_first_octave=0 \\(now -1\\)"):
+        extract_folder(folder, out, opencv, progress=False)
+    with h5py.File(out, "a") as f:  # a file from before the setting existed had OpenCV's descriptors
+        del f.attrs["sift_first_octave"]
+    with pytest.raises(ValueError, match="sift_first_octave=-1 \\(now 0\\)"):
+        extract_folder(folder, out, CFG, progress=False)
     victim = tmp_path / "photo.png"
     victim.write_bytes((folder / "im0.png").read_bytes())
     with pytest.raises(ValueError, match="not an HDF5 feature file"):
