@@ -142,7 +142,13 @@ def test_match_and_matching_benchmark(oxford_dir, tmp_path, capsys):
     assert main([*args, "--json", str(js), "--no-progress"]) == 0
     res = json.loads(js.read_text())
     assert set(res["pipelines"]) == {"sift", "ssfeat*"} and res["n_pairs"] == 2
-    assert js.with_suffix(".png").is_file()
+    assert js.with_suffix(".png").is_file() and res["config"]["sift_first_octave"] == 0
+    # OpenCV's own descriptors: other (close) numbers, recorded in the config
+    js1 = tmp_path / "match_opencv.json"
+    assert main([*args, "--sift-first-octave", "-1", "--json", str(js1), "--no-progress"]) == 0
+    res1 = json.loads(js1.read_text())
+    assert res1["config"]["sift_first_octave"] == -1
+    assert res1["per_pair"]["sift"] != res["per_pair"]["sift"]
     assert main([*args[:-4], "--pipelines", "sift,bogus", "--json", str(js)]) == 2
     assert "unknown pipeline" in capsys.readouterr().err
     bad = tmp_path / "bad.jpg"
