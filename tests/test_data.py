@@ -1,3 +1,4 @@
+import logging
 import math
 
 import cv2
@@ -36,6 +37,20 @@ def test_read_all_image_kinds(tmp_path):
         assert img.shape == (64, 80) and img.dtype == np.float32, p
         tol = 0.05 if p.suffix == ".jpg" else 2e-3
         assert np.abs(img - ref).mean() < tol, p
+
+
+def test_shallow_16_bit_images_warn(tmp_path, caplog):
+    g = textured_image(64, 80).astype(np.uint16)
+    cv2.imwrite(str(tmp_path / "twelve.png"), g * 16)  # 12-bit data in a 16-bit file
+    cv2.imwrite(str(tmp_path / "full.png"), g * 257)
+    with caplog.at_level(logging.WARNING):
+        dark = read_image(tmp_path / "twelve.png")
+    assert "below 4096" in caplog.text and "twelve.png" in caplog.text
+    assert np.allclose(dark, g * 16 / 65535.0, atol=1e-6)  # read as stored: a warning, no guess
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        read_image(tmp_path / "full.png")
+    assert caplog.text == ""
 
 
 def test_unreadable_files_are_reported_and_skipped(tmp_path):

@@ -1,12 +1,16 @@
 """Geolocalization datasets: file-name parsing, layout, positives, synthetic dataset builder."""
 
 import json
+import logging
 
+import cv2
 import numpy as np
 import pytest
 
 from ssfeat.cli import main
 from ssfeat.data.geoloc import GeolocMakeConfig, load_geoloc_split, make_geoloc_dataset, parse_utm
+
+from .conftest import textured_image
 
 
 def test_parse_utm():
@@ -40,6 +44,17 @@ def test_make_geoloc_dataset_layout_positives_and_splits(image_dir, tmp_path):
     (tmp_path / "geo" / "images" / "test" / "queries" / "holiday.jpg").write_bytes(b"x")
     with pytest.raises(ValueError, match="malformed"):
         load_geoloc_split(tmp_path / "geo", "test")
+
+
+def test_tiny_photos_are_upsampled_with_a_warning(tmp_path, caplog):
+    src = tmp_path / "src"
+    src.mkdir()
+    cv2.imwrite(str(src / "big.png"), textured_image(200, 300))
+    cv2.imwrite(str(src / "tiny.png"), textured_image(20, 30))
+    with caplog.at_level(logging.WARNING):
+        make_geoloc_dataset(src, tmp_path / "geo", GeolocMakeConfig(size=(96, 64)))
+    assert "1 photos are smaller than half the 96x64 views" in caplog.text and "tiny.png" in caplog.text
+    assert "big.png" not in caplog.text
 
 
 def test_make_geoloc_cli(image_dir, tmp_path, capsys):

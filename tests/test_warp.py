@@ -1,6 +1,7 @@
 """Homography regression (GeoWarp): WarpNet, losses, training, export."""
 
 import dataclasses
+import logging
 
 import numpy as np
 import pytest
@@ -102,6 +103,19 @@ def test_features_wise_loss_is_zero_for_matching_regions_and_reaches_the_corners
     loss = features_wise_loss(net.features, img, img, other, FRAME[None])
     loss.backward()
     assert loss.item() > 0 and quad.grad.abs().sum() > 0
+
+
+def test_small_images_are_skipped_or_upsampled_with_warnings(caplog):
+    rng = np.random.default_rng(0)
+    imgs = [rng.random((200, 200), dtype=np.float32), rng.random((40, 60), dtype=np.float32)]
+    imgs.append(np.zeros((8, 8), np.float32))
+    with caplog.at_level(logging.WARNING):
+        s = WarpPairSynthesizer(imgs, WarpPairConfig(size=128))
+    assert len(s.images) == 2
+    assert "1 of 3 images are smaller than 16x16 pixels, skipped" in caplog.text
+    assert "1 of 2 images are smaller than the 128 px views" in caplog.text
+    with pytest.raises(ValueError, match="16x16"):
+        WarpPairSynthesizer([np.zeros((8, 8), np.float32)])
 
 
 def test_warp_overfits_one_batch(image_dir):

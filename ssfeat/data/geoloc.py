@@ -18,6 +18,7 @@ train/val/test **by photo**.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ import numpy as np
 from .images import ImageReadError, list_images, photometric_change, read_image
 
 SPLITS = ("train", "val", "test")
+logger = logging.getLogger(__name__)
 
 
 def parse_utm(path: str | Path) -> tuple[float, float]:
@@ -152,6 +154,16 @@ def make_geoloc_dataset(images: str | Path, out: str | Path, cfg: GeolocMakeConf
             skipped.append(str(e))
     if not photos:
         raise ValueError(f"no readable photos under {images}")
+    w, h = cfg.size
+    small = [str(p) for p, img in photos if img.shape[1] < w / 2 or img.shape[0] < h / 2]
+    if small:
+        logger.warning(
+            "%d photos are smaller than half the %dx%d views: their views are upsampled (blurry), e.g. %s",
+            len(small),
+            w,
+            h,
+            ", ".join(small[:3]),
+        )
     rng = np.random.default_rng(cfg.seed)
     order = rng.permutation(len(photos))
     n_train = int(round(cfg.splits[0] * len(photos)))

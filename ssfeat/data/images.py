@@ -87,6 +87,13 @@ def read_image(path: str | Path) -> np.ndarray:
     image = cv2.imdecode(data, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR) if data.size else None
     if image is None:
         raise ImageReadError(f"{path}: not a readable image (empty, truncated or unknown format)")
+    if image.dtype == np.uint16 and 0 < int(image.max()) < 4096:
+        logger.warning(
+            "%s: 16-bit image whose values stay below 4096 (max %d); 12-bit (or shallower) data stored in "
+            "16 bits reads as a very dark image here (few keypoints): rescale it to the 16-bit range",
+            path,
+            int(image.max()),
+        )
     try:
         return to_gray_float(image)
     except ValueError as e:

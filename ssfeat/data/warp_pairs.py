@@ -15,6 +15,7 @@ each view. Unlike the original, ``k`` is a float option everywhere.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import cv2
@@ -22,6 +23,8 @@ import numpy as np
 import torch
 
 from .validate import check_size
+
+logger = logging.getLogger(__name__)
 
 FRAME = np.array([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]])  # TL, TR, BR, BL
 
@@ -118,6 +121,17 @@ class WarpPairSynthesizer:
         self.images = [im for im in images if min(im.shape[:2]) >= 16]
         if not self.images:
             raise ValueError("no image is at least 16x16 pixels")
+        if len(self.images) < len(images):
+            dropped = len(images) - len(self.images)
+            logger.warning("%d of %d images are smaller than 16x16 pixels, skipped", dropped, len(images))
+        small = sum(min(im.shape[:2]) < self.cfg.size for im in self.images)
+        if small:
+            logger.warning(
+                "%d of %d images are smaller than the %d px views in some dimension: their views are upsampled",
+                small,
+                len(self.images),
+                self.cfg.size,
+            )
 
     def sample(self, index: int) -> dict[str, np.ndarray]:
         cfg, P = self.cfg, self.cfg.size
