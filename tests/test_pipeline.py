@@ -328,6 +328,13 @@ def test_paired_comparison_and_sign_test():
     # AUC@3 shares: 1 - 1.5 / 3 = 0.5 for a pair right at 3 px, 0 otherwise
     assert math.isclose(r["h_auc3_diff"], 12.5)
     assert math.isclose(r["h_auc3_diff_se"], np.std([50, 0, -50, 50], ddof=1) / 2, rel_tol=1e-3)
+    # the tables report these thresholds: a config without them is refused up front
+    with pytest.raises(ValueError, match="h_thresholds must include"):
+        MatchingConfig(h_thresholds=(2, 5))
+    with pytest.raises(ValueError, match="mma_thresholds must include"):
+        MatchingConfig(mma_thresholds=(1, 2))
+    with pytest.raises(ValueError, match="sift_first_octave"):
+        MatchingConfig(sift_first_octave=2)
     assert (out["a"]["x"]["h_wins"][1], out["b"]["x"]["h_wins"][1], out["b"]["x"]["h_losses"][1]) == (1, 1, 1)
 
 

@@ -81,6 +81,17 @@ class MatchingConfig:
     timing_repeats: int = 5
     sift_first_octave: int = 0  # SIFT descriptor pyramid (ssfeat.pipeline.SIFTDescriptor; -1: OpenCV's own)
 
+    def __post_init__(self) -> None:
+        # the tables and the paired comparison report MMA@1/3/5/10, H@1/3 and AUC@3
+        if not {1, 3, 5, 10} <= set(self.mma_thresholds):
+            raise ValueError(f"mma_thresholds must include 1, 3, 5 and 10 px, got {self.mma_thresholds}")
+        if not {1, 3} <= set(self.h_thresholds):
+            raise ValueError(f"h_thresholds must include 1 and 3 px, got {self.h_thresholds}")
+        if min(self.mma_thresholds + self.h_thresholds) <= 0 or self.max_keypoints < 1:
+            raise ValueError("thresholds must be positive and max_keypoints at least 1")
+        if self.sift_first_octave not in (-1, 0):
+            raise ValueError(f"sift_first_octave must be -1 or 0, got {self.sift_first_octave}")
+
 
 @dataclass
 class ImagePair:
