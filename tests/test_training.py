@@ -1,6 +1,10 @@
 import dataclasses
+import logging
+import shutil
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 import torch
 
@@ -146,6 +150,23 @@ def test_ddp_two_processes(image_dir, tmp_path):
     run_torchrun([*args, "--batch-size", "8", "--workers", "0", "--val-every", "3", "--no-progress"])
     ck = load_checkpoint(tmp_path / "ddp" / "last.pt")
     assert ck["step"] == 3
+
+
+def test_blank_images_are_skipped_and_a_blank_folder_refused(image_dir, tmp_path, caplog):
+    blank = tmp_path / "blank"
+    blank.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(blank / f"b{i}.png"), np.full((300, 300), 128, np.uint8))
+    with pytest.raises(ValueError, match="every image under .* is blank"):
+        training._load_textured(str(blank))
+    mixed = tmp_path / "mixed"
+    shutil.copytree(image_dir, mixed)
+    shutil.copy(blank / "b0.png", mixed / "zz_blank.png")
+    with caplog.at_level(logging.WARNING):
+        paths, images = training._load_textured(str(mixed))
+    assert "1 of" in caplog.text and "zz_blank.png" in caplog.text
+    assert len(paths) == len(images) == 6 and all(int(im.max()) - int(im.min()) > 1 for im in images)
+    assert main(["train", "detector", "--images", str(blank), "--out", str(tmp_path / "d"), "--steps", "1"]) == 2
 
 
 def test_config_checks_and_stored_configs():
