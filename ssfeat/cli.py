@@ -261,6 +261,7 @@ def _add_benchmark(sub) -> None:
         p.add_argument("--pipelines", default=",".join(pipes), help=f"comma-separated pipelines: {pipes_help}")
         p.add_argument("--max-keypoints", type=_positive, default=1000, help="per image")
         p.add_argument("--weights", default=weights, help=f"ssfeat {weights} weights/run (default: bundled)")
+        _add_sift_first_octave(p)
         p.add_argument("--json", required=True, help="output JSON path")
         if plot:
             p.add_argument("--plot", default=None, help="MMA-vs-threshold PNG (default: next to the JSON)")
@@ -617,7 +618,9 @@ def cmd_benchmark_detector(args) -> int:
     names = [n.strip() for n in args.pipelines.split(",") if n.strip()]
     if not names:
         raise ValueError("--pipelines is empty")
-    result = run_detector_benchmark(args.root, names, args.max_keypoints, args.weights, progress=not args.no_progress)
+    result = run_detector_benchmark(
+        args.root, names, args.max_keypoints, args.weights, not args.no_progress, args.sift_first_octave
+    )
     print(f"detector benchmark: {result['n_pairs']} image pairs, {args.max_keypoints} keypoints per image")
     for g in ("all", "dataset", "category"):
         print(format_detector_table(result, g))
@@ -702,7 +705,9 @@ def cmd_benchmark_descriptor(args) -> int:
     names = [n.strip() for n in args.pipelines.split(",") if n.strip()]
     if not names:
         raise ValueError("--pipelines is empty")
-    result = run_descriptor_benchmark(args.root, names, args.max_keypoints, args.weights, progress=not args.no_progress)
+    result = run_descriptor_benchmark(
+        args.root, names, args.max_keypoints, args.weights, not args.no_progress, args.sift_first_octave
+    )
     print(f"descriptor benchmark: {result['n_pairs']} image pairs, {args.max_keypoints} SIFT keypoints per image")
     for g in ("all", "dataset", "category"):
         print(format_matching_table(result, g, with_repeatability=False))

@@ -48,13 +48,18 @@ def run_descriptor_benchmark(
     max_keypoints: int = 1000,
     weights: str = "descriptor",
     progress: bool = True,
+    sift_first_octave: int = 0,
 ) -> dict:
     """The descriptor pipelines ``names`` (see :data:`ssfeat.pipeline.PIPELINES`) on every pair under
     ``roots``; ``weights`` is the learned descriptor's (bundled name, file or run)."""
 
     est = pipeline_estimator() if any("ssfeat" in n for n in names) else None
-    pipes = {n: build_pipeline(n, max_keypoints, est, descriptor_weights=weights) for n in names}
-    result = run_matching(roots, pipes, MatchingConfig(max_keypoints=max_keypoints), est, progress)
+    cfg = MatchingConfig(max_keypoints=max_keypoints, sift_first_octave=sift_first_octave)
+    pipes = {
+        n: build_pipeline(n, max_keypoints, est, descriptor_weights=weights, sift_first_octave=sift_first_octave)
+        for n in names
+    }
+    result = run_matching(roots, pipes, cfg, est, progress)
     result["benchmark"] = "descriptor"
     result["descriptor_weights"] = str(weights)
     first = None

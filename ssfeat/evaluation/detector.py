@@ -126,6 +126,7 @@ def run_detector_benchmark(
     max_keypoints: int = 1000,
     weights: str = "detector",
     progress: bool = True,
+    sift_first_octave: int = 0,
 ) -> dict:
     """Detectors side by side on every pair under ``roots`` (Oxford / HPatches / EVD layouts):
     repeatability (symmetric with visibility mask, and ReKD's one-directional), orientation
@@ -143,14 +144,15 @@ def run_detector_benchmark(
     for name in pipelines:
         base = name.rstrip("*")
         if base not in pipes:
-            p = build_pipeline(base, max_keypoints)
+            p = build_pipeline(base, max_keypoints, sift_first_octave=sift_first_octave)
             for stage in (p.detector, p.orienter):  # the detector under test, not the bundled one
                 if isinstance(stage, (LearnedDetector, LearnedDetectorOrienter)):
                     stage.detector = det
             pipes[base] = p
         pipes[name] = pipes[base]
     pipes = {k: pipes[k] for k in pipelines}
-    result = run_matching(roots, pipes, MatchingConfig(max_keypoints=max_keypoints), progress=progress)
+    cfg = MatchingConfig(max_keypoints=max_keypoints, sift_first_octave=sift_first_octave)
+    result = run_matching(roots, pipes, cfg, progress=progress)
     result["benchmark"] = "detector"
     first = image_pairs(roots)[0]
     from ..data.images import read_image
