@@ -42,6 +42,7 @@ import torch
 
 from . import __version__
 from . import distributed as du
+from .features import check_first_octave
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +60,7 @@ class ExtractConfig:
     def __post_init__(self) -> None:
         if self.max_keypoints < 1 or self.part_size < 1:
             raise ValueError("max_keypoints and part_size must be >= 1")
-        if self.sift_first_octave not in (-1, 0):
-            raise ValueError(f"sift_first_octave must be -1 or 0, got {self.sift_first_octave}")
+        check_first_octave(self.sift_first_octave, "sift_first_octave")
         if self.max_side != 0 and self.max_side < 32:
             raise ValueError(f"max_side must be 0 (never shrink) or at least 32 px, got {self.max_side}")
 

@@ -165,6 +165,13 @@ _SIFT_SIGMA = 1.6
 _SIFT_LAYERS = 3
 
 
+def check_first_octave(value: int, name: str = "first_octave") -> int:
+    """``value`` if it is a supported first octave of the SIFT descriptor pyramid (-1 or 0)."""
+    if value not in (-1, 0):
+        raise ValueError(f"{name} must be -1 or 0, got {value}")
+    return value
+
+
 def sift_octaves(sizes: np.ndarray, image_size: tuple[int, int], first_octave: int = -1) -> np.ndarray:
     """OpenCV ``KeyPoint.octave`` fields for keypoints of the given sizes.
 
@@ -177,8 +184,7 @@ def sift_octaves(sizes: np.ndarray, image_size: tuple[int, int], first_octave: i
     that ``cv2.SIFT.compute`` does not build the upsampled octave -1, about three quarters of its
     pyramid (VLFeat's SIFT starts at octave 0 too).
     """
-    if first_octave not in (-1, 0):
-        raise ValueError(f"first_octave must be -1 or 0, got {first_octave}")
+    check_first_octave(first_octave)
     sizes = np.asarray(sizes, dtype=np.float64).reshape(-1)
     if len(sizes) == 0:
         return np.zeros(0, np.int64)
@@ -193,4 +199,4 @@ def sift_octaves(sizes: np.ndarray, image_size: tuple[int, int], first_octave: i
     return (oi & 255) | (layer.astype(np.int64) << 8) | (np.round((xi + 0.5) * 255).astype(np.int64) << 16)
 
 
-__all__ = ["Features", "sift_octaves", "strongest_distinct"]
+__all__ = ["Features", "check_first_octave", "sift_octaves", "strongest_distinct"]

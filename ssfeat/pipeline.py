@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .estimator import PatchPoseEstimator, _as_image
-from .features import Features, strongest_distinct
+from .features import Features, check_first_octave, strongest_distinct
 from .geometry import TWO_PI, angle_diff, inside_image, map_orientations, warp_points, wrap_angle
 from .patches import sample_patches
 
@@ -355,9 +355,7 @@ class SIFTDescriptor:
     """
 
     def __init__(self, root: bool = False, first_octave: int = 0) -> None:
-        if first_octave not in (-1, 0):
-            raise ValueError(f"first_octave must be -1 or 0, got {first_octave}")
-        self.root, self.first_octave = root, first_octave
+        self.root, self.first_octave = root, check_first_octave(first_octave)
         self.sift = cv2.SIFT_create()
 
     def __call__(self, image: np.ndarray, feats: Features) -> Features:

@@ -35,7 +35,7 @@ import torch
 from ..data.images import ImageReadError, read_image, to_uint8
 from ..data.sequences import find_sequences
 from ..estimator import PatchPoseEstimator
-from ..features import Features
+from ..features import Features, check_first_octave
 from ..geometry import angle_diff, inside_image, local_rotation_scale, warp_points
 from ..pipeline import OrientationFilter, Pipeline, RansacHomography, build_pipeline, pipeline_estimator
 from .benchmarks import BenchmarkConfig, _meta, render_rows
@@ -89,8 +89,7 @@ class MatchingConfig:
             raise ValueError(f"h_thresholds must include 1 and 3 px, got {self.h_thresholds}")
         if min(self.mma_thresholds + self.h_thresholds) <= 0 or self.max_keypoints < 1:
             raise ValueError("thresholds must be positive and max_keypoints at least 1")
-        if self.sift_first_octave not in (-1, 0):
-            raise ValueError(f"sift_first_octave must be -1 or 0, got {self.sift_first_octave}")
+        check_first_octave(self.sift_first_octave, "sift_first_octave")
 
 
 @dataclass
