@@ -423,11 +423,6 @@ def _init_state(load, path: str, arch) -> dict:
     return init.state_dict()
 
 
-def _with_c4_below(model, threshold: float):
-    model.set_c4_below(threshold)
-    return model
-
-
 class PoseTask:
     """Patch pose by histogram alignment (orientation and scale pair batches)."""
 
@@ -442,8 +437,12 @@ class PoseTask:
     def init_state(self, path: str) -> dict:
         from .hub import load_model
 
-        # the adaptive-C4 threshold of exported weights is an inference setting, not architecture
-        return _init_state(lambda p: _with_c4_below(load_model(p), self.cfg.model.c4_below), path, self.cfg.model)
+        def load(p: str) -> PatchPoseNet:
+            model = load_model(p)
+            model.set_c4_below(self.cfg.model.c4_below)  # exported weights' threshold: inference, not architecture
+            return model
+
+        return _init_state(load, path, self.cfg.model)
 
     def synthesizers(self):
         return make_synthesizers(self.cfg)

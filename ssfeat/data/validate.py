@@ -5,14 +5,20 @@ from __future__ import annotations
 import math
 
 
-def check_fields(cfg, non_negative: tuple[str, ...] = (), positive: tuple[str, ...] = ()) -> None:
+def check_fields(
+    cfg, non_negative: tuple[str, ...] = (), positive: tuple[str, ...] = (), fractions: tuple[str, ...] = ()
+) -> None:
     """Raise ``ValueError`` unless each named field of the dataclass ``cfg`` is a finite number,
-    ``>= 0`` for ``non_negative`` and ``> 0`` for ``positive``."""
+    ``>= 0`` for ``non_negative``, ``> 0`` for ``positive`` and in ``[0, 1]`` for ``fractions``."""
     for names, ok, kind in ((non_negative, lambda v: v >= 0, "non-negative"), (positive, lambda v: v > 0, "positive")):
         for name in names:
             v = getattr(cfg, name)
             if not (math.isfinite(v) and ok(v)):
                 raise ValueError(f"{name} must be a finite {kind} number, got {v}")
+    for name in fractions:
+        v = getattr(cfg, name)
+        if not 0.0 <= v <= 1.0:  # also refuses NaN
+            raise ValueError(f"{name} must lie in [0, 1], got {v}")
 
 
 def check_size(size: int, lo: int, hi: int = 2048) -> None:

@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 import torch
 
-from .validate import check_size
+from .validate import check_fields, check_size
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +37,7 @@ class WarpPairConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.k <= 1.0:
-            raise ValueError(f"k must lie in [0, 1], got {self.k}")
+        check_fields(self, fractions=("k",))
         check_size(self.size, 16)
 
 
