@@ -35,6 +35,13 @@ def _positive_float(text: str) -> float:
     return v
 
 
+def _fraction(text: str) -> float:
+    v = float(text)
+    if not 0.0 <= v <= 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {text}")
+    return v
+
+
 def _non_negative(text: str) -> int:
     v = int(text)
     if v < 0:
@@ -66,6 +73,17 @@ def _add_loop_args(p, d, batch_help: str) -> None:
     )
     p.add_argument("--threads", type=_non_negative, default=0, help="torch CPU threads (0: torch default)")
     p.add_argument("--no-progress", action="store_true")
+
+
+def _add_ransac_repeats(p) -> None:
+    from .evaluation.matching import MatchingConfig
+
+    p.add_argument(
+        "--ransac-repeats",
+        type=_positive,
+        default=MatchingConfig.ransac_repeats,
+        help="RANSAC fits per pair on shuffled matches; homography accuracy is their mean (1: a single fit)",
+    )
 
 
 def _add_sift_first_octave(p) -> None:
@@ -158,7 +176,7 @@ def _add_train(sub) -> None:
     d = WarpTrainConfig()
     p = tr.add_parser("warp", help="train the homography regressor (GeoWarp) on self-supervised trapezoid pairs")
     _add_loop_args(p, d, "image pairs per step, all processes")
-    p.add_argument("--k", type=float, default=d.pairs.k, help="trapezoid distortion in [0, 1] (a float)")
+    p.add_argument("--k", type=_fraction, default=d.pairs.k, help="trapezoid distortion in [0, 1] (a float)")
     p.add_argument("--size", type=_positive, default=d.model.size, help="side of the views (px, multiple of 8)")
     p.add_argument(
         "--qp-root",
@@ -226,6 +244,7 @@ def _add_benchmark(sub) -> None:
     )
     p.add_argument("--max-keypoints", type=_positive, default=MatchingConfig.max_keypoints, help="per image")
     _add_sift_first_octave(p)
+    _add_ransac_repeats(p)
     p.add_argument(
         "--weights", default=None, help="patch-pose weights/run, one pass per patch (default: patchpose_tiny)"
     )
@@ -262,6 +281,7 @@ def _add_benchmark(sub) -> None:
         p.add_argument("--max-keypoints", type=_positive, default=1000, help="per image")
         p.add_argument("--weights", default=weights, help=f"ssfeat {weights} weights/run (default: bundled)")
         _add_sift_first_octave(p)
+        _add_ransac_repeats(p)
         p.add_argument("--json", required=True, help="output JSON path")
         if plot:
             p.add_argument("--plot", default=None, help="MMA-vs-threshold PNG (default: next to the JSON)")
@@ -287,7 +307,9 @@ def _add_geoloc_benchmark(bsub) -> None:
     p.add_argument("--images", required=True, help="photos the model was not trained on")
     p.add_argument("--warp-weights", default="warp", help="warping regressor weights/run (default: bundled)")
     p.add_argument("--pairs", type=_positive, default=512, help="number of synthetic pairs")
-    p.add_argument("--k", type=float, default=None, help="trapezoid distortion (default: the model's training k)")
+    p.add_argument(
+        "--k", type=_fraction, default=None, help="trapezoid distortion in [0, 1] (default: the model's training k)"
+    )
     p.add_argument("--json", required=True, help="output JSON path")
     p.add_argument("--threads", type=_non_negative, default=0)
     p.add_argument("--no-progress", action="store_true")
@@ -349,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="new dataset folder (ROOT/images/{train,val,test}/...)")
     p.add_argument("--n-gallery", type=_positive, default=g.n_gallery, help="gallery views per place")
     p.add_argument("--n-queries", type=_positive, default=g.n_queries, help="query views per place")
-    p.add_argument("--k", type=float, default=g.k, help="trapezoid distortion in [0, 1] (a float)")
+    p.add_argument("--k", type=_fraction, default=g.k, help="trapezoid distortion in [0, 1] (a float)")
     p.add_argument("--splits", default=",".join(map(str, g.splits)), help="train,val,test shares of the places")
     p.add_argument("--seed", type=int, default=g.seed)
     from .data.synthetic_sequences import SyntheticSequenceConfig
@@ -373,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = data.add_parser("warp-pair", help="draw a self-supervised homography pair (GeoWarp's four images)")
     p.add_argument("image")
     p.add_argument("--out", required=True, help="PNG path")
-    p.add_argument("--k", type=float, default=0.6, help="trapezoid distortion in [0, 1] (a float)")
+    p.add_argument("--k", type=_fraction, default=0.6, help="trapezoid distortion in [0, 1] (a float)")
     p.add_argument("--size", type=_positive, default=128, help="side of the views (px)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--weights", default=None, help="also draw this warping regressor's prediction ('warp': bundled)")
@@ -611,16 +633,32 @@ def cmd_benchmark(args) -> int:
     return 0
 
 
+def _pipeline_names(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise ValueError("--pipelines is empty")
+    return names
+
+
+def _pair_benchmark_inputs(args) -> tuple:
+    """The arguments of ``run_detector_benchmark`` and ``run_descriptor_benchmark`` from the CLI's."""
+    names = _pipeline_names(args.pipelines)
+    return (
+        args.root,
+        names,
+        args.max_keypoints,
+        args.weights,
+        not args.no_progress,
+        args.sift_first_octave,
+        args.ransac_repeats,
+    )
+
+
 def cmd_benchmark_detector(args) -> int:
     from .evaluation.benchmarks import write_json
     from .evaluation.detector import format_detector_table, run_detector_benchmark
 
-    names = [n.strip() for n in args.pipelines.split(",") if n.strip()]
-    if not names:
-        raise ValueError("--pipelines is empty")
-    result = run_detector_benchmark(
-        args.root, names, args.max_keypoints, args.weights, not args.no_progress, args.sift_first_octave
-    )
+    result = run_detector_benchmark(*_pair_benchmark_inputs(args))
     print(f"detector benchmark: {result['n_pairs']} image pairs, {args.max_keypoints} keypoints per image")
     for g in ("all", "dataset", "category"):
         print(format_detector_table(result, g))
@@ -645,13 +683,16 @@ def cmd_benchmark_matching(args) -> int:
     )
     from .pipeline import pipeline_estimator
 
-    names = [n.strip() for n in args.pipelines.split(",") if n.strip()]
-    if not names:
-        raise ValueError("--pipelines is empty")
+    names = _pipeline_names(args.pipelines)
     est = pipeline_estimator(args.weights)
-    cfg = MatchingConfig(max_keypoints=args.max_keypoints, sift_first_octave=args.sift_first_octave)
+    cfg = MatchingConfig(
+        max_keypoints=args.max_keypoints, sift_first_octave=args.sift_first_octave, ransac_repeats=args.ransac_repeats
+    )
     result = run_matching(args.root, names, cfg, est, progress=not args.no_progress)
-    print(f"matching: {result['n_pairs']} image pairs, {cfg.max_keypoints} keypoints per image")
+    print(
+        f"matching: {result['n_pairs']} image pairs, {cfg.max_keypoints} keypoints per image, "
+        f"homography accuracy over {cfg.ransac_repeats} RANSAC fits per pair"
+    )
     print(format_matching_table(result))
     print()
     print(format_matching_table(result, "dataset"))
@@ -688,8 +729,6 @@ def cmd_benchmark_warp(args) -> int:
     from .evaluation.benchmarks import write_json
     from .evaluation.geoloc import format_warp_table, run_warp_pairs
 
-    if args.k is not None and not 0.0 <= args.k <= 1.0:
-        raise ValueError(f"--k must lie in [0, 1], got {args.k}")
     r = run_warp_pairs(args.images, args.warp_weights, args.pairs, args.k)
     print(f"warping regressor on {r['n_pairs']} synthetic pairs from {r['n_images']} images (k={r['pairs']['k']:g})")
     print(format_warp_table(r))
@@ -702,12 +741,7 @@ def cmd_benchmark_descriptor(args) -> int:
     from .evaluation.descriptor import format_d2net_table, run_descriptor_benchmark
     from .evaluation.matching import format_matching_table, plot_mma
 
-    names = [n.strip() for n in args.pipelines.split(",") if n.strip()]
-    if not names:
-        raise ValueError("--pipelines is empty")
-    result = run_descriptor_benchmark(
-        args.root, names, args.max_keypoints, args.weights, not args.no_progress, args.sift_first_octave
-    )
+    result = run_descriptor_benchmark(*_pair_benchmark_inputs(args))
     print(f"descriptor benchmark: {result['n_pairs']} image pairs, {args.max_keypoints} SIFT keypoints per image")
     for g in ("all", "dataset", "category"):
         print(format_matching_table(result, g, with_repeatability=False))
@@ -921,8 +955,6 @@ def cmd_make_geoloc(args) -> int:
         splits = tuple(float(v) for v in args.splits.split(","))
     except ValueError:
         raise ValueError(f"--splits expects three comma-separated fractions, got {args.splits!r}") from None
-    if not 0.0 <= args.k <= 1.0:
-        raise ValueError(f"--k must lie in [0, 1], got {args.k}")
     cfg = GeolocMakeConfig(n_gallery=args.n_gallery, n_queries=args.n_queries, k=args.k, splits=splits, seed=args.seed)
     meta = make_geoloc_dataset(args.images, args.out, cfg)
     for s, c in meta["counts"].items():

@@ -14,6 +14,15 @@ import pytest
 import torch
 
 
+def usage_error(main, argv: list[str], capsys) -> str:
+    """Run the CLI ``main(argv)``, check that argparse refuses the arguments (exit code 2) and
+    return its message."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    return capsys.readouterr().err
+
+
 def textured_image(h: int = 300, w: int = 300, seed: int = 0) -> np.ndarray:
     """A photo-like uint8 gray image: multi-scale smooth noise plus random shapes."""
     rng = np.random.default_rng(seed)

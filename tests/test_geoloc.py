@@ -10,7 +10,7 @@ import pytest
 from ssfeat.cli import main
 from ssfeat.data.geoloc import GeolocMakeConfig, load_geoloc_split, make_geoloc_dataset, parse_utm
 
-from .conftest import textured_image
+from .conftest import textured_image, usage_error
 
 
 def test_parse_utm():
@@ -62,8 +62,8 @@ def test_make_geoloc_cli(image_dir, tmp_path, capsys):
     args = ["data", "make-geoloc", "--images", str(image_dir), "--out", str(out), "--k", "0.8"]
     assert main(args) == 0
     assert "synthetic" in capsys.readouterr().out
-    assert main(["data", "make-geoloc", "--images", str(image_dir), "--out", str(tmp_path / "h"), "--k", "2"]) == 2
-    assert "--k" in capsys.readouterr().err
+    bad_k = ["data", "make-geoloc", "--images", str(image_dir), "--out", str(tmp_path / "h"), "--k", "2"]
+    assert "argument --k: must lie in [0, 1], got 2" in usage_error(main, bad_k, capsys)
     bad = ["data", "make-geoloc", "--images", str(image_dir), "--out", str(tmp_path / "i"), "--splits", "0.5,0.6,0"]
     assert main(bad) == 2
     assert "splits" in capsys.readouterr().err
@@ -156,7 +156,7 @@ def test_warp_benchmark_cli(image_dir, warp_run, tmp_path, capsys):
     assert flipped["corner_err"] != net["corner_err"]
     assert set(res["pairs_per_s"]) == {"ssfeat WarpNet", "ssfeat WarpNet, flip-averaged"}
     assert "all 8" in capsys.readouterr().out
-    assert main([*args, "--json", str(js), "--k", "1.5"]) == 2
+    assert "--k: must lie in [0, 1]" in usage_error(main, [*args, "--json", str(js), "--k", "1.5"], capsys)
 
 
 def test_convex_clipping_and_four_points():
@@ -211,7 +211,8 @@ def test_warp_pair_figure_cli(image_dir, tmp_path, capsys):
     img = next(image_dir.glob("*.png"))
     assert main(["data", "warp-pair", str(img), "--out", str(fig), "--k", "0.8"]) == 0
     assert fig.stat().st_size > 5000 and "figure" in capsys.readouterr().out
-    assert main(["data", "warp-pair", str(img), "--out", str(fig), "--k", "1.2"]) == 2
+    bad_k = ["data", "warp-pair", str(img), "--out", str(fig), "--k", "1.2"]
+    assert "--k: must lie in [0, 1]" in usage_error(main, bad_k, capsys)
 
 
 def test_warp_pair_figure_with_prediction(image_dir, warp_run, tmp_path, capsys):

@@ -17,8 +17,10 @@ from ssfeat.evaluation.matching import (
     format_paired_table,
     paired_comparison,
     plot_mma,
+    ransac_orders,
     repeatability,
     run_matching,
+    score_pair,
     sign_test_p,
 )
 from ssfeat.features import Features, sift_octaves
@@ -315,7 +317,7 @@ def test_paired_comparison_and_sign_test():
     assert math.isclose(sign_test_p(10, 2), 2 * (1 + 12 + 66) / 4096)
 
     def row(ok: bool, mma3: float, dataset: str) -> dict:
-        h = {"h_acc": [0.0, float(ok), 1.0, 1.0], "corner_error": 1.5 if ok else 4.5}
+        h = {"h_acc": [0.0, float(ok), 1.0, 1.0], "h_auc": [0.0, 0.5 * ok, 1.0, 1.0]}
         return {**h, "mma": [0.0, 0.0, mma3] + [1.0] * 7, "dataset": dataset}
 
     base = [row(False, 0.5, "a"), row(True, 0.5, "a"), row(True, 0.2, "b"), row(False, 0.4, "b")]
@@ -324,6 +326,8 @@ def test_paired_comparison_and_sign_test():
     r = out["all"]["x"]
     assert r["pairs"] == 4 and r["h_wins"] == [0, 2, 0, 0] and r["h_losses"] == [0, 1, 0, 0]
     assert r["h_sign_test_p"] == [1.0, 1.0, 1.0, 1.0] and math.isclose(r["mma3_diff"], 7.5)
+    assert math.isclose(r["h3_diff"], 25.0)  # solved at 3 px: 1-0, 1-1, 0-1, 1-0
+    assert math.isclose(r["h3_diff_se"], np.std([100, 0, -100, 100], ddof=1) / 2, rel_tol=1e-3)
     assert math.isclose(r["mma3_diff_se"], np.std([10, 20, 0, 0], ddof=1) / 2, rel_tol=1e-3)
     # AUC@3 shares: 1 - 1.5 / 3 = 0.5 for a pair right at 3 px, 0 otherwise
     assert math.isclose(r["h_auc3_diff"], 12.5)
@@ -336,6 +340,35 @@ def test_paired_comparison_and_sign_test():
     with pytest.raises(ValueError, match="sift_first_octave"):
         MatchingConfig(sift_first_octave=2)
     assert (out["a"]["x"]["h_wins"][1], out["b"]["x"]["h_wins"][1], out["b"]["x"]["h_losses"][1]) == (1, 1, 1)
+
+
+def test_homography_metrics_average_the_repeated_ransac_fits():
+    orders = ransac_orders(50, 4)
+    assert len(orders) == 4 and (orders[0] == np.arange(50)).all()
+    assert all(sorted(o.tolist()) == list(range(50)) for o in orders)
+    assert len({tuple(o) for o in orders}) == 4  # distinct shuffles
+    assert all((a == b).all() for a, b in zip(orders, ransac_orders(50, 4)))  # the same in every run
+
+    H = np.array([[1.0, 0.0, 5.0], [0.0, 1.0, -3.0], [0.0, 0.0, 1.0]])
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(0, 200, (40, 2)).astype(np.float32)
+    ones = np.ones(40, np.float32)
+    f0 = Features(xy, 4 * ones, 0 * ones, ones, image_size=(200, 200))
+    f1 = Features(xy + np.float32([5, -3]), 4 * ones, 0 * ones, ones, image_size=(200, 200))
+    idx = np.stack([np.arange(40)] * 2, 1)
+
+    class EveryFourthFitFails:  # fits exactly, except that every fourth call finds no model
+        calls = 0
+
+        def fit(self, x0, x1):
+            self.calls += 1
+            return (None, None) if self.calls % 4 == 0 else (H, None)
+
+    r = score_pair(f0, f1, idx, H, MatchingConfig(ransac_repeats=8), EveryFourthFitFails())
+    assert r["h_acc"] == [0.75] * 4 and r["corner_error"] < 1e-9 and len(r["corner_errors"]) == 8
+    assert r["h_auc"] == [0.75] * 4 and r["mma"][0] == 1.0
+    with pytest.raises(ValueError, match="ransac_repeats"):
+        MatchingConfig(ransac_repeats=0)
 
 
 def test_run_matching_skips_pairs_a_pipeline_cannot_handle(tmp_path):

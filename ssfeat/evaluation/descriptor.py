@@ -49,12 +49,13 @@ def run_descriptor_benchmark(
     weights: str = "descriptor",
     progress: bool = True,
     sift_first_octave: int = 0,
+    ransac_repeats: int = MatchingConfig.ransac_repeats,
 ) -> dict:
     """The descriptor pipelines ``names`` (see :data:`ssfeat.pipeline.PIPELINES`) on every pair under
     ``roots``; ``weights`` is the learned descriptor's (bundled name, file or run)."""
 
     est = pipeline_estimator() if any("ssfeat" in n for n in names) else None
-    cfg = MatchingConfig(max_keypoints=max_keypoints, sift_first_octave=sift_first_octave)
+    cfg = MatchingConfig(max_keypoints, sift_first_octave=sift_first_octave, ransac_repeats=ransac_repeats)
     pipes = {
         n: build_pipeline(n, max_keypoints, est, descriptor_weights=weights, sift_first_octave=sift_first_octave)
         for n in names

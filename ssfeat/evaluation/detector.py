@@ -12,6 +12,7 @@ from ..data.images import to_uint8
 from ..detector import decode_orientation, nms_candidates
 from ..geometry import angle_diff
 from ..losses import visibility_masks, warp_to_view0
+from .matching import MatchingConfig
 
 
 def _sym_repeatability(xy0: torch.Tensor, xy1: torch.Tensor, H_0to1: torch.Tensor, thr: float) -> float:
@@ -127,6 +128,7 @@ def run_detector_benchmark(
     weights: str = "detector",
     progress: bool = True,
     sift_first_octave: int = 0,
+    ransac_repeats: int = MatchingConfig.ransac_repeats,
 ) -> dict:
     """Detectors side by side on every pair under ``roots`` (Oxford / HPatches / EVD layouts):
     repeatability (symmetric with visibility mask, and ReKD's one-directional), orientation
@@ -137,7 +139,7 @@ def run_detector_benchmark(
 
     from ..detector import DetectConfig, KeypointDetector
     from ..pipeline import LearnedDetector, LearnedDetectorOrienter, build_pipeline
-    from .matching import MatchingConfig, image_pairs, run_matching
+    from .matching import image_pairs, run_matching
 
     det = KeypointDetector.from_pretrained(weights, DetectConfig(max_keypoints=max_keypoints))
     pipes = {}
@@ -151,7 +153,7 @@ def run_detector_benchmark(
             pipes[base] = p
         pipes[name] = pipes[base]
     pipes = {k: pipes[k] for k in pipelines}
-    cfg = MatchingConfig(max_keypoints=max_keypoints, sift_first_octave=sift_first_octave)
+    cfg = MatchingConfig(max_keypoints, sift_first_octave=sift_first_octave, ransac_repeats=ransac_repeats)
     result = run_matching(roots, pipes, cfg, progress=progress)
     result["benchmark"] = "detector"
     first = image_pairs(roots)[0]
