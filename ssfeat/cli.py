@@ -67,7 +67,7 @@ def _add_loop_args(p, d, batch_help: str) -> None:
     p.add_argument("--workers", type=int, default=d.workers)
     p.add_argument("--init", default=None, help="start from these weights / run (fine-tuning)")
     p.add_argument("--val-every", type=_positive, default=d.val_every)
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=_non_negative, default=d.seed)
     p.add_argument(
         "--ema", type=float, default=d.ema_decay, metavar="DECAY", help="keep a weight average (e.g. 0.999; 0: off)"
     )
@@ -228,7 +228,7 @@ def _add_benchmark(sub) -> None:
             help="another learned model to compare, e.g. resnet18=runs/r18 (repeatable)",
         )
         p.add_argument("--support", type=_positive_float, default=d.support)
-        p.add_argument("--seed", type=int, default=d.seed)
+        p.add_argument("--seed", type=_non_negative, default=d.seed)
         p.add_argument("--json", required=True, help="output JSON path")
         p.add_argument("--threads", type=_non_negative, default=0)
     from .evaluation.matching import DEFAULT_PIPELINES, MatchingConfig
@@ -373,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-queries", type=_positive, default=g.n_queries, help="query views per place")
     p.add_argument("--k", type=_fraction, default=g.k, help="trapezoid distortion in [0, 1] (a float)")
     p.add_argument("--splits", default=",".join(map(str, g.splits)), help="train,val,test shares of the places")
-    p.add_argument("--seed", type=int, default=g.seed)
+    p.add_argument("--seed", type=_non_negative, default=g.seed)
     from .data.synthetic_sequences import SyntheticSequenceConfig
 
     q = SyntheticSequenceConfig()
@@ -391,13 +391,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--perspective", type=float, default=q.perspective, help="corner displacement of the last target (0: none)"
     )
-    p.add_argument("--seed", type=int, default=q.seed)
+    p.add_argument("--seed", type=_non_negative, default=q.seed)
     p = data.add_parser("warp-pair", help="draw a self-supervised homography pair (GeoWarp's four images)")
     p.add_argument("image")
     p.add_argument("--out", required=True, help="PNG path")
     p.add_argument("--k", type=_fraction, default=0.6, help="trapezoid distortion in [0, 1] (a float)")
-    p.add_argument("--size", type=_positive, default=128, help="side of the views (px)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--size",
+        type=_positive,
+        default=None,
+        help="side of the views (px; default 128, or the regressor's with --weights)",
+    )
+    p.add_argument("--seed", type=_non_negative, default=0)
     p.add_argument("--weights", default=None, help="also draw this warping regressor's prediction ('warp': bundled)")
     from .extract import ExtractConfig
 
@@ -593,6 +598,20 @@ def _extra(items: list[str]) -> dict[str, str]:
     return out
 
 
+def _check_writable(path: str | Path, folder: bool = False) -> None:
+    """Refuse up front, before a long run, an output that could not be written at its end: a folder
+    given for a file (or a file for a folder), or a parent path that runs through a file."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        kind = "a folder" if path.is_dir() else "a file"
+        raise ValueError(f"{path} is {kind}; give the {'folder' if folder else 'file'} to write")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"cannot write {path}: {parent} is a file")
+            break
+
+
 def cmd_benchmark(args) -> int:
     from .evaluation.benchmarks import (
         BenchmarkConfig,
@@ -604,6 +623,9 @@ def cmd_benchmark(args) -> int:
     )
 
     _set_threads(args.threads)
+    for out in (args.json, getattr(args, "plot", None)):
+        if out:
+            _check_writable(out)
     if args.bench == "matching":
         return cmd_benchmark_matching(args)
     if args.bench == "detector":
@@ -854,6 +876,7 @@ def demo(
 
     images = Path(images) if images else samples_dir()
     out = Path(out)
+    _check_writable(out, folder=True)
     methods = build_methods(weights)
     paths = list_images(images)
     if not paths:
@@ -927,9 +950,12 @@ def descriptor_demo(path: str | Path, out: str | Path, max_keypoints: int = 500)
     return fig
 
 
-def warp_demo(image, out: str | Path, weights: str = "warp", k: float = 0.6, seed: int = 0) -> Path:
+def warp_demo(
+    image, out: str | Path, weights: str = "warp", k: float = 0.6, seed: int = 0, size: int | None = None
+) -> Path:
     """GeoWarp's self-supervised pair made from ``image`` ``(H, W)`` with the warping regressor's
-    prediction drawn over the truth; prints the mean corner error (normalised units)."""
+    prediction drawn over the truth; prints the mean corner error (normalised units). The views have
+    the regressor's input size (``size``, if given, must equal it)."""
     import numpy as np
     import torch
 
@@ -937,8 +963,8 @@ def warp_demo(image, out: str | Path, weights: str = "warp", k: float = 0.6, see
     from .hub import load_warp
 
     net = load_warp(weights)
-    if not 0.0 <= k <= 1.0:
-        raise ValueError(f"--k must lie in [0, 1], got {k}")
+    if size is not None and size != net.config.size:
+        raise ValueError(f"the regressor reads {net.config.size} px views; leave out --size or give {net.config.size}")
     sample = WarpPairSynthesizer([image], WarpPairConfig(size=net.config.size, k=k, seed=seed)).sample(0)
     a, b = (torch.as_tensor(sample[key])[None, None] for key in ("image_a", "image_b"))
     with torch.inference_mode():
@@ -1002,6 +1028,17 @@ def cmd_extract(args) -> int:
     return 0
 
 
+PATH_ARGS = ("--images", "--root", "--out", "--json", "--plot", "run", "image", "image0", "image1")
+
+
+def _refuse_empty_paths(args) -> None:
+    """An empty path would silently mean the current folder (``Path("") == Path(".")``)."""
+    for arg in PATH_ARGS:
+        v = getattr(args, arg.lstrip("-"), None)
+        if any(isinstance(x, str) and not x.strip() for x in (v if isinstance(v, list) else [v])):
+            raise ValueError(f"{arg} is an empty path")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -1011,6 +1048,7 @@ def main(argv: list[str] | None = None) -> int:
     from .data.images import ImageReadError
 
     try:
+        _refuse_empty_paths(args)
         if args.cmd == "train":
             return cmd_train(args)
         if args.cmd == "export":
@@ -1050,9 +1088,9 @@ def main(argv: list[str] | None = None) -> int:
 
             img = read_image(args.image)
             if args.weights:
-                print(f"figure: {warp_demo(img, args.out, args.weights, args.k, args.seed)}")
+                print(f"figure: {warp_demo(img, args.out, args.weights, args.k, args.seed, args.size)}")
                 return 0
-            synth = WarpPairSynthesizer([img], WarpPairConfig(size=args.size, k=args.k, seed=args.seed))
+            synth = WarpPairSynthesizer([img], WarpPairConfig(size=args.size or 128, k=args.k, seed=args.seed))
             print(f"figure: {draw_pair(img, synth.sample(0), args.out)}")
             return 0
         if args.cmd == "data" and args.data_cmd == "make-sequences":

@@ -12,8 +12,10 @@ Output (``FEATURES.h5``): one group per image, named by its path relative to the
   extraction when its longer side exceeded ``max_side``; coordinates and sizes are given back in
   original pixels).
 
-Root attributes: ``pipeline``, ``max_keypoints``, ``max_side``, ``ssfeat_version``, and a
-``skipped`` string dataset of ``"path: reason"`` for files that could not be read or described.
+Root attributes: ``pipeline``, ``max_keypoints``, ``max_side``, ``sift_first_octave``,
+``ssfeat_version``, and ``skipped_dataset``, the name of a string dataset of ``"key: reason"`` for
+files that could not be read or described (``key`` as for the image groups): ``skipped``, with
+underscores appended if a top-level image folder has that name.
 
 How the work is kept safe: extracted images are written in *part* files
 (``FEATURES.h5.parts/part-r{rank}-{n}.h5``, ``part_size`` images each), every part written to a
@@ -96,8 +98,21 @@ def _keys_in(path: Path) -> tuple[set[str], list[str]]:
                 keys.add(name)
 
         f.visititems(visit)
-        skipped = [s.decode() if isinstance(s, bytes) else str(s) for s in f["skipped"][()]] if "skipped" in f else []
+        name = f.attrs.get("skipped_dataset", "skipped")  # files without the attribute use "skipped"
+        name = name.decode() if isinstance(name, bytes) else str(name)
+        found = isinstance(f.get(name), h5py.Dataset)
+        skipped = [s.decode() if isinstance(s, bytes) else str(s) for s in f[name][()]] if found else []
     return keys, skipped
+
+
+def _write_skipped(f, entries: list[str]) -> None:
+    """The skipped list of an output or part file ``f``, written after its image groups: named
+    ``skipped`` unless a top-level image group already is (then ``skipped_``, ``skipped__``, ...)."""
+    name = "skipped"
+    while name in f:
+        name += "_"
+    f.create_dataset(name, data=np.array(entries, dtype=object), dtype=_h5().string_dtype())
+    f.attrs["skipped_dataset"] = name
 
 
 def done_images(out: Path) -> tuple[set[str], list[str]]:
@@ -194,7 +209,7 @@ class _Extractor:
         self.pipe = build_pipeline(cfg.pipeline, cfg.max_keypoints, sift_first_octave=cfg.sift_first_octave)
 
     def __call__(self, path: Path):
-        """``(features, (H, W), resize)`` or a ``"path: reason"`` string."""
+        """``(features, (H, W), resize)`` or the reason (a string) why ``path`` is skipped."""
         import cv2
 
         from .data.images import ImageReadError, read_image
@@ -202,7 +217,7 @@ class _Extractor:
         try:
             img = read_image(path)
         except ImageReadError as e:
-            return str(e)
+            return str(e).removeprefix(f"{path}: ")
         H, W = img.shape
         resize = 1.0
         if self.cfg.max_side and max(H, W) > self.cfg.max_side:
@@ -211,7 +226,7 @@ class _Extractor:
         try:
             feats = self.pipe.extract(img)
         except ValueError as e:  # e.g. an image smaller than the pipeline's patches
-            return f"{path}: {e}"
+            return str(e)
         if resize != 1.0:  # back to original pixels (pixel centres at integers)
             feats = replace(feats, keypoints=(feats.keypoints + 0.5) / resize - 0.5, scales=feats.scales / resize)
         return feats, (H, W), resize
@@ -263,6 +278,7 @@ def extract_folder(
     du.barrier()
     done, skipped = done_images(out)
     done |= {_skipped_key(s) for s in skipped}
+    # skipped entries name the image key; files written before that named the path as typed
     todo = [(k, p) for k, p in zip(keys, paths) if k not in done and str(p) not in done]
     mine = todo[rank::world]
     seq = len(list(_parts_dir(out).glob(f"part-r{rank}-*.h5")))
@@ -286,10 +302,10 @@ def extract_folder(
             bad = []
             for key, res in batch:
                 if isinstance(res, str):
-                    bad.append(res)
+                    bad.append(f"{key}: {res}")
                 else:
                     _write_group(f, key, *res)
-            f.create_dataset("skipped", data=np.array(bad, dtype=object), dtype=_h5().string_dtype())
+            _write_skipped(f, bad)
             f.attrs.update(_settings(cfg))
 
         _write_atomic(_parts_dir(out) / f"part-r{rank}-{seq:06d}.h5", fill)
@@ -300,7 +316,7 @@ def extract_folder(
         nonlocal n_new, n_skip
         if isinstance(res, str):
             n_skip += 1
-            logger.warning("skipped %s", res)
+            logger.warning("skipped %s: %s", key, res)
         else:
             n_new += 1
         pending.append((key, res))
@@ -350,7 +366,7 @@ def merge(out: Path, cfg: ExtractConfig) -> Path:
                     if k not in f:
                         src.copy(src[k], f, name=k)
                 skipped += sk
-        f.create_dataset("skipped", data=np.array(sorted(set(skipped)), dtype=object), dtype=h5py.string_dtype())
+        _write_skipped(f, sorted(set(skipped)))
         f.attrs.update(_settings(cfg))
         f.attrs["ssfeat_version"] = __version__
 

@@ -115,6 +115,8 @@ class AffineViews:
             Ainv = np.linalg.inv(A)
             xy = warp_points(torch.from_numpy(f.keypoints.astype(np.float64)), torch.from_numpy(Ainv)).numpy()
             inside = inside_image(xy, image.shape)
+            if not inside.any():  # every keypoint of this view lies in its padding
+                continue
             g = f.subset(inside)
             parts.append(
                 replace(

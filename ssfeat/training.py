@@ -33,6 +33,7 @@ from .data.descriptor_pairs import DescriptorPairConfig, DescriptorPairSynthesiz
 from .data.homography_pairs import HomographyPairConfig, HomographyPairSynthesizer
 from .data.images import load_folder
 from .data.synthesis import PairConfig, PairSynthesizer, split_by_image
+from .data.validate import check_fields
 from .data.warp_pairs import WarpPairConfig, WarpPairSynthesizer
 from .evaluation.metrics import pose_accuracies
 from .losses import (
@@ -134,6 +135,10 @@ class DetectorTrainConfig(LoopConfig):
     model: DetectorConfig = field(default_factory=DetectorConfig)
     pairs: HomographyPairConfig = field(default_factory=HomographyPairConfig)
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_fields(self, ("ori_weight", "kp_weight"))
+
     @classmethod
     def from_dict(cls, d: dict) -> DetectorTrainConfig:
         d = dict(d)
@@ -171,6 +176,8 @@ class DescriptorTrainConfig(LoopConfig):
         super().__post_init__()
         if self.loss not in ("ap", "triplet"):
             raise ValueError(f"loss must be 'ap' or 'triplet', not {self.loss!r}")
+        if not 1 <= self.negatives <= 1024:
+            raise ValueError(f"negatives must be between 1 and 1024, got {self.negatives}")
 
     @classmethod
     def from_dict(cls, d: dict) -> DescriptorTrainConfig:
@@ -781,6 +788,9 @@ def fit(
         raise ValueError(f"batch_size {cfg.batch_size} is not divisible by {world} processes")
     if du.is_main():
         out_dir.mkdir(parents=True, exist_ok=True)
+        if ckpt is None and (last.exists() or (out_dir / "log.jsonl").exists()):
+            logger.warning("%s holds an earlier run: starting a new one replaces its checkpoints and log", out_dir)
+            (out_dir / "log.jsonl").unlink(missing_ok=True)
 
     task = task_for(cfg)
     torch.manual_seed(cfg.seed)

@@ -127,6 +127,19 @@ def test_bad_inputs_give_clear_errors(tmp_path, capsys):
     assert main(["benchmark", "sequences", "--root", str(tmp_path), "--json", str(tmp_path / "x.json")]) == 2
     assert "no usable sequences" in capsys.readouterr().err
     assert main(["export", str(tmp_path), "--out", str(tmp_path / "w.safetensors")]) == 2
+    # outputs that could not be written at the end of a long run are refused before it starts
+    root = ["--root", str(tmp_path)]
+    assert main(["benchmark", "sequences", *root, "--json", str(tmp_path)]) == 2
+    assert f"{tmp_path} is a folder" in capsys.readouterr().err
+    plot = str(tmp_path / "junk.png" / "p.png")
+    bad_plot = ["benchmark", "matching", *root, "--json", str(tmp_path / "m.json"), "--plot", plot]
+    assert main(bad_plot) == 2 and "junk.png is a file" in capsys.readouterr().err
+    assert main(["demo", "--out", str(tmp_path / "junk.png")]) == 2
+    assert "junk.png is a file; give the folder" in capsys.readouterr().err
+    # an empty path is not taken to mean the current folder
+    assert main(["extract", "--images", "", "--out", str(tmp_path / "f.h5")]) == 2
+    assert "--images is an empty path" in capsys.readouterr().err
+    assert main(["show", " ", "--out", str(tmp_path / "f.png")]) == 2 and "image is an empty" in capsys.readouterr().err
 
 
 def test_match_and_matching_benchmark(oxford_dir, tmp_path, capsys):

@@ -227,6 +227,13 @@ def test_zoom_out_pairs_keep_both_views_sharp(image_dir):
         PairConfig(zoom_out_pairs=1.5)
 
 
+def test_pair_ranges_that_would_make_endless_work_are_refused():
+    for field, v in (("blur", 1e6), ("ori_log2_jitter", 12.0), ("max_log2_scale", 20.0), ("ref_log2_jitter", 5.0)):
+        with pytest.raises(ValueError, match=f"{field} must be at most"):
+            PairConfig(**{field: v})
+    PairConfig(blur=8.0, ori_log2_jitter=2.0, max_log2_scale=4.0)  # the largest accepted
+
+
 def test_split_is_by_image_and_deterministic(image_dir):
     paths = list_images(image_dir)
     t1, v1 = split_by_image(paths, 0.5, image_dir)
@@ -256,6 +263,31 @@ def test_sequences_layouts_and_malformed_folders(tmp_path, oxford_dir):
     cv2.imwrite(str(hp / "2.ppm"), textured_image(50, 50))
     (hp / "H_1_2").write_text("1 0 0\n0 1 0\n0 0")  # not 3x3
     assert find_sequences(tmp_path) == []
+
+
+def test_unreadable_homography_files_skip_their_sequence(tmp_path, oxford_dir, caplog):
+    from ssfeat.data.sequences import find_sequences, read_homography
+
+    for name, text in (("empty", ""), ("garbage", "not xml at all")):  # cv2 raises SystemError on these
+        f = tmp_path / f"{name}.xml"
+        f.write_text(text)
+        with pytest.raises(ValueError, match="not an OpenCV FileStorage matrix"):
+            read_homography(f)
+    h22 = tmp_path / "H_1_2"
+    h22.write_text("0 0 1\n0 1 0\n1 0 0")  # invertible, but H[2, 2] = 0 cannot be normalised
+    with pytest.raises(ValueError, match="H\\[2, 2\\] is 0"):
+        read_homography(h22)
+    root = tmp_path / "root"
+    for name in ("graf", "wall"):  # graf's H1to2p.xml is empty, wall is fine
+        d = root / name
+        d.mkdir(parents=True)
+        for k in (1, 2):
+            cv2.imwrite(str(d / f"img{k}.png"), textured_image(50, 50))
+        (d / "H1to2p.xml").write_text("")
+    (root / "wall" / "H1to2p.xml").write_text((oxford_dir / "toy" / "H1to2p.xml").read_text())
+    with caplog.at_level("WARNING"):
+        seqs = find_sequences(root)
+    assert [q.name for q in seqs] == ["wall"] and "graf" in caplog.text
 
 
 def test_a_missing_target_skips_only_that_pair(tmp_path, caplog):

@@ -301,3 +301,7 @@ def test_bad_pair_configs_are_refused():
         HomographyPairConfig(size=8)
     with pytest.raises(ValueError, match="max_log2_scale must be a finite non-negative"):
         HomographyPairConfig(max_log2_scale=-1.0)
+    with pytest.raises(ValueError, match="max_log2_scale must be at most 2"):
+        HomographyPairConfig(max_log2_scale=20.0)
+    with pytest.raises(ValueError, match="kp_weight must be a finite non-negative"):
+        DetectorTrainConfig(kp_weight=-1.0)

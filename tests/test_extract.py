@@ -49,7 +49,7 @@ def test_extract_writes_one_group_per_image_and_reports_skips(folder, tmp_path):
     with h5py.File(out, "r") as f:
         skipped = [s.decode() for s in f["skipped"][()]]
         assert f.attrs["pipeline"] == "sift"
-    assert any("zero.jpg" in s for s in skipped) and any("notes.png" in s for s in skipped)
+    assert any(s.startswith("zero.jpg: ") for s in skipped) and any(s.startswith("notes.png: ") for s in skipped)
     assert st["n_done"] + st["n_skipped"] == st["n_images"] == 10
     assert not (tmp_path / "f.h5.parts").exists()
     # stored features equal the pipeline's
@@ -78,6 +78,25 @@ def test_extract_writes_one_group_per_image_and_reports_skips(folder, tmp_path):
     assert victim.read_bytes() == (folder / "im0.png").read_bytes()
     with pytest.raises(ValueError, match="max_side"):
         ExtractConfig(max_side=1)
+
+
+def test_a_folder_named_skipped_and_other_spellings_of_the_folder(tmp_path, monkeypatch):
+    d = tmp_path / "imgs"
+    (d / "skipped").mkdir(parents=True)  # an image folder with the name of the skipped list
+    cv2.imwrite(str(d / "skipped" / "a.png"), textured_image(120, 160, seed=1))
+    cv2.imwrite(str(d / "b.png"), textured_image(120, 160, seed=2))
+    (d / "bad.png").write_text("not an image")
+    out = tmp_path / "f.h5"
+    st = extract_folder(d, out, CFG, progress=False)
+    assert _keys(out) == {"skipped/a.png", "b.png"} and st["n_skipped"] == 1
+    with h5py.File(out, "r") as f:
+        assert f.attrs["skipped_dataset"] == "skipped_" and list(f["skipped_"].asstr()) == [
+            "bad.png: not a readable image (empty, truncated or unknown format)"
+        ]
+    # the same folder spelled another way: nothing is retried or counted twice
+    monkeypatch.chdir(tmp_path)
+    st = extract_folder(Path("imgs"), out, CFG, progress=False)
+    assert st["n_new"] == 0 and st["n_skipped"] == 1 and st["n_done"] == 2
 
 
 def test_extract_resumes_after_a_kill_without_loss_or_duplicates(folder, tmp_path, monkeypatch):

@@ -213,6 +213,11 @@ def test_warp_pair_figure_cli(image_dir, tmp_path, capsys):
     assert fig.stat().st_size > 5000 and "figure" in capsys.readouterr().out
     bad_k = ["data", "warp-pair", str(img), "--out", str(fig), "--k", "1.2"]
     assert "--k: must lie in [0, 1]" in usage_error(main, bad_k, capsys)
+    bad_seed = ["data", "warp-pair", str(img), "--out", str(fig), "--seed", "-1"]
+    assert "--seed: must be >= 0" in usage_error(main, bad_seed, capsys)
+    # the bundled regressor reads 128 px views: another --size is refused, not silently ignored
+    assert main(["data", "warp-pair", str(img), "--out", str(fig), "--weights", "warp", "--size", "64"]) == 2
+    assert "reads 128 px views" in capsys.readouterr().err
 
 
 def test_warp_pair_figure_with_prediction(image_dir, warp_run, tmp_path, capsys):

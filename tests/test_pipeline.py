@@ -24,7 +24,7 @@ from ssfeat.evaluation.matching import (
     sign_test_p,
 )
 from ssfeat.features import Features, sift_octaves
-from ssfeat.geometry import angle_diff
+from ssfeat.geometry import angle_diff, inside_image
 from ssfeat.pipeline import (
     AffineViews,
     Matches,
@@ -253,6 +253,14 @@ def test_asift_pipeline_matches_a_strong_tilt():
         proj = cv2.perspectiveTransform(x0[None].astype(np.float64), H)[0]
         counts[name] = int((np.linalg.norm(proj - x1, axis=1) < 3).sum())
     assert counts["asift"] >= 30 and counts["asift"] > 3 * counts["sift"], counts
+
+
+def test_affine_views_without_keypoints_inside_the_image_are_left_out():
+    img = np.zeros((240, 320), np.float32)  # texture only in a 12x12 corner: some views keep none of it
+    img[:12, :12] = np.random.default_rng(0).random((12, 12))
+    f = build_pipeline("asift", 300).extract(img)
+    assert len(f) > 0 and len(set(f.parents.tolist())) <= len(f)
+    assert inside_image(f.keypoints.astype(np.float64), img.shape).all()
 
 
 def test_pipeline_inputs(estimator, tmp_path):

@@ -1,4 +1,5 @@
 import dataclasses
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -98,6 +99,9 @@ def test_resume_equals_uninterrupted(image_dir, tmp_path, monkeypatch, ema_decay
             assert main(["export", str(tmp_path / "full" / "last.pt"), "--out", str(out), *flags]) == 0
             sd = load_model(out).state_dict()
             assert all(torch.equal(sd[k], a[key][k]) for k in a[key]), key
+    # a new run (no resume) in the same folder starts a new log instead of appending to the old one
+    fit(dataclasses.replace(cfg, steps=3), tmp_path / "full", progress=False)
+    assert [json.loads(x)["step"] for x in (tmp_path / "full" / "log.jsonl").read_text().splitlines()] == [3]
 
 
 def test_ema_update_and_decay_ramp():

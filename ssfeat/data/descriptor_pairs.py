@@ -50,7 +50,11 @@ class DescriptorPairConfig:
 
     def __post_init__(self) -> None:
         check_size(self.size, 32)
-        check_fields(self, ("max_log2_zoom", "max_rotation_deg", "perspective", "shift"))
+        check_fields(
+            self,
+            ("max_log2_zoom", "max_rotation_deg", "perspective", "shift"),
+            maxima={"max_log2_zoom": 2.0, "max_rotation_deg": 180.0, "perspective": 0.9, "shift": 1.0},
+        )
 
 
 def _view_homography(center: np.ndarray, side: float, rot: float, persp: tuple[float, float], P: int) -> np.ndarray:

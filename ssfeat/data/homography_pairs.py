@@ -35,7 +35,11 @@ class HomographyPairConfig:
 
     def __post_init__(self) -> None:
         check_size(self.size, 32)
-        check_fields(self, ("max_rotation_deg", "max_log2_scale", "max_shear"))
+        check_fields(
+            self,
+            ("max_rotation_deg", "max_log2_scale", "max_shear"),
+            maxima={"max_rotation_deg": 180.0, "max_log2_scale": 2.0, "max_shear": 1.0},
+        )
 
 
 def pair_affine(rotation: float, log2_scale: float, shear: float) -> np.ndarray:

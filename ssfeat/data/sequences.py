@@ -40,8 +40,8 @@ def read_homography(path: Path) -> np.ndarray:
             keys = fs.root().keys()
             H = fs.root().getNode(keys[0]).mat() if keys else None
             fs.release()
-        except cv2.error as e:
-            raise ValueError(f"{path}: not an OpenCV FileStorage matrix ({e.err})") from e
+        except (cv2.error, SystemError) as e:  # an empty or non-XML file raises SystemError
+            raise ValueError(f"{path}: not an OpenCV FileStorage matrix") from e
     else:
         try:
             H = np.loadtxt(path, dtype=np.float64)
@@ -50,6 +50,8 @@ def read_homography(path: Path) -> np.ndarray:
     H = None if H is None else np.asarray(H, dtype=np.float64)
     if H is None or H.shape != (3, 3) or not np.isfinite(H).all() or abs(np.linalg.det(H)) < 1e-12:
         raise ValueError(f"{path}: not a finite invertible 3x3 homography")
+    if abs(H[2, 2]) < 1e-12 * np.abs(H).max():  # maps the origin to infinity; cannot be normalised
+        raise ValueError(f"{path}: H[2, 2] is 0 (the homography maps the image origin to infinity)")
     return H / H[2, 2]
 
 

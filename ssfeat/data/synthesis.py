@@ -65,7 +65,11 @@ class PairConfig:
         if not 1.0 <= self.max_tilt < 100.0:
             raise ValueError(f"max_tilt must be in [1, 100) (1: no tilt), got {self.max_tilt}")
         check_fields(
-            self, ("max_log2_scale", "ori_log2_jitter", "ref_log2_jitter", "blur"), ("support",), ("zoom_out_pairs",)
+            self,
+            ("max_log2_scale", "ori_log2_jitter", "ref_log2_jitter", "blur"),
+            ("support",),
+            ("zoom_out_pairs",),
+            maxima={"max_log2_scale": 4.0, "ori_log2_jitter": 2.0, "ref_log2_jitter": 2.0, "blur": 8.0},
         )
         if self.scale_sampling not in SCALE_SAMPLINGS:
             raise ValueError(f"scale_sampling must be one of {SCALE_SAMPLINGS}, got {self.scale_sampling!r}")

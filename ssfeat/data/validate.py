@@ -6,10 +6,15 @@ import math
 
 
 def check_fields(
-    cfg, non_negative: tuple[str, ...] = (), positive: tuple[str, ...] = (), fractions: tuple[str, ...] = ()
+    cfg,
+    non_negative: tuple[str, ...] = (),
+    positive: tuple[str, ...] = (),
+    fractions: tuple[str, ...] = (),
+    maxima: dict[str, float] | None = None,
 ) -> None:
     """Raise ``ValueError`` unless each named field of the dataclass ``cfg`` is a finite number,
-    ``>= 0`` for ``non_negative``, ``> 0`` for ``positive`` and in ``[0, 1]`` for ``fractions``."""
+    ``>= 0`` for ``non_negative``, ``> 0`` for ``positive``, in ``[0, 1]`` for ``fractions`` and at
+    most ``maxima[name]`` (ranges beyond which synthesis would make absurd, huge or endless work)."""
     for names, ok, kind in ((non_negative, lambda v: v >= 0, "non-negative"), (positive, lambda v: v > 0, "positive")):
         for name in names:
             v = getattr(cfg, name)
@@ -19,6 +24,10 @@ def check_fields(
         v = getattr(cfg, name)
         if not 0.0 <= v <= 1.0:  # also refuses NaN
             raise ValueError(f"{name} must lie in [0, 1], got {v}")
+    for name, hi in (maxima or {}).items():
+        v = getattr(cfg, name)
+        if not v <= hi:
+            raise ValueError(f"{name} must be at most {hi:g}, got {v}")
 
 
 def check_size(size: int, lo: int, hi: int = 2048) -> None:
