@@ -57,10 +57,12 @@ def test_make_sequences_layout_bad_photos_and_cli(image_dir, tmp_path, capsys):
     shutil.copytree(image_dir, src)
     (src / "broken.png").write_bytes(b"not an image")
     cv2.imwrite(str(src / "tiny.png"), textured_image(40, 40))
+    cv2.imwrite(str(src / "black.png"), np.zeros((200, 200), np.uint8))
     out = tmp_path / "seq"
     meta = make_synthetic_sequences(src, out, SyntheticSequenceConfig(n_targets=3, max_side=200))
-    assert len(meta["sequences"]) == 6 and len(meta["skipped"]) == 2
+    assert len(meta["sequences"]) == 6 and len(meta["skipped"]) == 3
     assert any("broken.png" in s for s in meta["skipped"]) and any("smaller than" in s for s in meta["skipped"])
+    assert any("black.png" in s and "blank" in s for s in meta["skipped"])
     seqs = find_sequences(out)
     assert len(seqs) == 6 and all(s.layout == "hpatches" and len(s.targets) == 3 for s in seqs)
     assert json.loads((out / "sequences.json").read_text())["config"]["n_targets"] == 3

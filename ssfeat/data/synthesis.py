@@ -134,6 +134,8 @@ class PairSynthesizer:
 
     def __init__(self, images: list[np.ndarray], cfg: PairConfig | None = None, names: list[str] | None = None):
         self.cfg = cfg = cfg or PairConfig()
+        if not images:
+            raise ValueError("no readable images to make patch pairs from")
         margin = cfg.margin()
         self.images, self.keypoints, self.skipped = [], [], []
         for i, img in enumerate(images):

@@ -91,8 +91,10 @@ def make_sequence(image: np.ndarray, cfg: SyntheticSequenceConfig, rng: np.rando
         (reference pixels to target pixels).
 
     Raises:
-        ValueError: the photo is smaller than ``MIN_SIDE`` px (after reduction).
+        ValueError: the photo is smaller than ``MIN_SIDE`` px (after reduction) or blank.
     """
+    if float(image.max()) - float(image.min()) < 2 / 255:  # no keypoint, nothing to match: not a test pair
+        raise ValueError("blank (under 2 gray levels from darkest to brightest)")
     H, W = image.shape
     f = min(1.0, cfg.max_side / max(H, W))
     if f < 1.0:

@@ -126,7 +126,10 @@ def image_pairs(roots: list[str | Path]) -> list[ImagePair]:
         if root.resolve() in seen:  # a root given twice counts once
             continue
         seen.add(root.resolve())
-        for seq in find_sequences(root):
+        seqs = find_sequences(root)
+        if not seqs:
+            logger.warning("no Oxford, HPatches or EVD sequences under %s", root)
+        for seq in seqs:
             cat = category_of(seq.layout, seq.name)
             for t, H in zip(seq.targets, seq.H):
                 out.append(ImagePair(Path(root).name, seq.name, cat, seq.reference, t, H))
