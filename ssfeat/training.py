@@ -176,8 +176,7 @@ class DescriptorTrainConfig(LoopConfig):
         super().__post_init__()
         if self.loss not in ("ap", "triplet"):
             raise ValueError(f"loss must be 'ap' or 'triplet', not {self.loss!r}")
-        if not 1 <= self.negatives <= 1024:
-            raise ValueError(f"negatives must be between 1 and 1024, got {self.negatives}")
+        check_fields(self, positive=("negatives",), maxima={"negatives": 1024})
 
     @classmethod
     def from_dict(cls, d: dict) -> DescriptorTrainConfig:

@@ -293,5 +293,7 @@ def test_bad_descriptor_pair_configs_are_refused():
         DescriptorPairConfig(shift=float("nan"))
     with pytest.raises(ValueError, match="max_log2_zoom must be at most 2"):
         DescriptorPairConfig(max_log2_zoom=5.0)
-    with pytest.raises(ValueError, match="negatives must be between 1 and 1024"):
+    with pytest.raises(ValueError, match="negatives must be at most 1024"):
         DescriptorTrainConfig(negatives=100000)
+    with pytest.raises(ValueError, match="negatives must be a finite positive number"):
+        DescriptorTrainConfig(negatives=0)
