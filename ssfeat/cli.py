@@ -662,17 +662,12 @@ def _pipeline_names(text: str) -> list[str]:
     return names
 
 
-def _pair_benchmark_inputs(args) -> tuple:
-    """The arguments of ``run_detector_benchmark`` and ``run_descriptor_benchmark`` from the CLI's."""
-    names = _pipeline_names(args.pipelines)
-    return (
-        args.root,
-        names,
-        args.max_keypoints,
-        args.weights,
-        not args.no_progress,
-        args.sift_first_octave,
-        args.ransac_repeats,
+def _matching_config(args):
+    """The :class:`MatchingConfig` of the ``benchmark matching / detector / descriptor`` options."""
+    from .evaluation.matching import MatchingConfig
+
+    return MatchingConfig(
+        max_keypoints=args.max_keypoints, sift_first_octave=args.sift_first_octave, ransac_repeats=args.ransac_repeats
     )
 
 
@@ -680,7 +675,8 @@ def cmd_benchmark_detector(args) -> int:
     from .evaluation.benchmarks import write_json
     from .evaluation.detector import format_detector_table, run_detector_benchmark
 
-    result = run_detector_benchmark(*_pair_benchmark_inputs(args))
+    names = _pipeline_names(args.pipelines)
+    result = run_detector_benchmark(args.root, names, args.weights, not args.no_progress, _matching_config(args))
     print(f"detector benchmark: {result['n_pairs']} image pairs, {args.max_keypoints} keypoints per image")
     for g in ("all", "dataset", "category"):
         print(format_detector_table(result, g))
@@ -697,7 +693,6 @@ def cmd_benchmark_detector(args) -> int:
 def cmd_benchmark_matching(args) -> int:
     from .evaluation.benchmarks import write_json
     from .evaluation.matching import (
-        MatchingConfig,
         format_matching_table,
         format_paired_table,
         plot_mma,
@@ -707,9 +702,7 @@ def cmd_benchmark_matching(args) -> int:
 
     names = _pipeline_names(args.pipelines)
     est = pipeline_estimator(args.weights)
-    cfg = MatchingConfig(
-        max_keypoints=args.max_keypoints, sift_first_octave=args.sift_first_octave, ransac_repeats=args.ransac_repeats
-    )
+    cfg = _matching_config(args)
     result = run_matching(args.root, names, cfg, est, progress=not args.no_progress)
     print(
         f"matching: {result['n_pairs']} image pairs, {cfg.max_keypoints} keypoints per image, "
@@ -763,7 +756,8 @@ def cmd_benchmark_descriptor(args) -> int:
     from .evaluation.descriptor import format_d2net_table, run_descriptor_benchmark
     from .evaluation.matching import format_matching_table, plot_mma
 
-    result = run_descriptor_benchmark(*_pair_benchmark_inputs(args))
+    names = _pipeline_names(args.pipelines)
+    result = run_descriptor_benchmark(args.root, names, args.weights, not args.no_progress, _matching_config(args))
     print(f"descriptor benchmark: {result['n_pairs']} image pairs, {args.max_keypoints} SIFT keypoints per image")
     for g in ("all", "dataset", "category"):
         print(format_matching_table(result, g, with_repeatability=False))

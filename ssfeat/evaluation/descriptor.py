@@ -45,21 +45,17 @@ def time_descriptors(pipelines: dict, image: np.ndarray, n_keypoints: int = 2000
 def run_descriptor_benchmark(
     roots: list[str | Path],
     names: list[str] | tuple[str, ...] = DESCRIPTOR_PIPELINES,
-    max_keypoints: int = 1000,
     weights: str = "descriptor",
     progress: bool = True,
-    sift_first_octave: int = 0,
-    ransac_repeats: int = MatchingConfig.ransac_repeats,
+    cfg: MatchingConfig | None = None,
 ) -> dict:
     """The descriptor pipelines ``names`` (see :data:`ssfeat.pipeline.PIPELINES`) on every pair under
     ``roots``; ``weights`` is the learned descriptor's (bundled name, file or run)."""
 
+    cfg = cfg or MatchingConfig()
     est = pipeline_estimator() if any("ssfeat" in n for n in names) else None
-    cfg = MatchingConfig(max_keypoints, sift_first_octave=sift_first_octave, ransac_repeats=ransac_repeats)
-    pipes = {
-        n: build_pipeline(n, max_keypoints, est, descriptor_weights=weights, sift_first_octave=sift_first_octave)
-        for n in names
-    }
+    n_kp, octave = cfg.max_keypoints, cfg.sift_first_octave
+    pipes = {n: build_pipeline(n, n_kp, est, descriptor_weights=weights, sift_first_octave=octave) for n in names}
     result = run_matching(roots, pipes, cfg, est, progress)
     result["benchmark"] = "descriptor"
     result["descriptor_weights"] = str(weights)

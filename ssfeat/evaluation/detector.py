@@ -124,11 +124,9 @@ def time_detector(detector, image: np.ndarray, repeats: int = 3) -> dict[str, fl
 def run_detector_benchmark(
     roots: list,
     pipelines: tuple[str, ...] | list[str] = DETECTOR_PIPELINES,
-    max_keypoints: int = 1000,
     weights: str = "detector",
     progress: bool = True,
-    sift_first_octave: int = 0,
-    ransac_repeats: int = MatchingConfig.ransac_repeats,
+    cfg: MatchingConfig | None = None,
 ) -> dict:
     """Detectors side by side on every pair under ``roots`` (Oxford / HPatches / EVD layouts):
     repeatability (symmetric with visibility mask, and ReKD's one-directional), orientation
@@ -141,19 +139,19 @@ def run_detector_benchmark(
     from ..pipeline import LearnedDetector, LearnedDetectorOrienter, build_pipeline
     from .matching import image_pairs, run_matching
 
-    det = KeypointDetector.from_pretrained(weights, DetectConfig(max_keypoints=max_keypoints))
+    cfg = cfg or MatchingConfig()
+    det = KeypointDetector.from_pretrained(weights, DetectConfig(max_keypoints=cfg.max_keypoints))
     pipes = {}
     for name in pipelines:
         base = name.rstrip("*")
         if base not in pipes:
-            p = build_pipeline(base, max_keypoints, sift_first_octave=sift_first_octave)
+            p = build_pipeline(base, cfg.max_keypoints, sift_first_octave=cfg.sift_first_octave)
             for stage in (p.detector, p.orienter):  # the detector under test, not the bundled one
                 if isinstance(stage, (LearnedDetector, LearnedDetectorOrienter)):
                     stage.detector = det
             pipes[base] = p
         pipes[name] = pipes[base]
     pipes = {k: pipes[k] for k in pipelines}
-    cfg = MatchingConfig(max_keypoints, sift_first_octave=sift_first_octave, ransac_repeats=ransac_repeats)
     result = run_matching(roots, pipes, cfg, progress=progress)
     result["benchmark"] = "detector"
     first = image_pairs(roots)[0]
