@@ -64,7 +64,13 @@ class GlobalDescriptor:
             from tqdm import tqdm
 
             it = tqdm(paths, desc="global descriptors", unit="img", leave=False)
-        return torch.stack([self(read_image(p)) for p in it])
+        out = []
+        for p in it:
+            try:
+                out.append(self(read_image(p)))
+            except ValueError as e:  # name the file (unreadable files already say which)
+                raise ValueError(str(e) if str(p) in str(e) else f"{p}: {e}") from None
+        return torch.stack(out)
 
 
 def retrieve(database: torch.Tensor, queries: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:

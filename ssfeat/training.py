@@ -31,7 +31,7 @@ from . import __version__
 from . import distributed as du
 from .data.descriptor_pairs import DescriptorPairConfig, DescriptorPairSynthesizer
 from .data.homography_pairs import HomographyPairConfig, HomographyPairSynthesizer
-from .data.images import load_folder
+from .data.images import load_textured
 from .data.synthesis import PairConfig, PairSynthesizer, split_by_image
 from .data.validate import check_fields
 from .data.warp_pairs import WarpPairConfig, WarpPairSynthesizer
@@ -379,27 +379,11 @@ class _StepBatches(torch.utils.data.Dataset):
         return self.task.make_batch(self.synth, range(base, base + self.b))
 
 
-def _load_textured(folder: str) -> tuple[list, list]:
-    """The readable uint8 images under ``folder`` that are not flat (blank frames teach nothing and
-    would be sampled like photos): flat ones are skipped with a warning."""
-    paths, images, _ = load_folder(folder, as_uint8=True)
-    if not images:
-        raise ValueError(f"no readable images under {folder}")
-    flat = [i for i, im in enumerate(images) if int(im.max()) - int(im.min()) < 2]
-    if flat:
-        names = ", ".join(str(paths[i]) for i in flat[:5])
-        logger.warning("%d of %d images under %s are blank (flat), skipped: %s", len(flat), len(images), folder, names)
-    keep = sorted(set(range(len(images))) - set(flat))
-    if not keep:
-        raise ValueError(f"every image under {folder} is blank (under 2 gray levels from darkest to brightest)")
-    return [paths[i] for i in keep], [images[i] for i in keep]
-
-
 def _split_images(cfg: LoopConfig) -> tuple[list, list, list, list]:
     """Training and validation ``(paths, images)``, split by image (or from ``val_images``)."""
-    paths, images = _load_textured(cfg.images)
+    paths, images = load_textured(cfg.images)
     if cfg.val_images:
-        vpaths, vimages = _load_textured(cfg.val_images)
+        vpaths, vimages = load_textured(cfg.val_images)
         return paths, images, vpaths, vimages
     train_idx, val_idx = split_by_image(paths, cfg.val_fraction, Path(cfg.images))
     if not val_idx or not train_idx:  # tiny folders: hold out the last image

@@ -89,6 +89,18 @@ def test_gem_retrieve_and_recall():
     assert recall_at(preds, [np.array([], np.int64), np.array([9])], ns=(1,)) == {"R@1": 0.0}
 
 
+def test_global_descriptor_names_a_too_small_file(tmp_path):
+    from ssfeat.retrieval import GlobalDescriptor
+
+    ok, tiny = tmp_path / "ok.png", tmp_path / "tiny.png"
+    cv2.imwrite(str(ok), (np.random.default_rng(0).random((40, 40)) * 255).astype(np.uint8))
+    cv2.imwrite(str(tiny), np.full((5, 30), 90, np.uint8))
+    desc = GlobalDescriptor()
+    assert desc.describe_paths([ok]).shape[0] == 1
+    with pytest.raises(ValueError, match=r"tiny\.png: the 30x5 image is too small"):
+        desc.describe_paths([ok, tiny])
+
+
 def test_geoloc_benchmark_cli_with_and_without_reranking(geo_dir, warp_run, tmp_path, capsys):
     js = tmp_path / "g.json"
     args = ["benchmark", "geoloc", "--root", str(geo_dir), "--json", str(js), "--no-progress"]
@@ -157,6 +169,12 @@ def test_warp_benchmark_cli(image_dir, warp_run, tmp_path, capsys):
     assert set(res["pairs_per_s"]) == {"ssfeat WarpNet", "ssfeat WarpNet, flip-averaged"}
     assert "all 8" in capsys.readouterr().out
     assert "--k: must lie in [0, 1]" in usage_error(main, [*args, "--json", str(js), "--k", "1.5"], capsys)
+    black = tmp_path / "black"
+    black.mkdir()
+    cv2.imwrite(str(black / "a.png"), np.zeros((80, 80), np.uint8))
+    bad = [*args[:3], str(black), *args[4:], "--json", str(tmp_path / "b.json")]
+    assert main(bad) == 2  # an all-black folder is refused, not scored
+    assert "every image under" in capsys.readouterr().err
 
 
 def test_convex_clipping_and_four_points():

@@ -11,6 +11,7 @@ import torch
 
 from ssfeat import training
 from ssfeat.cli import main
+from ssfeat.data.images import load_textured
 from ssfeat.data.synthesis import PairConfig, PairSynthesizer
 from ssfeat.hub import load_model
 from ssfeat.models import PatchPoseConfig, PatchPoseNet
@@ -162,12 +163,12 @@ def test_blank_images_are_skipped_and_a_blank_folder_refused(image_dir, tmp_path
     for i in range(3):
         cv2.imwrite(str(blank / f"b{i}.png"), np.full((300, 300), 128, np.uint8))
     with pytest.raises(ValueError, match="every image under .* is blank"):
-        training._load_textured(str(blank))
+        load_textured(str(blank))
     mixed = tmp_path / "mixed"
     shutil.copytree(image_dir, mixed)
     shutil.copy(blank / "b0.png", mixed / "zz_blank.png")
     with caplog.at_level(logging.WARNING):
-        paths, images = training._load_textured(str(mixed))
+        paths, images = load_textured(str(mixed))
     assert "1 of" in caplog.text and "zz_blank.png" in caplog.text
     assert len(paths) == len(images) == 6 and all(int(im.max()) - int(im.min()) > 1 for im in images)
     assert main(["train", "detector", "--images", str(blank), "--out", str(tmp_path / "d"), "--steps", "1"]) == 2

@@ -144,3 +144,25 @@ def load_folder(
         for s in skipped[:20]:
             logger.warning("  skipped %s", s)
     return paths, images, skipped
+
+
+def load_textured(folder: str | Path, min_size: int = 0) -> tuple[list[Path], list[np.ndarray]]:
+    """The readable uint8 images under ``folder`` (at least ``min_size`` px a side) that are not
+    flat: blank frames teach nothing and would be sampled like photos, so they are skipped with a
+    warning naming them.
+
+    Raises:
+        ValueError: no readable image, or every image is blank.
+    """
+    paths, images, _ = load_folder(folder, min_size=min_size, as_uint8=True)
+    if not images:
+        size = f" of at least {min_size} px" if min_size else ""
+        raise ValueError(f"no readable images{size} under {folder}")
+    flat = [i for i, im in enumerate(images) if int(im.max()) - int(im.min()) < 2]
+    if flat:
+        names = ", ".join(str(paths[i]) for i in flat[:5])
+        logger.warning("%d of %d images under %s are blank (flat), skipped: %s", len(flat), len(images), folder, names)
+    keep = sorted(set(range(len(images))) - set(flat))
+    if not keep:
+        raise ValueError(f"every image under {folder} is blank (under 2 gray levels from darkest to brightest)")
+    return [paths[i] for i in keep], [images[i] for i in keep]

@@ -107,7 +107,7 @@ def run_warp_pairs(
 
     import torch
 
-    from ..data.images import load_folder
+    from ..data.images import load_textured
     from ..data.warp_pairs import WarpPairConfig, WarpPairSynthesizer
     from ..hub import load_warp
     from ..models.warp import FRAME
@@ -115,9 +115,7 @@ def run_warp_pairs(
 
     net = load_warp(warp_weights)
     cfg = WarpPairConfig(size=net.config.size, seed=seed, k=net_k(warp_weights) if k is None else k)
-    paths, imgs, _ = load_folder(images, min_size=16)  # unreadable and tiny files are reported and skipped
-    if not paths:
-        raise ValueError(f"{images}: no readable images of at least 16 px")
+    paths, imgs = load_textured(images, min_size=16)  # unreadable, tiny and blank files: reported, skipped
     batch = WarpPairSynthesizer(imgs, cfg).batch(range(n_pairs))
     methods, speed = {}, {}
     for name, flips in (("ssfeat WarpNet", False), ("ssfeat WarpNet, flip-averaged", True)):
