@@ -240,7 +240,9 @@ def _add_benchmark(sub) -> None:
     p.add_argument(
         "--pipelines",
         default=",".join(DEFAULT_PIPELINES),
-        help="comma-separated pipeline names (see ssfeat.pipeline.PIPELINES; '*' adds the orientation filter)",
+        help="comma-separated pipeline names (see ssfeat.pipeline.PIPELINES; '*' adds the orientation filter); "
+        "'oracle' and 'oracle_scale' give SIFT keypoints ground-truth orientations (and sizes), the ceiling "
+        "of any pose estimator",
     )
     p.add_argument("--max-keypoints", type=_positive, default=MatchingConfig.max_keypoints, help="per image")
     _add_sift_first_octave(p)
@@ -713,6 +715,10 @@ def cmd_benchmark_matching(args) -> int:
     print(format_matching_table(result, "dataset"))
     print()
     print(format_matching_table(result, "category"))
+    floor = {k: v["all"]["floor_h3"] for k, v in result["pipelines"].items() if "floor_h3" in v["all"]}
+    if floor:
+        print("\nfloor: pairs whose correct matches (<= 3 px) alone, fitted by least squares, are within 3 px:")
+        print("  " + ", ".join(f"{k} {100 * v:.1f}" for k, v in floor.items()))
     if "paired" in result:
         print()
         print(format_paired_table(result))

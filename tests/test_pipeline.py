@@ -296,7 +296,8 @@ def test_categories():
 
 def test_run_matching(oxford_dir, estimator, tmp_path):
     cfg = MatchingConfig(max_keypoints=300, timing_repeats=1)
-    res = run_matching([oxford_dir], ["sift", "upright", "ssfeat", "ssfeat*"], cfg, estimator, progress=False)
+    names = ["sift", "upright", "ssfeat", "ssfeat*", "oracle", "oracle_scale"]
+    res = run_matching([oxford_dir], names, cfg, estimator, progress=False)
     assert res["n_pairs"] == 2
     s = res["pipelines"]
     for name in ("sift", "upright", "ssfeat", "ssfeat*"):
@@ -305,7 +306,7 @@ def test_run_matching(oxford_dir, estimator, tmp_path):
     assert s["sift"]["all"]["mma"][2] > s["upright"]["all"]["mma"][2]
     assert s["ssfeat"]["all"]["mma"][2] > 0.5
     assert s["ssfeat*"]["all"]["mma"][2] >= s["ssfeat"]["all"]["mma"][2] - 1e-9
-    assert s["sift"]["all"]["h_acc"][-1] == 1.0
+    assert s["sift"]["all"]["h_acc"][-1] == 1.0 and s["sift"]["all"]["floor_h3"] == 1.0
     for name in ("sift", "ssfeat"):  # AUC <= accuracy at every threshold, and the pairs are solved
         auc, acc = s[name]["all"]["h_auc"], s[name]["all"]["h_acc"]
         assert all(0 <= u <= a + 1e-9 for u, a in zip(auc, acc)) and auc[-1] > 0.5
@@ -315,8 +316,43 @@ def test_run_matching(oxford_dir, estimator, tmp_path):
     torch.testing.assert_close(
         torch.tensor(s["ssfeat"]["all"]["repeatability"]), torch.tensor(s["sift"]["all"]["repeatability"])
     )
-    assert set(res["paired"]["groups"]["all"]) == {"upright", "ssfeat", "ssfeat*"}
+    assert set(res["paired"]["groups"]["all"]) == {"upright", "ssfeat", "ssfeat*", "oracle", "oracle_scale"}
+    # the oracle: SIFT's keypoints, orientations that agree exactly on every repeated keypoint
+    assert s["oracle"]["all"]["ori_acc"][0] == 100.0 > s["sift"]["all"]["ori_acc"][0]
+    assert s["oracle"]["all"]["repeatability"] == s["sift"]["all"]["repeatability"]
+    assert s["oracle"]["all"]["mma"][2] > 0.5 and "oracle" not in res["timing_640x480_s"]
+    assert s["oracle_scale"]["all"]["ori_acc"][0] == 100.0 and s["oracle_scale"]["all"]["mma"][2] > 0.5
     assert "paired against sift" in format_paired_table(res)
+
+
+def test_floor_corner_error():
+    from ssfeat.evaluation.matching import floor_corner_error
+
+    H = np.array([[1.1, 0.05, 3.0], [-0.02, 0.95, -2.0], [1e-4, 2e-5, 1.0]])
+    x0 = np.random.default_rng(0).uniform(0, 200, (30, 2))
+    x1 = np.c_[x0, np.ones(30)] @ H.T
+    x1 = x1[:, :2] / x1[:, 2:]
+    correct = np.ones(30, bool)
+    assert floor_corner_error(x0, x1, correct, H, (200, 200)) < 1e-3
+    x1[:10] += 40.0  # wrong matches are left out by the mask, not fitted
+    correct[:10] = False
+    assert floor_corner_error(x0, x1, correct, H, (200, 200)) < 1e-3
+    assert floor_corner_error(x0, x1, ~correct, H, (200, 200)) > 10
+    assert floor_corner_error(x0, x1, np.arange(30) < 3, H, (200, 200)) == float("inf")
+
+
+def test_oracle_orientations_are_the_local_rotation():
+    from ssfeat.evaluation.matching import oracle_orientations
+
+    kp = np.array([[10.0, 20.0], [160.0, 120.0], [300.0, 5.0]], np.float32)
+    for angle in (20.0, -35.0, 180.0):  # cv2: positive angles turn counter-clockwise as displayed
+        H = np.vstack([cv2.getRotationMatrix2D((160, 120), angle, 1.3), [0, 0, 1]])
+        theta, log2s = oracle_orientations(kp, H)
+        np.testing.assert_allclose(theta, np.full(3, np.radians(angle) % (2 * np.pi)), atol=1e-5)
+        np.testing.assert_allclose(log2s, np.full(3, np.log2(1.3)), atol=1e-5)
+    H = np.array([[1.0, 0, 0], [0, 1, 0], [0.01, 0, 1]])  # a perspective map: image-1 point (100, 0) has no preimage
+    assert [a.tolist() for a in oracle_orientations(np.array([[100.0, 0.0]]), H)] == [[0.0], [0.0]]
+    assert oracle_orientations(np.zeros((0, 2)), H)[0].shape == (0,)
 
 
 def test_paired_comparison_and_sign_test():

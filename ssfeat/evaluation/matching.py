@@ -12,6 +12,17 @@ Every pipeline sees the same pairs and the same keypoint budget. Per pair:
   the true homography; accuracy at 1/3/5/10 px (no model: failure), and the AUC of the
   corner-error curve up to each threshold (as LightGlue and hloc report it): the mean over pairs
   of ``max(0, 1 - error / t)``, which weighs how close each pair is instead of counting it in or out.
+* **floor**: the corner error of the least-squares homography of the correct matches alone
+  (:func:`floor_corner_error`), and the share of pairs where it is within 3 px (``floor_h3``): on
+  pairs above it, keypoint localisation or ground-truth error, not the matches found, decides H@3.
+
+The pipeline names ``oracle`` and ``oracle_scale`` (this benchmark only: they read the ground
+truth) are ceilings of any pose estimator in the ``sift`` pipeline: the same SIFT keypoints, SIFT
+descriptor and matcher, with image-0 keypoints upright and image-1 keypoints turned by the true
+homography's local rotation at their preimage, so that the orientations of corresponding keypoints
+agree exactly (:func:`oracle_orientations`); ``oracle`` keeps SIFT's sizes, ``oracle_scale`` also
+makes the sizes agree exactly (image 0: the median SIFT size of that image; image 1: that size times
+the homography's local scale).
 
 Pairs are grouped by dataset (the ``--root`` they come from), sequence and category: HPatches ``v_*``
 and EVD are ``viewpoint``, HPatches ``i_*`` ``illumination``; the Oxford sequences are graf, wall
@@ -37,7 +48,16 @@ from ..data.sequences import find_sequences
 from ..estimator import PatchPoseEstimator
 from ..features import Features, check_first_octave
 from ..geometry import angle_diff, inside_image, local_rotation_scale, warp_points
-from ..pipeline import OrientationFilter, Pipeline, RansacHomography, build_pipeline, pipeline_estimator
+from ..pipeline import (
+    MutualNearestNeighbor,
+    OrientationFilter,
+    Pipeline,
+    RansacHomography,
+    SIFTDescriptor,
+    SIFTDetector,
+    build_pipeline,
+    pipeline_estimator,
+)
 from .benchmarks import BenchmarkConfig, _meta, render_rows
 
 logger = logging.getLogger(__name__)
@@ -144,6 +164,56 @@ def _warp(xy: np.ndarray, H: np.ndarray) -> np.ndarray:
     return warp_points(torch.from_numpy(xy.astype(np.float64)), torch.from_numpy(H)).numpy()
 
 
+ORACLES = ("oracle", "oracle_scale")
+
+
+def oracle_orientations(keypoints1: np.ndarray, H_0to1: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ground-truth poses of image-1 keypoints ``(N, 2)`` relative to upright image-0 keypoints:
+    the local rotation (radians) and log2 scale of ``H_0to1`` at each keypoint's preimage
+    ``H_0to1^-1 x1``, both ``(N,)`` float32 (0 where the preimage is at infinity)."""
+    theta, log2s = np.zeros(len(keypoints1)), np.zeros(len(keypoints1))
+    if len(keypoints1):
+        x0 = _warp(keypoints1.astype(np.float64), np.linalg.inv(H_0to1))
+        ok = np.isfinite(x0).all(1)
+        if ok.any():
+            t, ls = local_rotation_scale(torch.from_numpy(x0[ok]), torch.from_numpy(H_0to1))
+            theta[ok], log2s[ok] = t.numpy(), ls.numpy()
+    return theta.astype(np.float32), log2s.astype(np.float32)
+
+
+class OracleFeatures:
+    """Features of the ``oracle`` / ``oracle_scale`` rows (see the module docstring): SIFT
+    keypoints (as the ``sift`` pipeline detects them) with ground-truth poses, SIFT descriptors;
+    detections and image-0 features are cached per image."""
+
+    def __init__(self, cfg: MatchingConfig, scale: bool = False) -> None:
+        self.detector = SIFTDetector(cfg.max_keypoints)
+        self.descriptor = SIFTDescriptor(first_octave=cfg.sift_first_octave)
+        self.matcher, self.scale = MutualNearestNeighbor(), scale
+        self._detected: dict[Path, Features] = {}
+        self._image0: dict[Path, Features] = {}
+
+    def _detect(self, path: Path, image: np.ndarray) -> Features:
+        if path not in self._detected:
+            self._detected[path] = self.detector(image)
+        return self._detected[path].subset(np.arange(len(self._detected[path])))  # a copy
+
+    def __call__(self, pair: ImagePair, im0: np.ndarray, im1: np.ndarray) -> tuple[Features, Features]:
+        """``(features of image 0, features of image 1)`` of one pair."""
+        f0 = self._detect(pair.path0, im0)
+        size = float(np.median(f0.scales)) if len(f0) else 1.0
+        if pair.path0 not in self._image0:
+            f0.orientations = np.zeros(len(f0), np.float32)
+            if self.scale:
+                f0.scales = np.full(len(f0), size, np.float32)
+            self._image0[pair.path0] = self.descriptor(im0, f0)
+        f1 = self._detect(pair.path1, im1)
+        f1.orientations, log2s = oracle_orientations(f1.keypoints, pair.H_0to1)
+        if self.scale:
+            f1.scales = (size * np.exp2(log2s)).astype(np.float32)
+        return self._image0[pair.path0], self.descriptor(im1, f1)
+
+
 def _nearest_dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     if len(a) == 0:
         return np.zeros(0)
@@ -222,6 +292,16 @@ def ransac_orders(n: int, repeats: int) -> list[np.ndarray]:
     return [np.arange(n)] + [np.random.default_rng(r).permutation(n) for r in range(1, repeats)]
 
 
+def floor_corner_error(x0: np.ndarray, x1: np.ndarray, correct: np.ndarray, H_gt: np.ndarray, shape0) -> float:
+    """Corner error (px) of the least-squares homography of the ``correct`` matches alone (``(M, 2)``
+    points, ``(M,)`` mask; inf below 4): what a robust estimator that found exactly the correct
+    matches would reach, a floor set by keypoint localisation and ground-truth error."""
+    if correct.sum() < 4:
+        return float("inf")
+    H, _ = cv2.findHomography(x0[correct], x1[correct], 0)
+    return corner_error(None if H is None or not np.isfinite(H).all() else H / H[2, 2], H_gt, shape0)
+
+
 def score_pair(f0: Features, f1: Features, idx: np.ndarray, H_gt: np.ndarray, cfg: MatchingConfig, ransac) -> dict:
     """Metrics of one pair's matches ``idx`` ``(M, 2)``.
 
@@ -234,6 +314,7 @@ def score_pair(f0: Features, f1: Features, idx: np.ndarray, H_gt: np.ndarray, cf
     orders = ransac_orders(len(idx), cfg.ransac_repeats)
     cerr = np.array([corner_error(ransac.fit(x0[o], x1[o])[0], H_gt, f0.image_size) for o in orders])
     return {
+        "corner_error_floor": floor_corner_error(x0, x1, err <= cfg.correct_threshold, H_gt, f0.image_size),
         "mma": [float((err <= t).mean()) if len(err) else 0.0 for t in cfg.mma_thresholds],
         "matches": int(len(idx)),
         "correct": int((err <= cfg.correct_threshold).sum()),
@@ -258,6 +339,9 @@ def _mean(rows: list[dict]) -> dict:
     ori = [r["ori_acc"] for r in rows if r.get("ori_acc") is not None]
     out["ori_acc"] = np.mean(ori, 0).round(2).tolist() if ori else None
     out["median_corner_error"] = round(float(np.median([r["corner_error"] for r in rows])), 3)
+    floors = [r["corner_error_floor"] for r in rows if "corner_error_floor" in r]
+    if floors:  # pairs whose correct matches alone fit within 3 px: the H@3 within reach
+        out["floor_h3"] = round(float(np.mean([f <= 3 for f in floors])), 4)
     return out
 
 
@@ -417,8 +501,9 @@ def run_matching(
     if isinstance(pipelines, dict):  # custom Pipeline objects by name
         bases, pipelines = {k.rstrip("*"): v for k, v in pipelines.items()}, list(pipelines)
     else:
-        names = dict.fromkeys(n.rstrip("*") for n in pipelines)  # ordered, without the '*' variants
+        names = dict.fromkeys(n.rstrip("*") for n in pipelines if n.rstrip("*") not in ORACLES)  # ordered, no '*'
         bases = {b: build_pipeline(b, cfg.max_keypoints, est, sift_first_octave=cfg.sift_first_octave) for b in names}
+    oracles = {b: OracleFeatures(cfg, b == "oracle_scale") for b in ORACLES if b in {n.rstrip("*") for n in pipelines}}
     ofilter = OrientationFilter()
     ransac = RansacHomography(cfg.ransac_threshold, cfg.ransac_iters, cfg.ransac_confidence)
     images: dict[Path, np.ndarray | None] = {}
@@ -457,10 +542,12 @@ def run_matching(
             skipped.append(f"{pair.path0} -> {pair.path1}: {e}")
             continue
         scored.append(pair)
+        for b, oracle in oracles.items():  # per pair: they read its homography
+            feats[b, pair.path0], feats[b, pair.path1] = oracle(pair, im0, im1)
         for name in pipelines:
             b = name.rstrip("*")
             f0, f1 = feats[b, pair.path0], feats[b, pair.path1]
-            m = bases[b].matcher(f0, f1)
+            m = (oracles[b] if b in oracles else bases[b]).matcher(f0, f1)
             if name.endswith("*"):
                 m = ofilter(f0, f1, m)
             r = score_pair(f0, f1, m.idx, pair.H_0to1, cfg, ransac)
