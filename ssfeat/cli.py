@@ -241,8 +241,8 @@ def _add_benchmark(sub) -> None:
         "--pipelines",
         default=",".join(DEFAULT_PIPELINES),
         help="comma-separated pipeline names (see ssfeat.pipeline.PIPELINES; '*' adds the orientation filter); "
-        "'oracle' and 'oracle_scale' give SIFT keypoints ground-truth orientations (and sizes), the ceiling "
-        "of any pose estimator",
+        "'oracle' and 'oracle_scale': the sift pipeline with ground-truth orientations (and sizes), "
+        "what a perfect pose estimator would give",
     )
     p.add_argument("--max-keypoints", type=_positive, default=MatchingConfig.max_keypoints, help="per image")
     _add_sift_first_octave(p)

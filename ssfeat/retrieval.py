@@ -66,10 +66,11 @@ class GlobalDescriptor:
             it = tqdm(paths, desc="global descriptors", unit="img", leave=False)
         out = []
         for p in it:
+            image = read_image(p)  # an ImageReadError names the file already
             try:
-                out.append(self(read_image(p)))
-            except ValueError as e:  # name the file (unreadable files already say which)
-                raise ValueError(str(e) if str(p) in str(e) else f"{p}: {e}") from None
+                out.append(self(image))
+            except ValueError as e:
+                raise ValueError(f"{p}: {e}") from e
         return torch.stack(out)
 
 

@@ -320,7 +320,7 @@ def test_run_matching(oxford_dir, estimator, tmp_path):
     # the oracle: SIFT's keypoints, orientations that agree exactly on every repeated keypoint
     assert s["oracle"]["all"]["ori_acc"][0] == 100.0 > s["sift"]["all"]["ori_acc"][0]
     assert s["oracle"]["all"]["repeatability"] == s["sift"]["all"]["repeatability"]
-    assert s["oracle"]["all"]["mma"][2] > 0.5 and "oracle" not in res["timing_640x480_s"]
+    assert s["oracle"]["all"]["mma"][2] >= s["sift"]["all"]["mma"][2] - 0.02 and "oracle" not in res["timing_640x480_s"]
     assert s["oracle_scale"]["all"]["ori_acc"][0] == 100.0 and s["oracle_scale"]["all"]["mma"][2] > 0.5
     assert "paired against sift" in format_paired_table(res)
 
@@ -339,6 +339,8 @@ def test_floor_corner_error():
     assert floor_corner_error(x0, x1, correct, H, (200, 200)) < 1e-3
     assert floor_corner_error(x0, x1, ~correct, H, (200, 200)) > 10
     assert floor_corner_error(x0, x1, np.arange(30) < 3, H, (200, 200)) == float("inf")
+    line = np.c_[np.arange(6.0), 2 * np.arange(6.0)]  # collinear matches: a degenerate fit, not NaN
+    assert floor_corner_error(line, line, np.ones(6, bool), H, (200, 200)) == float("inf")
 
 
 def test_oracle_orientations_are_the_local_rotation():
@@ -437,3 +439,8 @@ def test_benchmark_json_is_strict(tmp_path):
     path = write_json({"acc": float("nan"), "err": [math.inf, 1.5], "n": 3}, tmp_path / "r.json")
     strict = json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"non-standard JSON {c}"))
     assert strict == {"acc": None, "err": [None, 1.5], "n": 3}
+
+
+def test_oracle_names_are_reserved(oxford_dir):
+    with pytest.raises(ValueError, match="reserved for the ground-truth rows"):
+        run_matching([oxford_dir], {"oracle*": build_pipeline("sift", 50)}, MatchingConfig(), progress=False)

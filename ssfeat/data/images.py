@@ -146,19 +146,20 @@ def load_folder(
     return paths, images, skipped
 
 
-def load_textured(folder: str | Path, min_size: int = 0) -> tuple[list[Path], list[np.ndarray]]:
-    """The readable uint8 images under ``folder`` (at least ``min_size`` px a side) that are not
-    flat: blank frames teach nothing and would be sampled like photos, so they are skipped with a
-    warning naming them.
+def load_textured(folder: str | Path, min_size: int = 0, as_uint8: bool = True) -> tuple[list[Path], list[np.ndarray]]:
+    """The readable images under ``folder`` (at least ``min_size`` px a side; uint8, or float in
+    [0, 1] with ``as_uint8=False``) that are not flat: blank frames teach nothing and would be
+    sampled like photos, so they are skipped with a warning naming them.
 
     Raises:
         ValueError: no readable image, or every image is blank.
     """
-    paths, images, _ = load_folder(folder, min_size=min_size, as_uint8=True)
+    paths, images, _ = load_folder(folder, min_size=min_size, as_uint8=as_uint8)
     if not images:
         size = f" of at least {min_size} px" if min_size else ""
         raise ValueError(f"no readable images{size} under {folder}")
-    flat = [i for i, im in enumerate(images) if int(im.max()) - int(im.min()) < 2]
+    levels = 1.0 if as_uint8 else 255.0  # the range in 8-bit gray levels
+    flat = [i for i, im in enumerate(images) if (float(im.max()) - float(im.min())) * levels < 2]
     if flat:
         names = ", ".join(str(paths[i]) for i in flat[:5])
         logger.warning("%d of %d images under %s are blank (flat), skipped: %s", len(flat), len(images), folder, names)

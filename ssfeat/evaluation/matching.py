@@ -13,11 +13,12 @@ Every pipeline sees the same pairs and the same keypoint budget. Per pair:
   corner-error curve up to each threshold (as LightGlue and hloc report it): the mean over pairs
   of ``max(0, 1 - error / t)``, which weighs how close each pair is instead of counting it in or out.
 * **floor**: the corner error of the least-squares homography of the correct matches alone
-  (:func:`floor_corner_error`), and the share of pairs where it is within 3 px (``floor_h3``): on
-  pairs above it, keypoint localisation or ground-truth error, not the matches found, decides H@3.
+  (:func:`floor_corner_error`; per pair in the JSON), and the share of pairs where it is within
+  3 px (``floor_h3``): on pairs above it, keypoint localisation or ground-truth error, more than
+  which matches were found, keeps the fit off.
 
 The pipeline names ``oracle`` and ``oracle_scale`` (this benchmark only: they read the ground
-truth) are ceilings of any pose estimator in the ``sift`` pipeline: the same SIFT keypoints, SIFT
+truth) are the ``sift`` pipeline with ground-truth similarity poses: the same SIFT keypoints, SIFT
 descriptor and matcher, with image-0 keypoints upright and image-1 keypoints turned by the true
 homography's local rotation at their preimage, so that the orientations of corresponding keypoints
 agree exactly (:func:`oracle_orientations`); ``oracle`` keeps SIFT's sizes, ``oracle_scale`` also
@@ -49,12 +50,9 @@ from ..estimator import PatchPoseEstimator
 from ..features import Features, check_first_octave
 from ..geometry import angle_diff, inside_image, local_rotation_scale, warp_points
 from ..pipeline import (
-    MutualNearestNeighbor,
     OrientationFilter,
     Pipeline,
     RansacHomography,
-    SIFTDescriptor,
-    SIFTDetector,
     build_pipeline,
     pipeline_estimator,
 )
@@ -168,9 +166,17 @@ ORACLES = ("oracle", "oracle_scale")
 
 
 def oracle_orientations(keypoints1: np.ndarray, H_0to1: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Ground-truth poses of image-1 keypoints ``(N, 2)`` relative to upright image-0 keypoints:
-    the local rotation (radians) and log2 scale of ``H_0to1`` at each keypoint's preimage
-    ``H_0to1^-1 x1``, both ``(N,)`` float32 (0 where the preimage is at infinity)."""
+    """Ground-truth poses of image-1 keypoints relative to upright image-0 keypoints.
+
+    Args:
+        keypoints1: ``(N, 2)`` image-1 keypoints (x, y).
+        H_0to1: ``(3, 3)`` homography from image 0 to image 1.
+
+    Returns:
+        ``theta`` and ``log2_scale``, both ``(N,)`` float32: the local rotation (radians, CCW as
+        displayed) and log2 scale of ``H_0to1`` (:func:`~ssfeat.geometry.local_rotation_scale`) at
+        each keypoint's preimage ``H_0to1^-1 x1``; 0 where the preimage is at infinity.
+    """
     theta, log2s = np.zeros(len(keypoints1)), np.zeros(len(keypoints1))
     if len(keypoints1):
         x0 = _warp(keypoints1.astype(np.float64), np.linalg.inv(H_0to1))
@@ -182,15 +188,17 @@ def oracle_orientations(keypoints1: np.ndarray, H_0to1: np.ndarray) -> tuple[np.
 
 
 class OracleFeatures:
-    """Features of the ``oracle`` / ``oracle_scale`` rows (see the module docstring): SIFT
-    keypoints (as the ``sift`` pipeline detects them) with ground-truth poses, SIFT descriptors;
-    detections and image-0 features are cached per image."""
+    """Features of the ``oracle`` / ``oracle_scale`` rows (see the module docstring).
 
-    def __init__(self, cfg: MatchingConfig, scale: bool = False) -> None:
-        self.detector = SIFTDetector(cfg.max_keypoints)
-        self.descriptor = SIFTDescriptor(first_octave=cfg.sift_first_octave)
-        self.matcher, self.scale = MutualNearestNeighbor(), scale
-        self._detected: dict[Path, Features] = {}
+    The detector, descriptor and matcher are those of ``sift_pipeline`` (the ``sift`` pipeline of
+    the same benchmark), so that only the poses differ from it. Detections are cached per image in
+    ``detections`` (a dict that several oracles may share) and image-0 features per image.
+    """
+
+    def __init__(self, sift_pipeline: Pipeline, scale: bool = False, detections: dict | None = None) -> None:
+        self.detector, self.descriptor = sift_pipeline.detector, sift_pipeline.descriptor
+        self.matcher, self.scale = sift_pipeline.matcher, scale
+        self._detected: dict[Path, Features] = {} if detections is None else detections
         self._image0: dict[Path, Features] = {}
 
     def _detect(self, path: Path, image: np.ndarray) -> Features:
@@ -199,9 +207,10 @@ class OracleFeatures:
         return self._detected[path].subset(np.arange(len(self._detected[path])))  # a copy
 
     def __call__(self, pair: ImagePair, im0: np.ndarray, im1: np.ndarray) -> tuple[Features, Features]:
-        """``(features of image 0, features of image 1)`` of one pair."""
+        """``(features of image 0, features of image 1)`` of one pair, from its ``(H0, W0)`` and
+        ``(H1, W1)`` float images."""
         f0 = self._detect(pair.path0, im0)
-        size = float(np.median(f0.scales)) if len(f0) else 1.0
+        size = float(np.median(f0.scales)) if len(f0) else 1.0  # image 0's median SIFT size
         if pair.path0 not in self._image0:
             f0.orientations = np.zeros(len(f0), np.float32)
             if self.scale:
@@ -292,14 +301,28 @@ def ransac_orders(n: int, repeats: int) -> list[np.ndarray]:
     return [np.arange(n)] + [np.random.default_rng(r).permutation(n) for r in range(1, repeats)]
 
 
-def floor_corner_error(x0: np.ndarray, x1: np.ndarray, correct: np.ndarray, H_gt: np.ndarray, shape0) -> float:
-    """Corner error (px) of the least-squares homography of the ``correct`` matches alone (``(M, 2)``
-    points, ``(M,)`` mask; inf below 4): what a robust estimator that found exactly the correct
-    matches would reach, a floor set by keypoint localisation and ground-truth error."""
+def floor_corner_error(
+    x0: np.ndarray, x1: np.ndarray, correct: np.ndarray, H_gt: np.ndarray, shape0: tuple[int, int]
+) -> float:
+    """Corner error (px) of the least-squares homography of the correct matches alone: about what a
+    robust estimator that kept exactly those matches would reach (a reference, not a strict bound:
+    least squares minimises point residuals, not corner error), set by keypoint localisation and
+    ground-truth error.
+
+    Args:
+        x0, x1: ``(M, 2)`` matched points; correct: ``(M,)`` boolean mask; H_gt: ``(3, 3)``
+            true ``H_0to1``; shape0: image 0's ``(H, W)``.
+
+    Returns:
+        The mean corner distance (:func:`corner_error`); inf with fewer than 4 correct matches or
+        a degenerate fit (e.g. collinear points).
+    """
     if correct.sum() < 4:
         return float("inf")
     H, _ = cv2.findHomography(x0[correct], x1[correct], 0)
-    return corner_error(None if H is None or not np.isfinite(H).all() else H / H[2, 2], H_gt, shape0)
+    if H is None or not np.isfinite(H).all() or abs(H[2, 2]) < 1e-12:
+        return float("inf")
+    return corner_error(H / H[2, 2], H_gt, shape0)
 
 
 def score_pair(f0: Features, f1: Features, idx: np.ndarray, H_gt: np.ndarray, cfg: MatchingConfig, ransac) -> dict:
@@ -340,7 +363,7 @@ def _mean(rows: list[dict]) -> dict:
     out["ori_acc"] = np.mean(ori, 0).round(2).tolist() if ori else None
     out["median_corner_error"] = round(float(np.median([r["corner_error"] for r in rows])), 3)
     floors = [r["corner_error_floor"] for r in rows if "corner_error_floor" in r]
-    if floors:  # pairs whose correct matches alone fit within 3 px: the H@3 within reach
+    if floors:  # pairs whose correct matches alone fit within 3 px (the H@3 threshold)
         out["floor_h3"] = round(float(np.mean([f <= 3 for f in floors])), 4)
     return out
 
@@ -493,17 +516,31 @@ def run_matching(
     progress: bool = True,
 ) -> dict:
     """Every pipeline on every pair under ``roots``; features are computed once per image and
-    pipeline (``name*`` variants reuse the features of ``name``)."""
+    pipeline (``name*`` variants reuse the features of ``name``), except the image-1 features of
+    the ground-truth rows ``oracle`` / ``oracle_scale``, which depend on the pair's homography
+    (:class:`OracleFeatures`; names reserved for them, not timed)."""
 
     cfg = cfg or MatchingConfig()
     pairs = image_pairs(roots)
     est = estimator or pipeline_estimator()
     if isinstance(pipelines, dict):  # custom Pipeline objects by name
+        clash = [k for k in pipelines if k.rstrip("*") in ORACLES]
+        if clash:
+            raise ValueError(f"{', '.join(clash)}: reserved for the ground-truth rows, rename the pipeline")
         bases, pipelines = {k.rstrip("*"): v for k, v in pipelines.items()}, list(pipelines)
     else:
         names = dict.fromkeys(n.rstrip("*") for n in pipelines if n.rstrip("*") not in ORACLES)  # ordered, no '*'
         bases = {b: build_pipeline(b, cfg.max_keypoints, est, sift_first_octave=cfg.sift_first_octave) for b in names}
-    oracles = {b: OracleFeatures(cfg, b == "oracle_scale") for b in ORACLES if b in {n.rstrip("*") for n in pipelines}}
+    wanted = [b for b in ORACLES if b in {n.rstrip("*") for n in pipelines}]
+    oracles = {}
+    if wanted:
+        sift = (
+            bases["sift"]
+            if "sift" in bases
+            else build_pipeline("sift", cfg.max_keypoints, sift_first_octave=cfg.sift_first_octave)
+        )
+        detections: dict[Path, Features] = {}  # shared by the oracle rows
+        oracles = {b: OracleFeatures(sift, b == "oracle_scale", detections) for b in wanted}
     ofilter = OrientationFilter()
     ransac = RansacHomography(cfg.ransac_threshold, cfg.ransac_iters, cfg.ransac_confidence)
     images: dict[Path, np.ndarray | None] = {}
@@ -537,13 +574,13 @@ def run_matching(
                     if (b, path) not in feats:
                         feats[b, path], dt = _timed(pipe.extract, im)
                         extract_s[b].append(dt)
+            for b, oracle in oracles.items():  # per pair: they read its homography
+                feats[b, pair.path0], feats[b, pair.path1] = oracle(pair, im0, im1)
         except ValueError as e:  # e.g. an image too small for a pipeline: every pipeline skips the pair
             logger.warning("skipped %s -> %s: %s", pair.path0, pair.path1, e)
             skipped.append(f"{pair.path0} -> {pair.path1}: {e}")
             continue
         scored.append(pair)
-        for b, oracle in oracles.items():  # per pair: they read its homography
-            feats[b, pair.path0], feats[b, pair.path1] = oracle(pair, im0, im1)
         for name in pipelines:
             b = name.rstrip("*")
             f0, f1 = feats[b, pair.path0], feats[b, pair.path1]
