@@ -618,6 +618,7 @@ def cmd_benchmark(args) -> int:
     from .evaluation.benchmarks import (
         BenchmarkConfig,
         build_methods,
+        format_orientation_defined,
         format_table,
         run_patchpose,
         run_sequences,
@@ -653,6 +654,8 @@ def cmd_benchmark(args) -> int:
         result = run_sequences(args.root, methods, cfg)
     print(f"{args.bench}: {result['n_pairs']} pairs")
     print(format_table(result))
+    if "orientation_defined" in result:
+        print(format_orientation_defined(result))
     print(f"results: {write_json(result, args.json)}")
     return 0
 

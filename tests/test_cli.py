@@ -100,8 +100,10 @@ def test_train_export_benchmark_show(image_dir, oxford_dir, tmp_path, capsys):
     assert main(["benchmark", "sequences", "--root", str(oxford_dir), "--json", str(js2), "--max-keypoints", "30"]) == 0
     res2 = json.loads(js2.read_text())
     assert "toy" in res2["per_sequence"] and res2["n_pairs"] > 10
+    # the toy targets are similarities (rotation and zoom): every direction turns by their rotation
+    assert res2["orientation_defined"]["all"] == {"5deg": 100.0, "10deg": 100.0}
     out = capsys.readouterr().out
-    assert "kornia_gradient" in out and "log_scale" in out
+    assert "kornia_gradient" in out and "log_scale" in out and "orientation defined within" in out
     fig = tmp_path / "fig.png"
     assert main(["show", str(image_dir / "img0.jpg"), "--out", str(fig), "--histograms", "--n", "10"]) == 0
     assert fig.stat().st_size > 1000

@@ -176,3 +176,18 @@ def test_sample_patches_matches_exact_sampler():
     err = np.abs(sample_patches(smooth, inner, A, 8).numpy() - extract_patches(smooth, inner, A, 8))
     assert err.mean() < 0.01
     assert sample_patches(img, np.zeros((0, 2)), np.eye(2), 16).shape == (0, 16, 16)
+
+
+def test_orientation_definedness_of_similarities_and_tilts():
+    from ssfeat.evaluation.metrics import orientation_definedness
+
+    # a similarity turns every direction by its rotation (wrong rotation sign would give 0 here)
+    S = similarity_matrix(torch.tensor([0.3, 2.0, 5.5]), torch.tensor([0.5, -1.0, 0.0]))
+    assert torch.equal(orientation_definedness(S, math.radians(1)), torch.ones(3, dtype=torch.float64))
+    # a tilt t bends directions by up to atan((t - 1) / (2 sqrt t)): 5.4 deg for t = 1.2, 19.5 for t = 2
+    tilts = torch.tensor([1.2, 1.5, 2.0, 4.0])
+    stretch = torch.diag_embed(torch.stack([tilts, torch.ones(4)], 1))
+    A = similarity_matrix(torch.full((4,), 1.0), torch.zeros(4)) @ stretch
+    d = orientation_definedness(A, math.radians(10))
+    assert d[0] == 1.0 and (d[1:] < 1).all() and (d[1:] > 0).all() and (d.diff() < 0).all()
+    assert orientation_definedness(A[2:3], math.radians(20)).item() == 1.0  # 19.5 deg is within 20

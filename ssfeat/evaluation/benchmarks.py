@@ -26,10 +26,10 @@ from ..data.images import ImageReadError, read_image
 from ..data.sequences import find_sequences
 from ..data.synthesis import PairConfig, PairSynthesizer
 from ..estimator import PatchPoseEstimator, detect_sift
-from ..geometry import inside_image, local_rotation_scale, warp_points
+from ..geometry import homography_jacobian, inside_image, linear_rotation_scale, warp_points
 from ..patches import extract_patches
 from .baselines import KorniaGradientOrientation, LearnedPose, LoGScale, PoseMethod
-from .metrics import ORI_THRESHOLDS_DEG, SCALE_THRESHOLDS, pose_accuracies, topk_recall
+from .metrics import ORI_THRESHOLDS_DEG, SCALE_THRESHOLDS, orientation_definedness, pose_accuracies, topk_recall
 
 logger = logging.getLogger(__name__)
 
@@ -221,7 +221,7 @@ def sequence_pairs(root: str | Path, cfg: BenchmarkConfig) -> tuple[dict, list[d
     rng = np.random.default_rng(cfg.seed)
     P, margin = cfg.patch_size, cfg.support / math.sqrt(2) + 2
     A = np.eye(2) * (cfg.support / P)
-    p0s, p1s, rots, scales, info = [], [], [], [], []
+    p0s, p1s, rots, scales, jacs, info = [], [], [], [], [], []
     for seq in find_sequences(root):
         try:
             img0 = read_image(seq.reference)
@@ -245,11 +245,13 @@ def sequence_pairs(root: str | Path, cfg: BenchmarkConfig) -> tuple[dict, list[d
             if len(idx) == 0:
                 logger.warning("%s -> %s: no keypoint visible in both images, skipped", seq.reference, target)
                 continue
-            rot, lsc = local_rotation_scale(torch.from_numpy(xy0_all[idx]), Ht)
+            J = homography_jacobian(torch.from_numpy(xy0_all[idx]), Ht)
+            rot, lsc = linear_rotation_scale(J)
             p0s.append(extract_patches(img0, xy0_all[idx], A, P))
             p1s.append(extract_patches(img1, xy1_all[idx], A, P))
             rots.append(rot.float())
             scales.append(lsc.float())
+            jacs.append(J.float())
             info.append({"sequence": seq.name, "layout": seq.layout, "target": target.name, "n": len(idx)})
     if not info:
         raise ValueError(f"no usable sequences (Oxford, HPatches or EVD layout) under {root}")
@@ -258,6 +260,7 @@ def sequence_pairs(root: str | Path, cfg: BenchmarkConfig) -> tuple[dict, list[d
         "patch1": torch.from_numpy(np.concatenate(p1s))[:, None],
         "rotation": torch.cat(rots),
         "log2_scale": torch.cat(scales),
+        "jacobian": torch.cat(jacs),  # (N, 2, 2) local affine map of the homography at each keypoint
     }
     return pairs, info
 
@@ -285,7 +288,29 @@ def run_sequences(root: str | Path, methods: list[PoseMethod], cfg: BenchmarkCon
             for m in methods
         }
     out["per_sequence"] = per_seq
+    # reference for orientation on oblique views (metrics.orientation_definedness), in %
+    defined = {t: orientation_definedness(pairs["jacobian"], math.radians(t)) for t in ORI_THRESHOLDS_DEG}
+    out["orientation_defined"] = {
+        "all": {f"{t:g}deg": round(100 * float(d.mean()), 2) for t, d in defined.items()},
+        "per_sequence": {
+            name: {f"{t:g}deg": round(100 * float(d[torch.cat(parts)].mean()), 2) for t, d in defined.items()}
+            for name, parts in spans.items()
+        },
+    }
     return out
+
+
+def format_orientation_defined(result: dict) -> str:
+    """One line per sequence of a sequence benchmark's ``orientation_defined`` reference."""
+    od = result["orientation_defined"]
+    cells = lambda r: " / ".join(f"{v:.1f}" for v in r.values())  # noqa: E731
+    keys = " / ".join(f"±{k.removesuffix('deg')}°" for k in od["all"])
+    lines = [
+        f"orientation defined within {keys} under the local affine map (share of image directions turned by the "
+        "ground-truth rotation within the threshold; what an estimator following one image direction would score):",
+        f"  all {cells(od['all'])}; " + ", ".join(f"{k} {cells(v)}" for k, v in od["per_sequence"].items()),
+    ]
+    return "\n".join(lines)
 
 
 def format_table(result: dict) -> str:

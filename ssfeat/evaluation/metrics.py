@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from ..geometry import angle_diff
+from ..geometry import angle_diff, linear_rotation_scale
 
 ORI_THRESHOLDS_DEG = (5.0, 10.0)
 SCALE_THRESHOLDS = (1.0 / 6.0, 1.0 / 3.0)
@@ -48,3 +48,30 @@ def pose_accuracies(ori0, ori1, rotation, s0, s1, log2_scale) -> dict[str, float
         e = orientation_error(ori0, ori1, rotation)
         out.update({f"ori_acc@{t:g}deg": accuracy(e, math.radians(t)) for t in ORI_THRESHOLDS_DEG})
     return out
+
+
+def orientation_definedness(J: torch.Tensor, threshold: float, n_directions: int = 360) -> torch.Tensor:
+    """How well the relative orientation is defined under local affine maps.
+
+    For each ``(2, 2)`` map ``J`` (view 0 -> view 1, ``(x, y)`` offsets), the share of directions
+    in view 0 (``n_directions`` evenly spaced) that ``J`` turns by its rotation (the polar rotation
+    of :func:`~ssfeat.geometry.linear_rotation_scale`, the ground truth of the sequence
+    benchmarks) within ``threshold`` radians. 1 for a similarity; below 1 once a tilt bends
+    directions by more than the threshold (at most ``atan((t - 1) / (2 sqrt t))`` for tilt ``t``).
+    An estimator whose answer follows one image direction exactly, with that direction spread
+    evenly, would score this on average: a reference for orientation accuracy on oblique views,
+    not a strict bound.
+
+    Args:
+        J: ``(N, 2, 2)``.
+
+    Returns:
+        ``(N,)`` shares in ``[0, 1]``.
+    """
+    J = J.double()
+    theta, _ = linear_rotation_scale(J)
+    phi = torch.arange(n_directions, dtype=J.dtype) * (2 * math.pi / n_directions)
+    v = J @ torch.stack([torch.cos(phi), torch.sin(phi)])  # (N, 2, D)
+    # y-down pixel axes: atan2 grows clockwise as displayed, while theta is counter-clockwise
+    turned = phi[None] - torch.atan2(v[:, 1], v[:, 0])
+    return (angle_diff(turned, theta[:, None]).abs() <= threshold).double().mean(1)
