@@ -102,6 +102,7 @@ def test_train_export_benchmark_show(image_dir, oxford_dir, tmp_path, capsys):
     assert "toy" in res2["per_sequence"] and res2["n_pairs"] > 10
     # the toy targets are similarities (rotation and zoom): every direction turns by their rotation
     assert res2["orientation_defined"]["all"] == {"5deg": 100.0, "10deg": 100.0}
+    assert res2["orientation_defined"]["per_sequence"] == {"toy": {"5deg": 100.0, "10deg": 100.0}}
     out = capsys.readouterr().out
     assert "kornia_gradient" in out and "log_scale" in out and "orientation defined within" in out
     fig = tmp_path / "fig.png"

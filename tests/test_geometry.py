@@ -184,10 +184,12 @@ def test_orientation_definedness_of_similarities_and_tilts():
     # a similarity turns every direction by its rotation (wrong rotation sign would give 0 here)
     S = similarity_matrix(torch.tensor([0.3, 2.0, 5.5]), torch.tensor([0.5, -1.0, 0.0]))
     assert torch.equal(orientation_definedness(S, math.radians(1)), torch.ones(3, dtype=torch.float64))
-    # a tilt t bends directions by up to atan((t - 1) / (2 sqrt t)): 5.4 deg for t = 1.2, 19.5 for t = 2
+    # a tilt t bends directions by up to atan((t - 1) / (2 sqrt t)): 5.2 deg for t = 1.2, 19.5 for t = 2
     tilts = torch.tensor([1.2, 1.5, 2.0, 4.0])
     stretch = torch.diag_embed(torch.stack([tilts, torch.ones(4)], 1))
     A = similarity_matrix(torch.full((4,), 1.0), torch.zeros(4)) @ stretch
     d = orientation_definedness(A, math.radians(10))
     assert d[0] == 1.0 and (d[1:] < 1).all() and (d[1:] > 0).all() and (d.diff() < 0).all()
     assert orientation_definedness(A[2:3], math.radians(20)).item() == 1.0  # 19.5 deg is within 20
+    odd = torch.stack([torch.diag(torch.tensor([1.0, -1.0])), torch.zeros(2, 2), torch.full((2, 2), float("nan"))])
+    assert orientation_definedness(odd, math.radians(10)).isnan().all()  # a mirror, a collapse, NaN

@@ -58,15 +58,16 @@ def orientation_definedness(J: torch.Tensor, threshold: float, n_directions: int
     of :func:`~ssfeat.geometry.linear_rotation_scale`, the ground truth of the sequence
     benchmarks) within ``threshold`` radians. 1 for a similarity; below 1 once a tilt bends
     directions by more than the threshold (at most ``atan((t - 1) / (2 sqrt t))`` for tilt ``t``).
-    An estimator whose answer follows one image direction exactly, with that direction spread
-    evenly, would score this on average: a reference for orientation accuracy on oblique views,
-    not a strict bound.
+    An estimator whose answer follows one image direction exactly would score this on average if
+    the directions it follows were spread evenly: a reference for orientation accuracy on oblique
+    views, not a bound (real directions are not spread evenly, and an estimator can beat it).
 
     Args:
         J: ``(N, 2, 2)``.
 
     Returns:
-        ``(N,)`` shares in ``[0, 1]``.
+        ``(N,)`` shares in ``[0, 1]``; NaN where ``J`` is not finite or not orientation-preserving
+        (``det J <= 0``), where no rotation describes it.
     """
     J = J.double()
     theta, _ = linear_rotation_scale(J)
@@ -74,4 +75,6 @@ def orientation_definedness(J: torch.Tensor, threshold: float, n_directions: int
     v = J @ torch.stack([torch.cos(phi), torch.sin(phi)])  # (N, 2, D)
     # y-down pixel axes: atan2 grows clockwise as displayed, while theta is counter-clockwise
     turned = phi[None] - torch.atan2(v[:, 1], v[:, 0])
-    return (angle_diff(turned, theta[:, None]).abs() <= threshold).double().mean(1)
+    share = (angle_diff(turned, theta[:, None]).abs() <= threshold).double().mean(1)
+    valid = torch.isfinite(J).flatten(1).all(1) & (torch.linalg.det(torch.nan_to_num(J)) > 0)
+    return torch.where(valid, share, torch.full_like(share, float("nan")))
