@@ -88,11 +88,20 @@ def inside_image(xy: np.ndarray, shape: tuple[int, int], margin: float = 0.0) ->
 
 
 def map_orientations(orientations: np.ndarray, A: np.ndarray) -> np.ndarray:
-    """Orientations ``(N,)`` (radians CCW as displayed) carried through the ``(2, 2)`` linear map
-    ``A`` of ``(x, y)`` offsets: the direction of each orientation vector after the map (exact for
-    similarities; for other maps the image of the orientation vector). Returns ``(N,)`` in ``[0, 2pi)``."""
-    d = np.stack([np.cos(orientations), -np.sin(orientations)], 1) @ np.asarray(A, np.float64).T  # y down
-    return wrap_angle(np.arctan2(-d[:, 1], d[:, 0]))
+    """Orientations (radians CCW as displayed) carried through linear maps of ``(x, y)`` offsets:
+    the direction of each orientation vector after the map (exact for similarities; for other maps
+    the image of the orientation vector).
+
+    Args:
+        orientations: ``(N,)`` with one ``(2, 2)`` map ``A``, or ``(N, D)`` with ``(N, 2, 2)`` maps
+            (``D`` orientations per map).
+
+    Returns:
+        Same shape as ``orientations``, in ``[0, 2pi)``.
+    """
+    d = np.stack([np.cos(orientations), -np.sin(orientations)], -1)  # y down
+    d = d @ np.swapaxes(np.asarray(A, np.float64), -1, -2)
+    return wrap_angle(np.arctan2(-d[..., 1], d[..., 0]))
 
 
 def homography_jacobian(points: torch.Tensor, H_0to1: torch.Tensor) -> torch.Tensor:

@@ -276,9 +276,9 @@ def run_sequences(root: str | Path, methods: list[PoseMethod], cfg: BenchmarkCon
     for it in info:
         spans.setdefault(it["sequence"], []).append(torch.arange(start, start + it["n"]))
         start += it["n"]
+    seq_idx = {name: torch.cat(parts) for name, parts in spans.items()}
     per_seq: dict[str, dict] = {}
-    for name, parts in spans.items():
-        idx = torch.cat(parts)
+    for name, idx in seq_idx.items():
         per_seq[name] = {
             m.name: score_predictions(
                 {k: (c0[idx], c1[idx]) for k, (c0, c1) in preds[m.name].items()},
@@ -293,8 +293,8 @@ def run_sequences(root: str | Path, methods: list[PoseMethod], cfg: BenchmarkCon
     out["orientation_defined"] = {
         "all": {f"{t:g}deg": round(100 * float(d.nanmean()), 2) for t, d in defined.items()},
         "per_sequence": {
-            name: {f"{t:g}deg": round(100 * float(d[torch.cat(parts)].nanmean()), 2) for t, d in defined.items()}
-            for name, parts in spans.items()
+            name: {f"{t:g}deg": round(100 * float(d[idx].nanmean()), 2) for t, d in defined.items()}
+            for name, idx in seq_idx.items()
         },
     }
     return out

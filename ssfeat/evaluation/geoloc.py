@@ -115,9 +115,8 @@ def run_warp_pairs(
 
     net = load_warp(warp_weights)
     cfg = WarpPairConfig(size=net.config.size, seed=seed, k=net_k(warp_weights) if k is None else k)
-    paths, imgs = load_textured(
-        images, min_size=16, as_uint8=False
-    )  # unreadable, tiny and blank files: reported, skipped
+    # unreadable, tiny and blank files are reported and skipped
+    paths, imgs = load_textured(images, min_size=16, as_uint8=False)
     batch = WarpPairSynthesizer(imgs, cfg).batch(range(n_pairs))
     methods, speed = {}, {}
     for name, flips in (("ssfeat WarpNet", False), ("ssfeat WarpNet, flip-averaged", True)):

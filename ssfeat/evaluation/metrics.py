@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
-from ..geometry import angle_diff, linear_rotation_scale
+from ..geometry import angle_diff, linear_rotation_scale, map_orientations
 
 ORI_THRESHOLDS_DEG = (5.0, 10.0)
 SCALE_THRESHOLDS = (1.0 / 6.0, 1.0 / 3.0)
@@ -71,10 +72,8 @@ def orientation_definedness(J: torch.Tensor, threshold: float, n_directions: int
     """
     J = J.double()
     theta, _ = linear_rotation_scale(J)
-    phi = torch.arange(n_directions, dtype=J.dtype) * (2 * math.pi / n_directions)
-    v = J @ torch.stack([torch.cos(phi), torch.sin(phi)])  # (N, 2, D)
-    # y-down pixel axes: atan2 grows clockwise as displayed, while theta is counter-clockwise
-    turned = phi[None] - torch.atan2(v[:, 1], v[:, 0])
+    phi = np.arange(n_directions) * (2 * math.pi / n_directions)
+    turned = torch.from_numpy(map_orientations(np.broadcast_to(phi, (len(J), n_directions)), J.numpy()) - phi)
     share = (angle_diff(turned, theta[:, None]).abs() <= threshold).double().mean(1)
     valid = torch.isfinite(J).flatten(1).all(1) & (torch.linalg.det(torch.nan_to_num(J)) > 0)
     return torch.where(valid, share, torch.full_like(share, float("nan")))
