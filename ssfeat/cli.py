@@ -1,4 +1,4 @@
-"""Command-line interface: ``ssfeat {train,export,benchmark,show,match,demo}``.
+"""Command-line interface: ``ssfeat {demo,train,export,benchmark,show,detect,match,extract,data}``.
 
 Each subcommand is a thin wrapper around an importable function. Bad input ends with a one-line
 ``ssfeat: error: ...`` message and exit status 2, never a traceback.
@@ -10,15 +10,9 @@ import argparse
 import logging
 import math
 import sys
-from importlib import resources
 from pathlib import Path
 
 logger = logging.getLogger("ssfeat")
-
-
-def samples_dir() -> Path:
-    """The sample photos shipped with the package (BSDS500 test images, never used in training)."""
-    return Path(str(resources.files("ssfeat") / "assets" / "samples"))
 
 
 def _positive(text: str) -> int:
@@ -424,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="PNG path")
     p.add_argument("--max-keypoints", type=_positive, default=300)
     p.add_argument("--weights", default=None, help="detector weights/run (default: bundled)")
-    p = sub.add_parser("demo", help="bundled model on bundled photos: accuracy table vs baselines and a figure")
+    p = sub.add_parser("demo", help="bundled models on bundled photos: accuracy table vs baselines and figures")
     p.add_argument("--images", default=None, help="your own photo folder (default: bundled samples)")
     p.add_argument("--out", default="ssfeat_demo", help="output folder")
     p.add_argument("--weights", default=None)
@@ -602,15 +596,23 @@ def _extra(items: list[str]) -> dict[str, str]:
 
 def _check_writable(path: str | Path, folder: bool = False) -> None:
     """Refuse up front, before a long run, an output that could not be written at its end: a folder
-    given for a file (or a file for a folder), or a parent path that runs through a file."""
+    given for a file (or a file for a folder), a parent path that runs through a file, or a folder
+    where no file can be created (tried with a temporary file, removed at once)."""
+    import tempfile
+
     path = Path(path)
     if path.exists() and path.is_dir() != folder:
         kind = "a folder" if path.is_dir() else "a file"
         raise ValueError(f"{path} is {kind}; give the {'folder' if folder else 'file'} to write")
-    for parent in path.parents:
+    for parent in ((path,) if folder and path.is_dir() else ()) + tuple(path.parents):
         if parent.exists():
             if not parent.is_dir():
                 raise ValueError(f"cannot write {path}: {parent} is a file")
+            try:
+                with tempfile.TemporaryFile(dir=parent):
+                    pass
+            except OSError as e:
+                raise ValueError(f"cannot write {path}: {parent} is not writable ({e.strerror})") from e
             break
 
 
@@ -779,6 +781,8 @@ def cmd_benchmark_descriptor(args) -> int:
             f"\ndescribing {n} keypoints of a 640x480 image (s): "
             + ", ".join(f"{k} {v:.3f}" for k, v in t.items() if k != "n_keypoints")
         )
+    elif "describe_2000_640x480_unavailable" in result:
+        print("\ndescriptor timing unavailable: " + result["describe_2000_640x480_unavailable"])
     out = write_json(result, args.json)
     plot = plot_mma(result, args.plot or out.with_suffix(".png"))
     print(f"results: {out}\nplot: {plot}")
@@ -796,7 +800,7 @@ def match(
 ) -> dict:
     """Match two images with a named pipeline, fit a RANSAC homography and draw the matches
     (inliers green). Returns counts and the homography."""
-    from .data.images import read_image
+    from .data.images import check_usable, read_image
     from .pipeline import RansacHomography, build_pipeline, pipeline_estimator
     from .viz import draw_matches
 
@@ -804,8 +808,11 @@ def match(
         raise ValueError(f"--weights sets the patch-pose model of the ssfeat pipelines; {pipeline!r} has none")
     est = pipeline_estimator(weights) if "ssfeat" in pipeline else None
     pipe = build_pipeline(pipeline, max_keypoints, est, sift_first_octave=sift_first_octave)
-    img0, img1 = read_image(image0), read_image(image1)
+    img0, img1 = (check_usable(read_image(p), p, min_size=16) for p in (image0, image1))
     res = pipe(img0, img1)
+    for path, f in ((image0, res.features0), (image1, res.features1)):
+        if len(f) == 0:
+            raise ValueError(f"{path}: no keypoints found by the {pipeline} pipeline, nothing to match")
     xy0 = res.features0.keypoints[res.matches.idx[:, 0]]
     xy1 = res.features1.keypoints[res.matches.idx[:, 1]]
     H, inl = RansacHomography().fit(xy0, xy1)
@@ -829,15 +836,17 @@ def show(
     """Estimate poses at the ``n`` strongest SIFT keypoints of ``image`` and draw them."""
     import numpy as np
 
-    from .data.images import read_image
+    from .data.images import check_usable, read_image
     from .estimator import PatchPoseEstimator, detect_sift
     from .viz import draw_poses
 
-    img = read_image(image)
-    est = estimator or PatchPoseEstimator.from_pretrained(weights or "patchpose")
     m = support / np.sqrt(2)
+    img = check_usable(read_image(image), image, min_size=2 * int(np.ceil(m)) + 1)
+    est = estimator or PatchPoseEstimator.from_pretrained(weights or "patchpose")
     H, W = img.shape
     kps = [k for k in detect_sift(img, 4 * n) if m <= k.pt[0] <= W - 1 - m and m <= k.pt[1] <= H - 1 - m][:n]
+    if not kps:
+        raise ValueError(f"{image}: no SIFT keypoint at least {m:.0f} px from the border, nothing to draw")
     xy = np.array([k.pt for k in kps]).reshape(-1, 2)
     out_pose = est(est.extract(img, xy, support))
     size = support * np.exp2(out_pose.log2_scale.numpy())
@@ -858,32 +867,38 @@ def detect(
 ) -> tuple[Path, int]:
     """Detect oriented keypoints with the equivariant detector and draw them (circle = feature
     size, line = orientation). Returns the figure path and the number of keypoints."""
-    from .data.images import read_image
+    from .data.images import check_usable, read_image
     from .detector import DetectConfig, KeypointDetector
     from .viz import draw_poses
 
-    img = read_image(image)
+    img = check_usable(read_image(image), image, min_size=16)
     det = detector or KeypointDetector.from_pretrained(weights or "detector", DetectConfig(max_keypoints=max_keypoints))
     f = det(img)
     title = f"ssfeat detector: {len(f)} keypoints (circle: size, line: orientation)"
     return draw_poses(img, f.keypoints, f.orientations, f.scales, out, title=title), len(f)
 
 
+def _skip_note(path: Path, error: Exception, what: str = "") -> str:
+    """``skipped [WHAT]PATH: REASON`` (the path said once, also when the error already names it)."""
+    reason = str(error).removeprefix(f"{path}: ")
+    return f"skipped {what}{path}: {reason}"
+
+
 def demo(
     images: str | Path | None = None, out: str | Path = "ssfeat_demo", weights: str | None = None, n_pairs: int = 400
 ) -> dict:
     """The main job: poses with the bundled model on sample photos, the accuracy table against the
-    baselines on pairs made from those photos, and a Figure-1 style PNG per photo (at most 4)."""
-    from .data.images import list_images
+    baselines on pairs made from those photos, and figures: a Figure-1 style PNG per photo (at most 4),
+    learned oriented keypoints (2 photos), learned-descriptor matches against a synthetic view and the
+    homography regressor's shared region (1 photo each)."""
+    from .data.images import load_textured, samples_dir
     from .evaluation.benchmarks import BenchmarkConfig, build_methods, format_table, run_patchpose, write_json
 
     images = Path(images) if images else samples_dir()
     out = Path(out)
     _check_writable(out, folder=True)
     methods = build_methods(weights)
-    paths = list_images(images)
-    if not paths:
-        raise ValueError(f"no images under {images}")
+    paths, _ = load_textured(images)  # readable, non-blank photos only (the others are named in a warning)
     print(f"ssfeat demo: {len(paths)} photos from {images}")
     result = run_patchpose(images, methods, BenchmarkConfig(n_pairs=n_pairs))
     print(f"\nsynthetic pairs from these photos ({n_pairs} orientation + {n_pairs} scale pairs), accuracy in %:")
@@ -894,22 +909,22 @@ def demo(
         try:
             figs.append(show(p, out / f"{p.stem}_poses.png", histograms=True, estimator=methods[0].estimator))
         except ValueError as e:
-            print(f"skipped {p}: {e}")
+            print(_skip_note(p, e))
     for p in paths[:2]:
         try:
             figs.append(detect(p, out / f"{p.stem}_keypoints.png")[0])
         except ValueError as e:
-            print(f"skipped {p}: {e}")
+            print(_skip_note(p, e))
     try:
         figs.append(descriptor_demo(paths[0], out / f"{paths[0].stem}_descriptor_matches.png"))
     except ValueError as e:
-        print(f"skipped the descriptor demo on {paths[0]}: {e}")
+        print(_skip_note(paths[0], e, "the descriptor demo on "))
     try:
         from .data.images import read_image
 
         figs.append(warp_demo(read_image(paths[0]), out / f"{paths[0].stem}_warp.png"))
     except ValueError as e:
-        print(f"skipped the homography-regression demo on {paths[0]}: {e}")
+        print(_skip_note(paths[0], e, "the homography-regression demo on "))
     print("\nfigures: " + ", ".join(str(f) for f in figs))
     print(f"results: {out / 'demo_benchmark.json'}")
     return result
@@ -988,7 +1003,7 @@ def cmd_make_geoloc(args) -> int:
     meta = make_geoloc_dataset(args.images, args.out, cfg)
     for s, c in meta["counts"].items():
         print(f"{s}: {c['places']} places, {c['gallery']} gallery, {c['queries']} queries")
-    print(f"dataset (synthetic positions): {args.out}; {len(meta['skipped'])} unreadable photos skipped")
+    print(f"dataset (synthetic positions): {args.out}; {len(meta['skipped'])} unusable photos skipped")
     return 0
 
 
@@ -1086,10 +1101,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "extract":
             return cmd_extract(args)
         if args.cmd == "data" and args.data_cmd == "warp-pair":
-            from .data.images import read_image
+            from .data.images import check_usable, read_image
             from .data.warp_pairs import WarpPairConfig, WarpPairSynthesizer, draw_pair
 
-            img = read_image(args.image)
+            img = check_usable(read_image(args.image), args.image, min_size=16)
             if args.weights:
                 print(f"figure: {warp_demo(img, args.out, args.weights, args.k, args.seed, args.size)}")
                 return 0

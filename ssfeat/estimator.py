@@ -4,6 +4,7 @@ adapters)."""
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,8 +18,12 @@ from .data.images import read_image, to_gray_float, to_uint8
 from .features import strongest_distinct
 from .geometry import angle_to_cv2, inside_image, laf_from_pose
 from .models.layers import fuse_batchnorm
-from .models.patch_pose import PatchPoseNet, decode_pose
+from .models.patch_pose import PatchPoseConfig, PatchPoseNet, decode_pose
 from .patches import sample_patches
+
+# patches are float in [0, 1]; values further than this outside are refused (a margin for the
+# overshoot of bicubic / Lanczos resampling, far below the 255 of 8-bit data or normalised inputs)
+RANGE_TOLERANCE = 0.1
 
 
 @dataclass
@@ -44,6 +49,8 @@ class TopKPoses:
 
 
 def _as_image(image) -> np.ndarray:
+    if image is None:
+        raise ValueError("image is None: expected a path, an (H, W[, 3|4]) array or a tensor")
     if isinstance(image, (str, Path)):
         return read_image(image)
     if isinstance(image, torch.Tensor):
@@ -68,7 +75,10 @@ class PatchPoseEstimator(nn.Module):
 
     Args:
         model: a trained :class:`PatchPoseNet`.
-        batch_size: patches per forward pass (memory / cache bound only).
+        batch_size: patches per forward pass (memory / cache bound only), an int >= 1.
+
+    Patches are float tensors with values in ``[0, 1]`` (values more than ``RANGE_TOLERANCE`` = 0.1
+    outside, NaN, Inf and integer dtypes are refused with a ``ValueError``: divide 8-bit data by 255).
 
     Example:
         >>> est = PatchPoseEstimator.from_pretrained()
@@ -79,9 +89,24 @@ class PatchPoseEstimator(nn.Module):
 
     def __init__(self, model: PatchPoseNet, batch_size: int = 256) -> None:
         super().__init__()
+        if not isinstance(model, nn.Module) or not isinstance(getattr(model, "config", None), PatchPoseConfig):
+            raise TypeError(
+                f"model must be a PatchPoseNet, got {type(model).__name__} "
+                "(PatchPoseEstimator.from_pretrained loads one from a name or file)"
+            )
         self.model = model.eval()
         self.config = model.config
         self.batch_size = batch_size
+
+    @property
+    def batch_size(self) -> int:
+        return self._batch_size
+
+    @batch_size.setter
+    def batch_size(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise ValueError(f"batch_size must be an int >= 1 (patches per forward pass), got {value!r}")
+        self._batch_size = int(value)
 
     @classmethod
     def from_pretrained(
@@ -95,13 +120,24 @@ class PatchPoseEstimator(nn.Module):
         ``ssfeat export``, or a training run folder / checkpoint.
 
         ``c4=True`` averages the network over the four 90-degree rotations of each patch: exactly
-        90-degree equivariant and more accurate, about 5x slower; ``c4=False`` switches every rotation
+        90-degree equivariant and more accurate, about 3.5x the time of one pass; ``c4=False`` switches every rotation
         averaging off (``None``: as stored). ``c4_below`` sets the adaptive C4 threshold: patches whose
         orientation histogram peak probability is below it get the four-rotation average, the others
         a single pass (the bundled model stores a threshold calibrated on held-out training photos;
-        0: off)."""
+        0: off).
+
+        Raises:
+            TypeError: ``name_or_path`` is not a str or path.
+            ValueError: unknown model or bad file; unknown device or one this machine lacks (e.g.
+                ``"cuda"`` without CUDA); ``c4`` / ``c4_below`` of the wrong type or range.
+        """
         from .hub import load_model
 
+        device = _check_device(device)
+        if c4 is not None and not isinstance(c4, bool):
+            raise ValueError(f"c4 must be True, False or None, got {c4!r}")
+        if c4_below is not None and (isinstance(c4_below, bool) or not isinstance(c4_below, numbers.Real)):
+            raise ValueError(f"c4_below must be a number in [0, 1] or None, got {c4_below!r}")
         model = load_model(name_or_path)
         if c4 is not None:
             model.set_c4(c4)
@@ -116,20 +152,32 @@ class PatchPoseEstimator(nn.Module):
         return next(self.model.parameters()).device
 
     def prepare(self, patches: torch.Tensor) -> torch.Tensor:
-        """Validate ``(B, 1|3, P, P)`` patches in ``[0, 1]`` and return gray ``(B, 1, P0, P0)``
-        at the network's input size.
+        """Validate ``(B, 1|3, P, P)`` float patches in ``[0, 1]`` (``P >= 1``, ``B`` may be 0) and
+        return gray ``(B, 1, P0, P0)`` at the network's input size.
 
         Raises:
-            ValueError: wrong type, shape or non-finite values.
+            ValueError: wrong type, shape or dtype; NaN/Inf; values outside ``[0, 1]`` by more
+                than ``RANGE_TOLERANCE``.
         """
         if not isinstance(patches, torch.Tensor):
             raise ValueError(f"patches must be a torch.Tensor, got {type(patches).__name__}")
-        if patches.ndim != 4 or patches.shape[1] not in (1, 3) or patches.shape[2] != patches.shape[3]:
-            raise ValueError(f"patches must have shape (B, 1 or 3, P, P), got {tuple(patches.shape)}")
+        shape = tuple(patches.shape)
+        if patches.ndim != 4 or shape[1] not in (1, 3) or shape[2] != shape[3] or shape[2] < 1:
+            raise ValueError(f"patches must have shape (B, 1 or 3, P, P) with P >= 1, got {shape}")
         if not patches.is_floating_point():
-            raise ValueError(f"patches must be a float tensor with values in [0, 1], got {patches.dtype}")
-        if not torch.isfinite(patches.sum(dtype=torch.float64)):  # one reduction; float64 cannot overflow
-            raise ValueError("patches contain NaN or Inf values")
+            raise ValueError(
+                f"patches must be a floating-point tensor with values in [0, 1], got dtype {patches.dtype} "
+                "(8-bit data: patches.float() / 255)"
+            )
+        if patches.numel():
+            lo, hi = torch.stack(torch.aminmax(patches)).tolist()  # one pass; NaN propagates to both
+            if not (math.isfinite(lo) and math.isfinite(hi)):
+                raise ValueError("patches contain NaN or Inf values")
+            if lo < -RANGE_TOLERANCE or hi > 1.0 + RANGE_TOLERANCE:
+                raise ValueError(
+                    f"patch values must be in [0, 1], found [{lo:g}, {hi:g}] "
+                    "(divide 0..255 data by 255; undo any mean/std normalisation)"
+                )
         x = patches.to(self.device, torch.float32)
         if x.shape[1] == 3:
             x = 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
@@ -153,19 +201,28 @@ class PatchPoseEstimator(nn.Module):
         return PoseOutput(d["orientation"][:, 0], d["log2_scale"][:, 0], d["ori_hist"], d["scale_hist"])
 
     def topk(self, patches: torch.Tensor, k: int) -> TopKPoses:
-        """The ``k`` strongest orientation and scale modes per patch (multi-pose, paper Table 2); a
-        ``k`` above a histogram's bin count (36 / 13) gives that many modes."""
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+        """The ``k`` strongest orientation and scale modes per patch (multi-pose, paper Table 2).
+        ``k`` is an int from 1 to the larger bin count (36); a ``k`` above the scale histogram's bin
+        count (13) gives that many scale modes.
+
+        Raises:
+            ValueError: ``k`` not an int in that range, or bad patches (see :meth:`prepare`).
+        """
+        kmax = max(self.config.n_ori_bins, self.config.n_scale_bins)
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 1 <= k <= kmax:
+            raise ValueError(f"k must be an int from 1 to {kmax} (the larger histogram's bin count), got {k!r}")
+        k = int(k)
         d = decode_pose(*self._logits(patches), self.config, k=k)
         return TopKPoses(d["orientation"], d["log2_scale"], d["ori_score"], d["scale_score"])
 
     def extract(self, image, xy: np.ndarray, support: float = 32.0) -> torch.Tensor:
         """Axis-aligned patches ``(N, 1, P, P)`` of side ``support`` pixels centred at ``xy`` ``(N, 2)``
         (reflected at the image border)."""
-        img = _as_image(image)
-        if not (math.isfinite(support) and support > 0):
-            raise ValueError(f"support must be a positive window side in pixels, got {support}")
+        return self._extract(_as_image(image), xy, support)
+
+    def _extract(self, img: np.ndarray, xy, support: float) -> torch.Tensor:
+        """:meth:`extract` from an image already read by :func:`_as_image`."""
+        _check_support(support)
         H, W = img.shape
         if min(H, W) < support:
             raise ValueError(f"the {W}x{H} image is smaller than the {support:g} px window read around keypoints")
@@ -179,19 +236,32 @@ class PatchPoseEstimator(nn.Module):
 
         Args:
             image: path, ``(H, W[, 3|4])`` array (uint8, uint16 or float in [0, 1]) or tensor.
-            keypoints: ``cv2.KeyPoint`` list (may be empty); positions are kept.
+            keypoints: ``cv2.KeyPoint`` list or tuple (may be empty: ``[]`` once the image is
+                read); positions are kept.
             support: side in pixels of the window read around each keypoint.
+
+        Raises:
+            ValueError: ``keypoints`` not a list of ``cv2.KeyPoint``, bad image or ``support``, keypoint
+                outside the image or window larger than it.
 
         Returns:
             new keypoints with ``angle`` (OpenCV degrees, see :func:`ssfeat.geometry.angle_to_cv2`) and
             ``size = support * 2**log2_scale``; ``response``, ``octave`` and ``class_id`` are copied.
         """
+        numeric = isinstance(keypoints, np.ndarray) and keypoints.dtype != np.dtype(object)
+        if numeric or not isinstance(keypoints, (list, tuple, np.ndarray)):
+            raise ValueError(
+                f"keypoints must be a list of cv2.KeyPoint, got {type(keypoints).__name__} "
+                "(estimate_laf takes (N, 2) positions)"
+            )
+        img = _as_image(image)  # read and checked even without keypoints
+        _check_support(support)
         if len(keypoints) == 0:
             return []
         if not all(isinstance(k, cv2.KeyPoint) for k in keypoints):
             raise ValueError("keypoints must be cv2.KeyPoint objects (estimate_laf takes (N, 2) positions)")
         xy = np.array([k.pt for k in keypoints])
-        out = self(self.extract(image, xy, support))
+        out = self(self._extract(img, xy, support))
         ang = angle_to_cv2(out.orientation.cpu().numpy())
         size = support * np.exp2(out.log2_scale.cpu().numpy())
         return [
@@ -207,6 +277,27 @@ class PatchPoseEstimator(nn.Module):
         out = self(self.extract(image, xy_np, support))
         size = 0.5 * support * torch.exp2(out.log2_scale.cpu())
         return laf_from_pose(torch.as_tensor(xy_np, dtype=torch.float32), size.float(), out.orientation.cpu().float())
+
+
+def _check_support(support) -> None:
+    if isinstance(support, bool) or not isinstance(support, numbers.Real) or not 0 < support < math.inf:
+        raise ValueError(f"support must be a positive window side in pixels, got {support!r}")
+
+
+def _check_device(device) -> torch.device:
+    """``device`` as a ``torch.device`` that exists on this machine (clear errors otherwise)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {device!r}, expected e.g. 'cpu', 'cuda', 'cuda:1' or 'mps'") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: CUDA is not available on this machine; use device='cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r}: MPS is not available on this machine; use device='cpu'")
+    return dev
 
 
 def image_points(xy, shape: tuple[int, int] | None = None) -> np.ndarray:

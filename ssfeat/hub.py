@@ -10,6 +10,7 @@ import dataclasses
 import json
 import logging
 from importlib import resources
+from os import PathLike
 from pathlib import Path
 
 from . import __version__
@@ -51,8 +52,14 @@ def _kinds() -> dict[str, tuple]:
     }
 
 
+def _check_path(name_or_path, what: str) -> None:
+    if not isinstance(name_or_path, (str, PathLike)):
+        raise TypeError(f"{what} must be a str or path, got {type(name_or_path).__name__}")
+
+
 def _weights_target(path: str | Path) -> Path:
     """``path`` as a weights file to write (a folder is refused)."""
+    _check_path(path, "the weights file to write")
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{path} is a folder; give the weights file to write, e.g. {path / 'weights.safetensors'}")
@@ -62,14 +69,24 @@ def _weights_target(path: str | Path) -> Path:
 def save_weights(model, path: str | Path, half: bool = False) -> Path:
     """Write a PatchPoseNet's, OrientedKeypointNet's, DescriptorNet's or WarpNet's weights and config
     to a safetensors file. ``half`` stores floating-point tensors as float16 (half the size; they
-    are cast back to the model's float32 on loading)."""
+    are cast back to the model's float32 on loading).
+
+    Raises:
+        TypeError: not one of those models.
+        ValueError: ``path`` is a folder.
+        OSError: the file cannot be written (the path is named).
+    """
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     fmt = next((k[0] for k in _kinds().values() if type(model) is k[1]), None)
     if fmt is None:
         raise TypeError(f"cannot save a {type(model).__name__}")
     path = _weights_target(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OSError(f"cannot write {path}: {e.strerror or _first_line(e)}") from e
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if half:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
@@ -78,7 +95,10 @@ def save_weights(model, path: str | Path, half: bool = False) -> Path:
         "config": json.dumps(dataclasses.asdict(model.config)),
         "ssfeat_version": __version__,
     }
-    save_file(state, str(path), metadata=meta)
+    try:
+        save_file(state, str(path), metadata=meta)
+    except (SafetensorError, OSError) as e:  # SafetensorError (e.g. an unwritable folder) is no OSError
+        raise OSError(f"cannot write {path}: {_first_line(e)}") from e
     return path
 
 
@@ -93,6 +113,7 @@ def _load_kind(name_or_path: str | Path, task: str, what: str):
     folder / checkpoint of that task."""
     kinds = _kinds()
     fmt, model_cls, config_cls, bundled = kinds[task]
+    _check_path(name_or_path, f"the {what} model (bundled name or weights file)")
     name = str(name_or_path)
     other = next((k for k, v in kinds.items() if k != task and name in v[3]), None)
     if other is not None and name not in bundled and not Path(name).exists():
@@ -172,7 +193,13 @@ def bundled_path(name: str = "patchpose") -> Path:
 
 
 def load_model(name_or_path: str | Path = "patchpose") -> PatchPoseNet:
-    """A bundled model by name, a ``.safetensors`` weights file, or a training checkpoint / run folder."""
+    """A bundled model by name, a ``.safetensors`` weights file, or a training checkpoint / run folder.
+
+    Raises:
+        TypeError: ``name_or_path`` is not a str or path.
+        ValueError: unknown name, missing or foreign file.
+    """
+    _check_path(name_or_path, f"name_or_path (a bundled model name, one of {', '.join(BUNDLED)}, or a file)")
     if str(name_or_path) in BUNDLED:
         return load_weights(bundled_path(str(name_or_path)))
     p = Path(name_or_path)

@@ -161,15 +161,24 @@ class WarpReranker:
     @torch.inference_mode()
     def scores(self, query: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         """``query`` ``(1, S, S)`` and ``candidates`` ``(N, 1, S, S)`` (``S = net.config.size``,
-        :func:`load_resized`) -> ``(N,)`` similarities after warping."""
-        from .models.warp import warp_to_frame
+        :func:`load_resized`) -> ``(N,)`` similarities after warping.
 
+        Raises:
+            ValueError: other shapes or sizes, non-float or non-finite values.
+        """
+        from .models.warp import check_images, warp_to_frame
+
+        S = self.net.config.size
+        if not (isinstance(query, torch.Tensor) and query.ndim == 3 and query.shape[0] == 1):
+            got = tuple(query.shape) if isinstance(query, torch.Tensor) else type(query).__name__
+            raise ValueError(f"query must be one gray image of shape (1, {S}, {S}), got {got}")
+        check_images(query[None], "query", S)
+        check_images(candidates, "candidates", S)
         dev = next(self.net.parameters()).device
         q = query.to(dev)[None].expand(len(candidates), -1, -1, -1)
         c = candidates.to(dev)
         if self.warp:
             quad_q, quad_c = self.net.shared_region(q, c, flips=self.flips)
-            S = self.net.config.size
             q, c = warp_to_frame(q, quad_q, S), warp_to_frame(c, quad_c, S)
         fq, fc = self.net.features(q), self.net.features(c)
         return (fq * fc).sum(1).mean((-2, -1)).cpu()
@@ -178,8 +187,24 @@ class WarpReranker:
         self, queries: Sequence[Path], gallery: Sequence[Path], predictions: np.ndarray, n: int = 5, progress=False
     ) -> np.ndarray:
         """Re-order the first ``n`` of every row of ``predictions`` ``(M, K)`` (gallery indices,
-        best first) by :meth:`scores`; returns a new ``(M, K)`` array."""
+        best first) by :meth:`scores`; returns a new ``(M, K)`` array.
+
+        Raises:
+            ValueError: ``n < 1``, ``predictions`` not ``(len(queries), K)`` or holding indices
+                outside the gallery.
+        """
         from collections import OrderedDict
+
+        predictions = np.asarray(predictions)
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        if predictions.ndim != 2 or len(predictions) != len(queries):
+            raise ValueError(
+                f"predictions must have shape ({len(queries)}, K) (a row per query), got {predictions.shape}"
+            )
+        ints = np.issubdtype(predictions.dtype, np.integer)
+        if predictions.size and (not ints or predictions.min() < 0 or predictions.max() >= len(gallery)):
+            raise ValueError(f"predictions must hold gallery indices in [0, {len(gallery)})")
 
         S = self.net.config.size
         cache: OrderedDict[int, torch.Tensor] = OrderedDict()  # resized gallery images, least recent first

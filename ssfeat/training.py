@@ -379,15 +379,26 @@ class _StepBatches(torch.utils.data.Dataset):
         return self.task.make_batch(self.synth, range(base, base + self.b))
 
 
-def _split_images(cfg: LoopConfig) -> tuple[list, list, list, list]:
-    """Training and validation ``(paths, images)``, split by image (or from ``val_images``)."""
-    paths, images = load_textured(cfg.images)
+def _split_images(cfg: LoopConfig, min_size: int = 0) -> tuple[list, list, list, list]:
+    """Training and validation ``(paths, images)``, split by image (or from ``val_images``).
+
+    Images smaller than ``min_size`` px a side (what the task's synthesiser needs) and blank ones are
+    dropped, with a warning naming them, *before* the split, so that neither side is left with
+    unusable images. A folder with a single usable image (and no ``val_images``) validates on its
+    training image, with a warning that the validation scores are then not held out."""
+    paths, images = load_textured(cfg.images, min_size=min_size)
     if cfg.val_images:
-        vpaths, vimages = load_textured(cfg.val_images)
+        vpaths, vimages = load_textured(cfg.val_images, min_size=min_size)
         return paths, images, vpaths, vimages
     train_idx, val_idx = split_by_image(paths, cfg.val_fraction, Path(cfg.images))
     if not val_idx or not train_idx:  # tiny folders: hold out the last image
         train_idx, val_idx = list(range(max(1, len(images) - 1))), [len(images) - 1]
+    if set(train_idx) & set(val_idx):
+        logger.warning(
+            "only one usable image under %s: validation uses the training image (scores are not held out; "
+            "give more images or --val-images)",
+            cfg.images,
+        )
     return (
         [paths[i] for i in train_idx],
         [images[i] for i in train_idx],
@@ -398,7 +409,7 @@ def _split_images(cfg: LoopConfig) -> tuple[list, list, list, list]:
 
 def make_synthesizers(cfg: TrainConfig) -> tuple[PairSynthesizer, PairSynthesizer]:
     """Patch-pose training and validation synthesisers, split by image."""
-    paths, images, vpaths, vimages = _split_images(cfg)
+    paths, images, vpaths, vimages = _split_images(cfg, min_size=2 * cfg.pairs.margin() + 1)
     train = PairSynthesizer(images, cfg.pairs, [str(p) for p in paths])
     vcfg = dataclasses.replace(cfg.pairs, photometric=False, ref_random_pose=False, seed=cfg.pairs.seed + 1)
     val = PairSynthesizer(vimages, vcfg, [str(p) for p in vpaths])
@@ -473,7 +484,7 @@ class DetectorTask:
         return _init_state(load_detector, path, self.cfg.model)
 
     def synthesizers(self):
-        _, images, _, vimages = _split_images(self.cfg)
+        _, images, _, vimages = _split_images(self.cfg, min_size=self.cfg.pairs.size)
         vcfg = dataclasses.replace(self.cfg.pairs, photometric=False, seed=self.cfg.pairs.seed + 1)
         return HomographyPairSynthesizer(images, self.cfg.pairs), HomographyPairSynthesizer(vimages, vcfg)
 
@@ -543,7 +554,7 @@ class DescriptorTask:
         return _init_state(load_descriptor, path, self.cfg.model)
 
     def synthesizers(self):
-        _, images, _, vimages = _split_images(self.cfg)
+        _, images, _, vimages = _split_images(self.cfg, min_size=self.cfg.pairs.size // 2)
         vcfg = dataclasses.replace(self.cfg.pairs, seed=self.cfg.pairs.seed + 1)
         return DescriptorPairSynthesizer(images, self.cfg.pairs), DescriptorPairSynthesizer(vimages, vcfg)
 
@@ -639,7 +650,7 @@ class WarpTask:
 
     def synthesizers(self):
         cfg = self.cfg
-        _, images, _, vimages = _split_images(cfg)
+        _, images, _, vimages = _split_images(cfg, min_size=cfg.pairs.size // 2)
         vcfg = dataclasses.replace(cfg.pairs, seed=cfg.pairs.seed + 1)
         qp = None
         if cfg.qp_root:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -75,15 +74,14 @@ def oxford_dir(tmp_path_factory):
     return d.parent
 
 
-def run_torchrun(args: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
-    """``torchrun --nproc_per_node nproc -m ssfeat ARGS`` on CPU (gloo, one thread per process, a
-    free port so that parallel runs do not collide); fails the test with the tail of stderr."""
+def run_torchrun(args: list[str], nproc: int = 2, script: Path | None = None) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node nproc -m ssfeat ARGS`` (or ``torchrun ... SCRIPT ARGS``)
+    on CPU (gloo, one thread per process; ``--standalone`` lets the rendezvous pick a free port itself,
+    so parallel runs cannot race for one); fails the test with the tail of stderr."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(port)]
-    r = subprocess.run([*cmd, "-m", "ssfeat", *args], env=env, capture_output=True, text=True, timeout=300)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
+    target = [str(script)] if script is not None else ["-m", "ssfeat"]
+    r = subprocess.run([*cmd, *target, *args], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     return r
 

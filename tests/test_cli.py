@@ -1,5 +1,9 @@
 import json
+import logging
+import shutil
 
+import cv2
+import numpy as np
 import pytest
 import torch
 
@@ -7,24 +11,32 @@ from ssfeat.cli import main
 from ssfeat.hub import load_weights, model_from_checkpoint
 from ssfeat.training import load_checkpoint
 
+from .conftest import textured_image
 
-@pytest.mark.parametrize(
-    "cmd",
-    [
-        [],
-        ["train", "pose"],
-        ["train", "detector"],
-        ["benchmark", "detector"],
-        ["export"],
-        ["benchmark", "patchpose"],
-        ["benchmark", "sequences"],
-        ["benchmark", "matching"],
-        ["show"],
-        ["match"],
-        ["detect"],
-        ["demo"],
-    ],
-)
+
+def _subcommands(parser=None, prefix=()) -> list[list[str]]:
+    """Every command path of the CLI (``[]``, ``["train"]``, ``["train", "pose"]``, ...), read from the
+    parser itself so that a new subcommand cannot go untested."""
+    import argparse
+
+    from ssfeat.cli import build_parser
+
+    parser = parser or build_parser()
+    paths = [list(prefix)]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                paths += _subcommands(sub, (*prefix, name))
+    return paths
+
+
+def test_every_command_is_listed():
+    names = {" ".join(c) for c in _subcommands()}
+    expected = {"train pose", "train warp", "benchmark geoloc", "extract", "data make-geoloc", "demo"}
+    assert expected <= names and len(names) > 20
+
+
+@pytest.mark.parametrize("cmd", _subcommands(), ids=lambda c: " ".join(c) or "ssfeat")
 def test_help(cmd, capsys):
     with pytest.raises(SystemExit) as e:
         main([*cmd, "--help"])
@@ -110,11 +122,16 @@ def test_train_export_benchmark_show(image_dir, oxford_dir, tmp_path, capsys):
     assert fig.stat().st_size > 1000
 
 
-def test_demo_on_user_images(image_dir, tmp_path, capsys):
-    assert main(["demo", "--images", str(image_dir), "--out", str(tmp_path / "d"), "--n-pairs", "30"]) == 0
+def test_demo_on_user_images(image_dir, tmp_path, capsys, caplog):
+    photos = tmp_path / "photos"
+    shutil.copytree(image_dir, photos)
+    cv2.imwrite(str(photos / "000_blank.png"), np.full((300, 300), 200, np.uint8))  # sorted first
+    with caplog.at_level(logging.WARNING):
+        assert main(["demo", "--images", str(photos), "--out", str(tmp_path / "d"), "--n-pairs", "30"]) == 0
     out = capsys.readouterr().out
     assert "ssfeat" in out and "kornia_gradient" in out
     assert len(list((tmp_path / "d").glob("*_poses.png"))) == 4
+    assert "000_blank.png" in caplog.text and not list((tmp_path / "d").glob("000_blank*"))  # no figure of it
     assert len(list((tmp_path / "d").glob("*_descriptor_matches.png"))) == 1 and "hndesc" in out
     assert len(list((tmp_path / "d").glob("*_warp.png"))) == 1 and "mean corner error" in out
 
@@ -143,6 +160,25 @@ def test_bad_inputs_give_clear_errors(tmp_path, capsys):
     assert main(["extract", "--images", "", "--out", str(tmp_path / "f.h5")]) == 2
     assert "--images is an empty path" in capsys.readouterr().err
     assert main(["show", " ", "--out", str(tmp_path / "f.png")]) == 2 and "image is an empty" in capsys.readouterr().err
+    # a folder where nothing can be created is refused before the run
+    assert main(["benchmark", "sequences", *root, "--json", "/proc/ssfeat_test.json"]) == 2
+    assert "/proc is not writable" in capsys.readouterr().err
+
+
+def test_blank_and_tiny_images_are_refused_by_the_single_image_commands(tmp_path, capsys):
+    blank, tiny, good = tmp_path / "blank.png", tmp_path / "tiny.png", tmp_path / "good.png"
+    cv2.imwrite(str(blank), np.full((200, 200), 77, np.uint8))
+    cv2.imwrite(str(tiny), textured_image(12, 12))
+    cv2.imwrite(str(good), textured_image(200, 200))
+    fig = str(tmp_path / "f.png")
+    for cmd in (["show"], ["detect"], ["match", str(good)], ["data", "warp-pair"]):
+        assert main([*cmd, str(blank), "--out", fig]) == 2
+        assert "blank.png: blank image" in capsys.readouterr().err, cmd
+        assert main([*cmd, str(tiny), "--out", fig]) == 2
+        assert "tiny.png: 12x12 px is too small" in capsys.readouterr().err, cmd
+    cv2.imwrite(str(tiny), textured_image(40, 40))  # readable but no 32 px window fits
+    assert main(["show", str(tiny), "--out", fig]) == 2 and "too small" in capsys.readouterr().err
+    assert not (tmp_path / "f.png").exists()
 
 
 def test_match_and_matching_benchmark(oxford_dir, tmp_path, capsys):

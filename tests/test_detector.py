@@ -3,20 +3,21 @@
 import math
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
 
 from ssfeat.data.homography_pairs import HomographyPairConfig, HomographyPairSynthesizer, pair_affine
 from ssfeat.detector import DetectConfig, KeypointDetector, decode_orientation
-from ssfeat.geometry import angle_diff, warp_points
+from ssfeat.geometry import angle_diff, local_rotation_scale, warp_points
 from ssfeat.hub import load_detector, save_weights
 from ssfeat.losses import dense_orientation_loss, msip_loss, visibility_masks, warp_to_view0
 from ssfeat.models.detector import DetectorConfig, OrientedKeypointNet, box_mean
 from ssfeat.models.equivariant import GroupConv, LiftingConv, disc_mask, group_pool, rotation_resampler
 from ssfeat.training import DetectorTask, DetectorTrainConfig, TrainConfig, fit, load_checkpoint
 
-from .conftest import run_torchrun, textured_image
+from .conftest import textured_image
 
 SMALL = DetectorConfig(group_order=8, fields=(2, 2, 1), internal_scales=(1.0, 0.5))
 
@@ -152,6 +153,37 @@ def test_dense_orientation_loss_prefers_the_true_shift():
     assert dense_orientation_loss(base, good, Hid, rotation, torch.zeros_like(mask)) == 0
 
 
+def test_dense_orientation_loss_is_zero_for_quarter_turned_sharp_histograms():
+    """View 1 is view 0 turned by 90 (resp. 270) degrees CCW as displayed: the maps are rotated with
+    ``torch.rot90`` (CCW as displayed, see ``test_bundled_detector_rotation_by_90_degrees``) and every
+    histogram is shifted right by a quarter (resp. three quarters) of the bins, as an orientation turned
+    CCW moves to higher bins. Sharp histograms: the loss is ~0 at the true shift, large at no shift or
+    at the shift of the opposite turn."""
+    N, S = 8, 12
+    peak = torch.randint(0, N, (2, S, S))
+    logits0 = 40.0 * (2 * torch.nn.functional.one_hot(peak, N).permute(0, 3, 1, 2).float() - 1)
+    H_0to1 = torch.tensor(
+        [
+            [[0.0, 1.0, 0.0], [-1.0, 0.0, S - 1.0], [0.0, 0.0, 1.0]],  # (x, y) -> (y, W - 1 - x): rot90 k=1
+            [[0.0, -1.0, S - 1.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]],  # (x, y) -> (H - 1 - y, x): rot90 k=3
+        ]
+    )
+    k = (1, 3)
+    rotation = torch.stack([local_rotation_scale(torch.tensor([[5.0, 7.0]]), h)[0][0] for h in H_0to1])
+    assert torch.allclose(rotation, torch.tensor([math.pi / 2, 3 * math.pi / 2]))
+
+    def view1(bins: tuple[int, int]) -> torch.Tensor:
+        return torch.stack([torch.roll(torch.rot90(logits0[b], k[b], (-2, -1)), bins[b], 0) for b in range(2)])
+
+    mask = torch.ones(2, 1, S, S)
+    warped, inside = warp_to_view0(view1((0, 0)), H_0to1)  # H_0to1 matches the rotated maps
+    assert inside.all() and torch.allclose(warped, logits0, atol=1e-3)
+    good = dense_orientation_loss(logits0, view1((N // 4, 3 * N // 4)), H_0to1, rotation, mask)
+    unshifted = dense_orientation_loss(logits0, view1((0, 0)), H_0to1, rotation, mask)
+    opposite = dense_orientation_loss(logits0, view1((-N // 4, -3 * N // 4)), H_0to1, rotation, mask)
+    assert good < 1e-3 and unshifted > 10 and opposite > 10, (good, unshifted, opposite)
+
+
 def test_msip_loss_is_low_for_consistent_peaks():
     B, H, W = 1, 64, 64
     Hid = torch.eye(3)[None]
@@ -173,35 +205,44 @@ def tiny_det_cfg(images, steps=4, **kw) -> DetectorTrainConfig:
 
 
 def test_detector_overfits_one_batch(image_dir):
+    """40 steps on one batch of 4 pairs: the batch's own dense orientation accuracy (+-10 degrees, every
+    visible pixel, the task's evaluation) rises well above where it started and the keypoint loss drops.
+    Measured over 12 initialisations: dense accuracy 14-55% -> 68-77%, at least +15 points; the
+    keypoint loss ends at 0.54-0.81x its start. The accuracy at the 25 strongest keypoints per view is
+    not asserted: it depends on which points the detector picks (after training, 40-90% by initialisation;
+    up to 77% before training)."""
     task = DetectorTask(tiny_det_cfg(image_dir))
     synth, _ = task.synthesizers()
     batch = task.make_batch(synth, range(4))
     net = task.build_model()
+    before = task.evaluate(net, batch)
+    assert before["ori_dense@10deg"] < 60, before
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
-    losses = []
-    for _ in range(30):
+    kp = []
+    for _ in range(40):
         loss, parts = task.loss(net, batch, 0)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(parts["loss_ori"])
-    assert np.mean(losses[-3:]) < 0.8 * losses[0]
+        kp.append(parts["loss_kp"])
+    after = task.evaluate(net, batch)
+    assert after["ori_dense@10deg"] >= max(65.0, before["ori_dense@10deg"] + 15), (before, after)
+    assert np.mean(kp[-3:]) < 0.9 * np.mean(kp[:3]), kp
 
 
 def test_detector_training_resume_export_and_inference(image_dir, tmp_path):
+    """(Exact resume of every task: tests/test_training.py::test_every_task_resumes_exactly.)"""
     cfg = tiny_det_cfg(image_dir, steps=4)
     fit(cfg, tmp_path / "full", progress=False)
-    fit(tiny_det_cfg(image_dir, steps=2), tmp_path / "part", progress=False)
-    fit(cfg, tmp_path / "part", resume=True, total_steps=4, progress=False)
-    a, b = load_checkpoint(tmp_path / "full" / "last.pt"), load_checkpoint(tmp_path / "part" / "last.pt")
-    assert a["task"] == "detector" and b["step"] == 4
-    for k in a["model"]:
-        assert torch.allclose(a["model"][k].float(), b["model"][k].float(), atol=1e-6), k
+    a = load_checkpoint(tmp_path / "full" / "last.pt")
+    assert a["task"] == "detector" and a["step"] == a["total_steps"] == 4
     assert "rep@3px" in (tmp_path / "full" / "log.jsonl").read_text()
     with pytest.raises(ValueError, match="already at step 4"):
-        fit(cfg, tmp_path / "part", resume=True, total_steps=3, progress=False)
+        fit(cfg, tmp_path / "full", resume=True, total_steps=3, progress=False)
     with pytest.raises(ValueError, match="is a detector run, not a pose run"):
-        fit(TrainConfig(images=str(image_dir)), tmp_path / "part", resume=True, progress=False)
+        fit(TrainConfig(images=str(image_dir)), tmp_path / "full", resume=True, progress=False)
+    after = load_checkpoint(tmp_path / "full" / "last.pt")  # the refused resumes left the run as it was
+    assert after["step"] == 4 and all(torch.equal(v, after["model"][k]) for k, v in a["model"].items())
     net = load_detector(tmp_path / "full")
     path = save_weights(net, tmp_path / "det.safetensors")
     det = KeypointDetector.from_pretrained(path, DetectConfig(max_keypoints=50))
@@ -248,13 +289,6 @@ def test_decode_orientation():
     assert out[0].item() == pytest.approx(math.pi / 2, abs=1e-4)
     assert out[1].item() == pytest.approx(2 * math.pi - math.pi / N, abs=1e-3)
     assert decode_orientation(torch.zeros(0, N))[0].shape == (0,)
-
-
-def test_detector_ddp_two_processes(image_dir, tmp_path):
-    args = ["train", "detector", "--images", str(image_dir), "--out", str(tmp_path / "ddp")]
-    args += ["--steps", "2", "--batch-size", "2", "--size", "64", "--group-order", "8", "--workers", "0"]
-    run_torchrun([*args, "--val-every", "2", "--no-progress"])
-    assert load_checkpoint(tmp_path / "ddp" / "last.pt")["step"] == 2
 
 
 def test_detector_orientation_at_given_keypoints_and_pipelines():
@@ -305,3 +339,72 @@ def test_bad_pair_configs_are_refused():
         HomographyPairConfig(max_log2_scale=20.0)
     with pytest.raises(ValueError, match="kp_weight must be a finite non-negative"):
         DetectorTrainConfig(kp_weight=-1.0)
+
+
+def test_detector_benchmark_skips_bad_pairs_and_finishes_when_the_first_reference_is_unreadable(
+    tmp_path, capsys, caplog
+):
+    import json
+    import logging
+    import shutil
+
+    from ssfeat.cli import main
+    from ssfeat.evaluation.matching import MatchingConfig, run_matching
+
+    from .test_pipeline import BAD_IMAGES, same_averages, write_pair_sequences
+
+    # v_a (the first sequence): its reference is not an image; v_b: two good pairs and a blank target
+    root = write_pair_sequences(tmp_path / "seqs", BAD_IMAGES["blank"], unreadable_reference=True)
+    js = tmp_path / "det.json"
+    args = ["benchmark", "detector", "--root", str(root), "--pipelines", "sift", "--max-keypoints", "100"]
+    with caplog.at_level(logging.WARNING):
+        assert main([*args, "--ransac-repeats", "3", "--json", str(js), "--no-progress"]) == 0
+    res = json.loads(js.read_text())  # the run is not lost
+    ref, blank = str(root / "v_a" / "1.png"), str(root / "v_b" / "4.png")
+    assert ref in caplog.text and blank in caplog.text and "blank" in caplog.text
+    assert res["n_pairs"] == 2 and len(res["skipped"]) == 3
+    assert all(ref in s and "not a readable image" in s for s in res["skipped"][:2])
+    assert blank in res["skipped"][2] and "blank" in res["skipped"][2]
+    assert res["timing_pair"][0] == str(root / "v_b" / "1.png")  # timed on the first scored pair
+    assert res["detector_time_640x480_s"]["ssfeat_detector"] > 0 and "equivariance" in capsys.readouterr().out
+    # the averages are those of v_b's two good pairs alone
+    good = write_pair_sequences(tmp_path / "good")
+    shutil.rmtree(good / "v_a")
+    cfg = MatchingConfig(max_keypoints=100, timing_repeats=1, ransac_repeats=3)
+    same_averages(res, run_matching([good], ["sift"], cfg, progress=False))
+
+
+@pytest.mark.parametrize("kind", ["rgba_uint8", "gray_uint16", "bgr_float", "path_rgba16"])
+def test_detector_and_learned_descriptor_read_any_image_depth_and_channels(kind, tmp_path):
+    """The detector and the learned descriptor take the same image in any supported form and give
+    the same result as for the gray float image (they share the estimator's image reader)."""
+    from ssfeat.detector import DetectConfig, KeypointDetector
+    from ssfeat.pipeline import LearnedDescriptor
+
+    gray8 = textured_image(160, 200, seed=4)
+    ref = gray8.astype(np.float32) / 255
+    bgr8 = cv2.cvtColor(gray8, cv2.COLOR_GRAY2BGR)
+    if kind == "rgba_uint8":
+        image = np.dstack([bgr8, np.full(gray8.shape, 255, np.uint8)])
+    elif kind == "gray_uint16":
+        image = gray8.astype(np.uint16) * 257
+    elif kind == "bgr_float":
+        image = bgr8.astype(np.float32) / 255
+    else:
+        image = tmp_path / "rgba16.png"
+        cv2.imwrite(str(image), np.dstack([bgr8, np.full(gray8.shape, 255, np.uint8)]).astype(np.uint16) * 257)
+    det = KeypointDetector.from_pretrained(config=DetectConfig(max_keypoints=100))
+    a, b = det(ref), det(image)
+    assert len(a) > 10 and np.allclose(a.keypoints, b.keypoints) and np.allclose(a.orientations, b.orientations)
+    desc = LearnedDescriptor()
+    da, db = desc(ref, a).descriptors, desc(image, a).descriptors
+    assert da.shape == (len(a), 128) and np.allclose(da, db, atol=1e-4)
+
+
+def test_detect_cli_names_an_unreadable_file(tmp_path, capsys):
+    from ssfeat.cli import main
+
+    (tmp_path / "notes.png").write_text("not an image")
+    assert main(["detect", str(tmp_path / "notes.png"), "--out", str(tmp_path / "f.png")]) == 2
+    err = capsys.readouterr().err
+    assert "notes.png" in err and "Traceback" not in err and not (tmp_path / "f.png").exists()

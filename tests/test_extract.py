@@ -50,6 +50,7 @@ def test_extract_writes_one_group_per_image_and_reports_skips(folder, tmp_path):
         skipped = [s.decode() for s in f["skipped"][()]]
         assert f.attrs["pipeline"] == "sift"
     assert any(s.startswith("zero.jpg: ") for s in skipped) and any(s.startswith("notes.png: ") for s in skipped)
+    assert "tiny.png" not in keys and any(s.startswith("tiny.png: 3x3 px is too small") for s in skipped)
     assert st["n_done"] + st["n_skipped"] == st["n_images"] == 10
     assert not (tmp_path / "f.h5.parts").exists()
     # stored features equal the pipeline's
@@ -118,7 +119,7 @@ def test_extract_resumes_after_a_kill_without_loss_or_duplicates(folder, tmp_pat
     assert not out.exists()  # the output appears only when complete
     assert _keys(out) == {"im0.png", "im1.png", "im2.png", "im3.png"}  # the two finished parts
     st = extract_folder(folder, out, CFG, progress=False)
-    assert st["n_new"] == 3 and st["n_done"] == 7 and st["n_skipped"] == 3  # nothing lost
+    assert st["n_new"] == 2 and st["n_done"] == 6 and st["n_skipped"] == 4  # nothing lost (tiny.png: skipped)
     assert not list(tmp_path.glob("**/.*tmp*"))  # the killed run's temporary part is cleaned up
     ref = tmp_path / "ref.h5"
     extract_folder(folder, ref, CFG, progress=False)
@@ -171,7 +172,7 @@ def test_extract_cli_and_torchrun_sharding(folder, tmp_path, capsys):
     out = tmp_path / "cli.h5"
     args = ["extract", "--images", str(folder), "--out", str(out), "--pipeline", "sift", "--max-keypoints", "50"]
     assert main([*args, "--no-progress"]) == 0
-    assert "7 of 10 images" in capsys.readouterr().out
+    assert "6 of 10 images" in capsys.readouterr().out
     assert main(["extract", "--images", str(tmp_path / "nope"), "--out", str(out)]) == 2
     assert "no such file" in capsys.readouterr().err
     dd = tmp_path / "ddp.h5"

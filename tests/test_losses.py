@@ -78,3 +78,31 @@ def test_fractional_shift_gradcheck():
     p = torch.rand(2, 8, dtype=torch.float64, requires_grad=True)
     s = torch.tensor([0.3, -1.7], dtype=torch.float64)
     assert torch.autograd.gradcheck(lambda x: shift_histogram(x, s, True), (p,))
+
+
+def test_scale_shift_round_trips_while_the_mass_stays_in_range():
+    """Zero-filled (scale) shifts: while no mass is pushed past either end, +k then -k bins gives the
+    histogram back, keeps its mass and equals the circular shift; fractional shifts keep the mass too."""
+    K = 13
+    p = torch.zeros(4, K)
+    p[:, 4:9] = torch.softmax(torch.randn(4, 5), -1)  # mass on bins 4..8
+    k = torch.tensor([4.0, -4.0, 2.0, -3.0])  # at most 4 bins either way: still inside 0..12
+    there = shift_histogram(p, k, False)
+    assert torch.allclose(there, shift_histogram(p, k, True)) and torch.allclose(there.sum(-1), torch.ones(4))
+    assert torch.allclose(shift_histogram(there, -k, False), p)
+    frac = torch.tensor([3.5, -3.25, 0.75, -0.5])
+    assert torch.allclose(shift_histogram(p, frac, False).sum(-1), torch.ones(4), atol=1e-6)
+    # one bin further and the mass past the end is dropped: the way back cannot restore it
+    back = shift_histogram(shift_histogram(p, k + k.sign(), False), -(k + k.sign()), False)
+    assert (back.sum(-1)[:2] < 1 - 1e-3).all()
+
+
+def test_scale_loss_is_zero_for_perfectly_shifted_pairs_in_both_modes():
+    src = torch.tensor([6, 2, 10, 0, 12])
+    shift = torch.tensor([3.0, 5.0, -4.0, 0.0, -12.0])
+    z0, z1 = _sharp(src, 13, 5), _sharp(src + shift.long(), 13, 5)
+    for mode in ("full", "shared"):
+        for symmetric in (True, False):
+            kw = {"circular": False, "scale_mode": mode, "symmetric": symmetric}
+            assert histogram_alignment_loss(z0, z1, shift, **kw) < 1e-4, (mode, symmetric)
+            assert histogram_alignment_loss(z0, z1, shift + 1, **kw) > 5, (mode, symmetric)

@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from ssfeat import PatchPoseEstimator
-from ssfeat.cli import samples_dir
-from ssfeat.data.images import read_image
+from ssfeat.data.images import read_image, samples_dir
 from ssfeat.estimator import detect_sift
 from ssfeat.geometry import angle_from_cv2
 from ssfeat.hub import BUNDLED, load_weights, save_weights

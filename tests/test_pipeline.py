@@ -444,3 +444,96 @@ def test_benchmark_json_is_strict(tmp_path):
 def test_oracle_names_are_reserved(oxford_dir):
     with pytest.raises(ValueError, match="reserved for the ground-truth rows"):
         run_matching([oxford_dir], {"oracle*": build_pipeline("sift", 50)}, MatchingConfig(), progress=False)
+
+
+# ------------------------------------------------------------------------------------------------
+# bad input in the benchmarks: unreadable, tiny or blank images are skipped with a warning
+
+
+BAD_IMAGES = {
+    "blank": np.full((160, 200), 128, np.uint8),
+    "20x20": textured_image(20, 20, seed=5),
+    "1x1": np.full((1, 1), 7, np.uint8),
+}
+
+
+def write_pair_sequences(root, bad: np.ndarray | None = None, unreadable_reference: bool = False):
+    """Two HPatches-layout sequences ``v_a`` and ``v_b`` under ``root``: a 160x200 textured reference
+    and targets 2, 3 turned by 15 and -25 degrees. ``bad``: ``v_b`` also gets target 4 = ``bad``
+    (identity homography); ``unreadable_reference``: ``v_a/1.png`` is not an image."""
+    for s, name in enumerate(("v_a", "v_b")):
+        seq = root / name
+        seq.mkdir(parents=True)
+        img = textured_image(160, 200, seed=10 + s)
+        cv2.imwrite(str(seq / "1.png"), img)
+        for k, angle in ((2, 15.0), (3, -25.0)):
+            H = np.vstack([cv2.getRotationMatrix2D((100, 80), angle, 1.0), [0, 0, 1]])
+            cv2.imwrite(str(seq / f"{k}.png"), cv2.warpPerspective(img, H, (200, 160), borderMode=cv2.BORDER_REFLECT))
+            np.savetxt(seq / f"H_1_{k}", H)
+    if bad is not None:
+        cv2.imwrite(str(root / "v_b" / "4.png"), bad)
+        (root / "v_b" / "H_1_4").write_text("1 0 0\n0 1 0\n0 0 1")
+    if unreadable_reference:
+        (root / "v_a" / "1.png").write_bytes(b"not an image")
+    return root
+
+
+def same_averages(a: dict, b: dict) -> None:
+    """The per-pipeline averages of two benchmark results agree (overall and per category)."""
+    assert a["pipelines"].keys() == b["pipelines"].keys()
+    for name in a["pipelines"]:
+        for g in ("all", "category"):
+            assert a["pipelines"][name][g] == b["pipelines"][name][g], (name, g)
+
+
+@pytest.mark.parametrize("kind", list(BAD_IMAGES))
+def test_matching_skips_tiny_and_blank_images_with_a_warning(tmp_path, kind, caplog):
+    import logging
+
+    from ssfeat.evaluation.matching import MIN_IMAGE_SIDE
+
+    assert MIN_IMAGE_SIDE == 32  # documented in the module: the 32 px keypoint window of the patch-pose pipelines
+    cfg = MatchingConfig(max_keypoints=100, timing_repeats=1, ransac_repeats=3)
+    good = run_matching([write_pair_sequences(tmp_path / "good")], ["sift"], cfg, progress=False)
+    with caplog.at_level(logging.WARNING):
+        res = run_matching([write_pair_sequences(tmp_path / "bad", BAD_IMAGES[kind])], ["sift"], cfg, progress=False)
+    reason = "blank" if kind == "blank" else "too small"
+    bad_file = str(tmp_path / "bad" / "v_b" / "4.png")
+    assert bad_file in caplog.text and reason in caplog.text
+    pair = f"{tmp_path / 'bad' / 'v_b' / '1.png'} -> {bad_file}: "
+    assert len(res["skipped"]) == 1 and res["skipped"][0].startswith(pair)
+    assert res["skipped"][0][len(pair) :].startswith(f"{bad_file}: ") and reason in res["skipped"][0]
+    assert res["n_pairs"] == good["n_pairs"] == 4 and len(res["per_pair"]["sift"]) == 4
+    same_averages(res, good)  # the skipped pair counts nowhere, not as a 0
+    assert res["pipelines"]["sift"]["all"]["mma"][2] > 0.5
+
+
+def test_matching_with_every_pair_skipped_is_a_clear_error(tmp_path):
+    seq = tmp_path / "v_blank"
+    seq.mkdir()
+    for k in (1, 2):
+        cv2.imwrite(str(seq / f"{k}.png"), BAD_IMAGES["blank"])
+    (seq / "H_1_2").write_text("1 0 0\n0 1 0\n0 0 1")
+    with pytest.raises(ValueError, match="every image pair was skipped"):
+        run_matching([tmp_path], ["sift"], MatchingConfig(max_keypoints=50, timing_repeats=1), progress=False)
+
+
+def test_read_benchmark_image_refuses_tiny_and_blank_images(tmp_path):
+    from ssfeat.data.images import ImageReadError
+    from ssfeat.evaluation.matching import BenchmarkImageError, read_benchmark_image
+
+    ramp = np.tile(np.array([100, 102], np.uint8), (32, 16))  # 2 gray levels from darkest to brightest: not blank
+    faint = ramp.clip(0, 101)  # 1 level: blank, as in load_textured
+    for name, im in {**BAD_IMAGES, "ramp": ramp, "faint": faint, "32x32": textured_image(32, 32)}.items():
+        cv2.imwrite(str(tmp_path / f"{name}.png"), im)
+    for name in ("blank", "faint"):
+        with pytest.raises(BenchmarkImageError, match=rf"{name}\.png: blank image"):
+            read_benchmark_image(tmp_path / f"{name}.png")
+    for name, size in (("20x20", "20x20"), ("1x1", "1x1")):
+        with pytest.raises(BenchmarkImageError, match=rf"{name}\.png: {size} px is too small"):
+            read_benchmark_image(tmp_path / f"{name}.png")
+    assert read_benchmark_image(tmp_path / "ramp.png").shape == (32, 32)
+    assert read_benchmark_image(tmp_path / "32x32.png").shape == (32, 32)
+    (tmp_path / "junk.png").write_bytes(b"junk")
+    with pytest.raises(ImageReadError, match="junk.png"):
+        read_benchmark_image(tmp_path / "junk.png")

@@ -1,6 +1,7 @@
 import dataclasses
 import json
 import logging
+import pickle
 import shutil
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from ssfeat.data.images import load_textured
 from ssfeat.data.synthesis import PairConfig, PairSynthesizer
 from ssfeat.hub import load_model
 from ssfeat.models import PatchPoseConfig, PatchPoseNet
-from ssfeat.training import TrainConfig, fit, load_checkpoint, pair_loss, save_atomic
+from ssfeat.training import TrainConfig, evaluate_pairs, fit, load_checkpoint, pair_loss, save_atomic
 
 from .conftest import run_torchrun
 
@@ -27,55 +28,80 @@ def tiny_cfg(images, steps=4, **kw) -> TrainConfig:
 
 
 def test_overfit_one_batch(image_dir):
+    """60 steps on one batch: the batch's own orientation (+-10 deg) and scale (+-1/3 octave)
+    accuracies go from chance to >= 90% (measured: 6% / 25% -> 100% / 100% by step 40 for several
+    initialisations). The loss alone cannot show this: it levels off near a floor set by the fixed
+    logit norm and falls by 40% within 2 steps, at 6% accuracy."""
     cfg = tiny_cfg(image_dir)
     synth = PairSynthesizer.from_folder(image_dir, cfg.pairs)
     batch = {k: synth.batch(k, range(16)) for k in ("ori", "scale")}
     model = PatchPoseNet(PatchPoseConfig())
+    before = evaluate_pairs(model, batch, cfg.model)
+    assert before["ori_acc@10deg"] < 30 and before["scale_acc@0.333"] < 50, before
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    first = None
     for _ in range(60):
         loss, _ = pair_loss(model, batch, cfg)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        first = first if first is not None else loss.item()
-    assert loss.item() < 0.6 * first
+    after = evaluate_pairs(model, batch, cfg.model)
+    assert after["ori_acc@10deg"] >= 90 and after["scale_acc@0.333"] >= 90, after
 
 
 def test_time_budget_refits_the_schedule(image_dir, tmp_path, monkeypatch):
     """Steps cost 0.5 s on a fake clock during the loader's warm-up (the first 40) and 0.25 s after:
-    the step-40 fit alone would plan 116 steps and use 39 of the 60 s; the refit uses the budget."""
+    the step-40 fit alone would plan 116 steps and use 39 of the 60 s; the refit uses the budget.
+    Only the schedule is under test: model, batches, loss and validation metrics are trivial stand-ins
+    (~190 real steps took ~50 s); the loop, the loader, the optimiser and the checkpoint are real."""
     clock = {"t": 0.0}
     monkeypatch.setattr(training, "time", type("FakeTime", (), {"time": staticmethod(lambda: clock["t"])}))
     real_lr_at = training.lr_at
+    steps_run = []
 
     def lr_at(step, total, cfg):  # called once per step
         clock["t"] += 0.5 if step < 40 else 0.25
         return real_lr_at(step, total, cfg)
 
+    def loss(self, net, batch, step):
+        steps_run.append(step)
+        value = sum((p.float() ** 2).sum() for p in net.parameters()) * 1e-6 * batch["x"].sum()
+        return value, {"loss": value.item()}
+
     monkeypatch.setattr(training, "lr_at", lr_at)
+    monkeypatch.setattr(training.PoseTask, "build_model", lambda self: torch.nn.Linear(4, 2))
+    monkeypatch.setattr(training.PoseTask, "make_batch", lambda self, synth, indices: {"x": torch.ones(1)})
+    monkeypatch.setattr(training.PoseTask, "loss", loss)
+    monkeypatch.setattr(
+        training.PoseTask, "evaluate", lambda self, model, val: {"ori_acc@10deg": 0.0, "scale_acc@0.333": 0.0}
+    )
     cfg = tiny_cfg(image_dir, steps=10**6, time_budget_min=1.0, val_every=10**6, ckpt_every=10**6)
     ckpt = load_checkpoint(fit(cfg, tmp_path / "run", progress=False))
     assert 180 <= ckpt["step"] == ckpt["total_steps"] <= 200
     assert 54.0 <= clock["t"] <= 60.0  # the fake training time fills 90-100% of the budget
+    assert steps_run == list(range(ckpt["step"]))  # one (stand-in) loss per step
+
+
+def killed_after_checkpoint(cfg, out, step: int, monkeypatch) -> None:
+    """Run ``fit(cfg, out)`` as if the process were killed right after writing its step-``step``
+    checkpoint ``last.pt``."""
+    real_save = training.save_atomic
+
+    def save_then_die(obj, path):
+        real_save(obj, path)
+        if Path(path).name == "last.pt" and obj["step"] == step:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "save_atomic", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        fit(cfg, out, progress=False)
+    monkeypatch.setattr(training, "save_atomic", real_save)
 
 
 @pytest.mark.parametrize("ema_decay", [0.0, 0.9])
 def test_resume_equals_uninterrupted(image_dir, tmp_path, monkeypatch, ema_decay):
     cfg = tiny_cfg(image_dir, steps=6, ckpt_every=3, val_every=3, ema_decay=ema_decay)
     full = fit(cfg, tmp_path / "full", progress=False)
-
-    real_save = training.save_atomic
-
-    def save_then_die(obj, path):  # the process is killed right after the step-3 checkpoint
-        real_save(obj, path)
-        if Path(path).name == "last.pt" and obj["step"] == 3:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(training, "save_atomic", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        fit(cfg, tmp_path / "part", progress=False)
-    monkeypatch.setattr(training, "save_atomic", real_save)
+    killed_after_checkpoint(cfg, tmp_path / "part", 3, monkeypatch)
     # resume through the CLI: the stored config and schedule are used
     assert (
         main(
@@ -157,6 +183,57 @@ def test_ddp_two_processes(image_dir, tmp_path):
     assert ck["step"] == 3
 
 
+def _tiny_configs(images, steps: int, **kw) -> dict:
+    from .test_descriptor import tiny_desc_cfg
+    from .test_detector import tiny_det_cfg
+    from .test_warp import tiny_warp_cfg
+
+    return {
+        "pose": tiny_cfg(images, steps, **kw),
+        "detector": tiny_det_cfg(images, steps, **kw),
+        "descriptor": tiny_desc_cfg(images, steps, **kw),
+        "warp": tiny_warp_cfg(images, steps, **kw),
+    }
+
+
+@pytest.mark.parametrize("task", ["pose", "detector", "descriptor", "warp"])
+def test_ddp_ranks_stay_in_sync_on_disjoint_data(task, image_dir, tmp_path):
+    """Every task under torchrun (2 processes): after training, both processes hold the same weights
+    (rank 0's are the checkpoint's), and at every step they drew disjoint halves of the global batch."""
+    steps = 3
+    cfg = _tiny_configs(image_dir, steps, val_every=steps, ckpt_every=steps)[task]
+    (tmp_path / "cfg.pkl").write_bytes(pickle.dumps(cfg))
+    out = tmp_path / "run"
+    run_torchrun([str(tmp_path / "cfg.pkl"), str(out)], script=Path(__file__).with_name("ddp_fit.py"))
+    r0, r1 = torch.load(out / "rank0.pt"), torch.load(out / "rank1.pt")
+    ck = load_checkpoint(out / "last.pt")
+    assert ck["task"] == task and ck["step"] == steps
+    for k, v in r0["params"].items():
+        assert torch.equal(v, r1["params"][k]), k
+        assert torch.equal(v, ck["model"][k]), k
+    B = cfg.batch_size
+    assert len(r0["drawn"]) == len(r1["drawn"]) == steps * B // 2
+    assert not set(r0["drawn"]) & set(r1["drawn"])
+    assert sorted(r0["drawn"] + r1["drawn"]) == list(range(steps * B))
+
+
+@pytest.mark.parametrize("task", ["detector", "descriptor", "warp"])
+def test_every_task_resumes_exactly(task, image_dir, tmp_path, monkeypatch):
+    """Killed right after its step-2 checkpoint and resumed, a run ends with the weights and
+    optimizer state of the uninterrupted run (pose: test_resume_equals_uninterrupted)."""
+    cfg = _tiny_configs(image_dir, 4, ckpt_every=2, val_every=2)[task]
+    full = load_checkpoint(fit(cfg, tmp_path / "full", progress=False))
+    killed_after_checkpoint(cfg, tmp_path / "part", 2, monkeypatch)
+    assert load_checkpoint(tmp_path / "part" / "last.pt")["step"] == 2
+    part = load_checkpoint(fit(cfg, tmp_path / "part", resume=True, progress=False))
+    assert full["task"] == part["task"] == task and full["step"] == part["step"] == 4
+    for k in full["model"]:
+        assert torch.equal(full["model"][k], part["model"][k]), k
+    for i, state in full["optimizer"]["state"].items():
+        for name, v in state.items():
+            assert torch.equal(v, part["optimizer"]["state"][i][name]), (i, name)
+
+
 def test_blank_images_are_skipped_and_a_blank_folder_refused(image_dir, tmp_path, caplog):
     blank = tmp_path / "blank"
     blank.mkdir()
@@ -172,6 +249,25 @@ def test_blank_images_are_skipped_and_a_blank_folder_refused(image_dir, tmp_path
     assert "1 of" in caplog.text and "zz_blank.png" in caplog.text
     assert len(paths) == len(images) == 6 and all(int(im.max()) - int(im.min()) > 1 for im in images)
     assert main(["train", "detector", "--images", str(blank), "--out", str(tmp_path / "d"), "--steps", "1"]) == 2
+
+
+@pytest.mark.parametrize("task", ["pose", "detector", "descriptor", "warp"])
+def test_images_too_small_for_the_task_are_dropped_before_the_split(task, image_dir, tmp_path, caplog):
+    """A tiny image never becomes the validation set: it is skipped, by name, before the split; a
+    single usable image is both sets, with a warning that validation is then not held out."""
+    folder = tmp_path / "two"
+    folder.mkdir()
+    shutil.copy(next(image_dir.glob("img0.*")), folder)
+    cv2.imwrite(str(folder / "zz_tiny.png"), cv2.resize(cv2.imread(str(next(image_dir.glob("img1.*")))), (20, 20)))
+    cfg = _tiny_configs(folder, 1)[task]
+    with caplog.at_level(logging.WARNING):
+        train_synth, val_synth = training.task_for(cfg).synthesizers()
+    assert "zz_tiny.png" in caplog.text and "smaller than" in caplog.text
+    assert "only one usable image" in caplog.text and "not held out" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        training.task_for(_tiny_configs(image_dir, 1)[task]).synthesizers()
+    assert "only one usable image" not in caplog.text
 
 
 def test_config_checks_and_stored_configs():

@@ -34,6 +34,66 @@ def test_untrained_warpnet_predicts_the_frames_and_resizes_inputs():
     assert not any(p.requires_grad for p in net.backbone.parameters())
 
 
+def test_warpnet_refuses_bad_inputs_with_clear_errors():
+    net = WarpNet(WarpConfig(size=64)).eval()
+    ok = torch.rand(2, 1, 64, 64)
+    nan = ok.clone()
+    nan[1, 0, 5, 7] = float("nan")
+    inf = ok.clone()
+    inf[0, 0, 0, 0] = float("inf")
+    bad = [
+        (nan, ok, r"image_a contains NaN or Inf"),
+        (ok, inf, r"image_b contains NaN or Inf"),
+        (torch.rand(2, 64, 64), ok, r"image_a must have shape \(B, 1, H, W\) \(gray images\), got \(2, 64, 64\)"),
+        (ok, torch.rand(2, 3, 64, 64), r"image_b must have shape \(B, 1, H, W\).*got \(2, 3, 64, 64\)"),
+        (ok, torch.rand(3, 1, 64, 64), r"as many images, got 2 and 3"),
+        (ok, torch.rand(2, 1, 6, 64), r"image_b: the 64x6 images are too small \(< 8 px\)"),
+        ((ok * 255).to(torch.uint8), ok, r"image_a must be a float tensor.*torch.uint8"),
+        (ok.numpy(), ok, r"image_a must be a torch.Tensor, got ndarray"),
+    ]
+    with torch.no_grad():
+        for a, b, msg in bad:
+            for call in (net, net.shared_region):
+                with pytest.raises(ValueError, match=msg):
+                    call(a, b)
+        assert net(ok, torch.rand(2, 1, 80, 70))[0].shape == (2, 4, 2)  # other sizes are resized
+    with pytest.raises(ValueError, match=r"quad must have shape \(2, 4, 2\).*got \(1, 4, 2\)"):
+        warp_to_frame(ok, FRAME[None], 32)
+    with pytest.raises(ValueError, match=r"image must be a \(B, C, H, W\) tensor"):
+        warp_to_frame(ok[0], FRAME[None], 32)
+
+
+def test_warp_reranker_refuses_bad_inputs(tmp_path):
+    from ssfeat.retrieval import WarpReranker
+
+    rr = WarpReranker(WarpNet(WarpConfig(size=64)))
+    q, c = torch.rand(1, 64, 64), torch.rand(3, 1, 64, 64)
+    assert rr.scores(q, c).shape == (3,)
+    nan = c.clone()
+    nan[2, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="candidates contains NaN or Inf"):
+        rr.scores(q, nan)
+    with pytest.raises(ValueError, match="query contains NaN or Inf"):
+        rr.scores(torch.full((1, 64, 64), float("nan")), c)
+    with pytest.raises(ValueError, match=r"candidates must be 64x64 px \(the regressor's input size\), got 80x64"):
+        rr.scores(q, torch.rand(3, 1, 64, 80))
+    with pytest.raises(ValueError, match=r"query must be 64x64 px"):
+        rr.scores(torch.rand(1, 32, 32), c)
+    with pytest.raises(ValueError, match=r"query must be one gray image of shape \(1, 64, 64\), got \(3, 64, 64\)"):
+        rr.scores(torch.rand(3, 64, 64), c)
+    with pytest.raises(ValueError, match=r"candidates must have shape \(B, 1, H, W\)"):
+        rr.scores(q, torch.rand(3, 64, 64))
+    paths = [tmp_path / "x.png"]  # never read: the checks come first
+    with pytest.raises(ValueError, match=r"predictions must have shape \(1, K\) \(a row per query\), got \(2, 3\)"):
+        rr.rerank(paths, paths * 3, np.zeros((2, 3), np.int64))
+    with pytest.raises(ValueError, match=r"gallery indices in \[0, 3\)"):
+        rr.rerank(paths, paths * 3, np.array([[0, 3, 1]]))
+    with pytest.raises(ValueError, match=r"gallery indices"):
+        rr.rerank(paths, paths * 3, np.array([[0.0, 1.0, 2.0]]))
+    with pytest.raises(ValueError, match="n must be >= 1, got 0"):
+        rr.rerank(paths, paths * 3, np.array([[0, 1, 2]]), n=0)
+
+
 def test_corner_losses_and_metrics():
     t = torch.rand(3, 4, 2)
     assert corner_loss((t, t + 1), t, t + 1).item() == 0.0
@@ -139,15 +199,10 @@ def test_warp_overfits_one_batch(image_dir):
         assert torch.equal(v, backbone[k]), k
 
 
-def test_warp_training_resume_export_and_cli(image_dir, tmp_path, capsys):
+def test_warp_training_export_and_cli(image_dir, tmp_path, capsys):
     cfg = tiny_warp_cfg(image_dir)
     fit(cfg, tmp_path / "full", progress=False)
-    fit(tiny_warp_cfg(image_dir, steps=2), tmp_path / "part", progress=False)
-    fit(cfg, tmp_path / "part", resume=True, total_steps=4, progress=False)
-    a, b = load_checkpoint(tmp_path / "full" / "last.pt"), load_checkpoint(tmp_path / "part" / "last.pt")
-    assert a["task"] == "warp" and b["step"] == 4
-    for k in a["model"]:
-        assert torch.allclose(a["model"][k].float(), b["model"][k].float(), atol=1e-6), k
+    assert load_checkpoint(tmp_path / "full" / "last.pt")["task"] == "warp"
     assert "within_0.1" in (tmp_path / "full" / "log.jsonl").read_text()
     net = load_warp(tmp_path / "full")
     path = save_weights(net, tmp_path / "w.safetensors")
@@ -191,7 +246,12 @@ def test_half_precision_export(warp_run, tmp_path):
     x = torch.rand(2, 1, 64, 64)
     with torch.no_grad():
         a, b = load_warp(full)(x, x.flip(-1))[0], load_warp(half)(x, x.flip(-1))[0]
-    assert next(load_warp(half).parameters()).dtype == torch.float32 and torch.allclose(a, b, atol=1e-2)
+    assert next(load_warp(half).parameters()).dtype == torch.float32
+    # after 4 steps the corners sit within ~0.016 of the frames: compare what was learned (the offsets
+    # from the frames), relatively, so that an export that lost the output layer (offsets 0) fails
+    da, db = a - FRAME, b - FRAME
+    assert da.abs().max() > 1e-3  # the offsets are not trivially zero
+    assert (db - da).norm() < 1e-2 * da.norm(), ((db - da).norm(), da.norm())  # measured: ~2e-4 relative
 
 
 def test_bundled_warp_model_regresses_held_out_pairs(image_dir):

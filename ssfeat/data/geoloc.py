@@ -26,7 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .images import ImageReadError, list_images, photometric_change, read_image
+from .images import ImageReadError, check_usable, list_images, photometric_change, read_image
 
 SPLITS = ("train", "val", "test")
 logger = logging.getLogger(__name__)
@@ -134,8 +134,8 @@ def _utm_name(east: float, north: float, place: int, tag: str) -> str:
 
 def make_geoloc_dataset(images: str | Path, out: str | Path, cfg: GeolocMakeConfig | None = None) -> dict:
     """Build a synthetic geolocalization dataset from the photos below ``images`` (see the module
-    docstring). Unreadable photos are skipped and listed. Returns (and writes to ``OUT/dataset.json``)
-    the configuration and per-split counts.
+    docstring). Unreadable, tiny (under 16 px a side) and blank photos are skipped and listed.
+    Returns (and writes to ``OUT/dataset.json``) the configuration and per-split counts.
 
     Raises:
         ValueError: no readable photo, an existing non-empty ``out``, or bad split fractions.
@@ -149,11 +149,13 @@ def make_geoloc_dataset(images: str | Path, out: str | Path, cfg: GeolocMakeConf
     photos, skipped = [], []
     for p in list_images(images):
         try:
-            photos.append((p, read_image(p)))
-        except ImageReadError as e:
+            photos.append((p, check_usable(read_image(p), p, min_size=16)))
+        except (ImageReadError, ValueError) as e:  # unreadable, tiny or blank: no place is made of it
             skipped.append(str(e))
+    if skipped:
+        logger.warning("skipped %d photos: %s", len(skipped), "; ".join(skipped[:5]))
     if not photos:
-        raise ValueError(f"no readable photos under {images}")
+        raise ValueError(f"no usable photos under {images} (readable, at least 16 px a side, not blank)")
     w, h = cfg.size
     small = [str(p) for p, img in photos if img.shape[1] < w / 2 or img.shape[0] < h / 2]
     if small:

@@ -100,6 +100,19 @@ def read_image(path: str | Path) -> np.ndarray:
         raise ImageReadError(f"{path}: {e}") from e
 
 
+def samples_dir() -> Path:
+    """The folder of sample photos shipped with the package (BSDS500 test photos, never used in training)."""
+    from importlib import resources
+
+    return Path(str(resources.files("ssfeat") / "assets" / "samples"))
+
+
+def sample_images() -> list[Path]:
+    """The sample photos shipped with the package, sorted by name: ready-made inputs for examples and
+    ``ssfeat demo``."""
+    return sorted(samples_dir().glob("*.jpg"))
+
+
 def list_images(root: str | Path) -> list[Path]:
     """Image files below ``root`` (recursive, sorted), chosen by extension (case-insensitive).
 
@@ -146,6 +159,27 @@ def load_folder(
     return paths, images, skipped
 
 
+def is_blank(image: np.ndarray) -> bool:
+    """True for a flat image: under 2 gray levels (of 255) from darkest to brightest pixel.
+    ``image``: uint8, or float in ``[0, 1]``."""
+    levels = 1.0 if image.dtype == np.uint8 else 255.0
+    return (float(image.max()) - float(image.min())) * levels < 2 - 1e-3  # 2 levels read as 1.99999 count
+
+
+def check_usable(image: np.ndarray, name: str | Path, min_size: int = 16) -> np.ndarray:
+    """``image`` if it is at least ``min_size`` px a side and not blank (:func:`is_blank`).
+
+    Raises:
+        ValueError: naming ``name``, the image's size and what was needed.
+    """
+    h, w = image.shape[:2]
+    if min(h, w) < min_size:
+        raise ValueError(f"{name}: {w}x{h} px is too small (at least {min_size} px a side needed)")
+    if is_blank(image):
+        raise ValueError(f"{name}: blank image (under 2 gray levels from darkest to brightest)")
+    return image
+
+
 def load_textured(folder: str | Path, min_size: int = 0, as_uint8: bool = True) -> tuple[list[Path], list[np.ndarray]]:
     """The readable images under ``folder`` (at least ``min_size`` px a side; uint8, or float in
     [0, 1] with ``as_uint8=False``) that are not flat: blank frames teach nothing and would be
@@ -158,8 +192,7 @@ def load_textured(folder: str | Path, min_size: int = 0, as_uint8: bool = True) 
     if not images:
         size = f" of at least {min_size} px" if min_size else ""
         raise ValueError(f"no readable images{size} under {folder}")
-    levels = 1.0 if as_uint8 else 255.0  # the range in 8-bit gray levels
-    flat = [i for i, im in enumerate(images) if (float(im.max()) - float(im.min())) * levels < 2]
+    flat = [i for i, im in enumerate(images) if is_blank(im)]
     if flat:
         names = ", ".join(str(paths[i]) for i in flat[:5])
         logger.warning("%d of %d images under %s are blank (flat), skipped: %s", len(flat), len(images), folder, names)

@@ -4,21 +4,26 @@ Every pipeline detects the same OpenCV SIFT keypoints (equal budget) and matches
 neighbours; only the descriptor differs (and, for ``ssfeat_hndesc_patch``, the orientation of the
 described patch). Metrics are those of :mod:`ssfeat.evaluation.matching` (MMA at 1..10 px, homography
 accuracy at 1/3/5/10 px after RANSAC) per dataset and category, plus the D2-Net average (mean of the
-viewpoint and illumination means) and the time to describe 2000 keypoints of a 640x480 image.
+viewpoint and illumination means) and the time to describe 2000 keypoints of a 640x480 image (an
+image of the first scored pair; ``null`` with the reason under ``describe_2000_640x480_unavailable``
+if it has no SIFT keypoint). Pairs with an unreadable, too small or blank image are skipped as in
+:func:`~ssfeat.evaluation.matching.run_matching`.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from ..data.images import ImageReadError, read_image
 from ..pipeline import SIFTDetector, build_pipeline, pipeline_estimator
 from .benchmarks import render_rows
-from .matching import MatchingConfig, image_pairs, run_matching
+from .matching import MatchingConfig, read_benchmark_image, run_matching
+
+logger = logging.getLogger(__name__)
 
 DESCRIPTOR_PIPELINES = ("sift", "sift_rootsift", "hndesc", "hndesc_patch", "ssfeat_hndesc_patch")
 
@@ -26,9 +31,15 @@ DESCRIPTOR_PIPELINES = ("sift", "sift_rootsift", "hndesc", "hndesc_patch", "ssfe
 def time_descriptors(pipelines: dict, image: np.ndarray, n_keypoints: int = 2000, repeats: int = 3) -> dict:
     """Seconds (median of ``repeats``, after a warm-up) each pipeline's descriptor stage takes for
     ``n_keypoints`` SIFT keypoints of ``image`` (resized to 640x480); ``n_keypoints`` is the number
-    actually described."""
+    actually described.
+
+    Raises:
+        ValueError: ``image`` has no SIFT keypoint (e.g. blank): there is nothing to time.
+    """
     img = cv2.resize(image, (640, 480), interpolation=cv2.INTER_AREA)
     feats = SIFTDetector(n_keypoints, contrast_threshold=0.01)(img)
+    if len(feats) == 0:
+        raise ValueError("no SIFT keypoint in the image, nothing to describe")
     out: dict = {"n_keypoints": len(feats)}
     for name, p in pipelines.items():
         f = p.orienter(img, feats)  # the orienter is not part of the descriptor's time
@@ -59,15 +70,18 @@ def run_descriptor_benchmark(
     result = run_matching(roots, pipes, cfg, est, progress)
     result["benchmark"] = "descriptor"
     result["descriptor_weights"] = str(weights)
-    first = None
-    for pair in image_pairs(roots):
-        try:
-            first = read_image(pair.path0)
-            break
-        except ImageReadError:
-            continue
     bases = {n.rstrip("*"): p for n, p in pipes.items()}
-    result["describe_2000_640x480_s"] = time_descriptors(bases, first) if first is not None else None
+    timing, why = None, []
+    for path in result["timing_pair"]:  # the first scored pair (run_matching stops if there is none)
+        try:
+            timing = time_descriptors(bases, read_benchmark_image(path))
+            break
+        except ValueError as e:  # ImageReadError, BenchmarkImageError, or no keypoint to describe
+            why.append(f"{path}: {e}" if str(path) not in str(e) else str(e))
+    result["describe_2000_640x480_s"] = timing
+    if timing is None:
+        result["describe_2000_640x480_unavailable"] = "; ".join(why)
+        logger.warning("descriptor timing unavailable: %s", "; ".join(why))
     return result
 
 

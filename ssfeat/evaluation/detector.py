@@ -132,12 +132,14 @@ def run_detector_benchmark(
     repeatability (symmetric with visibility mask, and ReKD's one-directional), orientation
     accuracy of repeated keypoints against the homography's local rotation, and MMA / matches with
     the SIFT descriptor and mutual nearest neighbours, with and without the orientation filter
-    ('*'). Adds the learned detector's 90-degree equivariance error and its time per 640x480 image."""
+    ('*'). Adds the learned detector's 90-degree equivariance error and its time per 640x480 image,
+    both on the reference image of the first scored pair (``result["timing_pair"]``). Pairs with an
+    unreadable, too small or blank image are skipped as in :func:`~ssfeat.evaluation.matching.run_matching`."""
     import cv2
 
     from ..detector import DetectConfig, KeypointDetector
     from ..pipeline import LearnedDetector, LearnedDetectorOrienter, build_pipeline
-    from .matching import image_pairs, run_matching
+    from .matching import read_benchmark_image, run_matching
 
     cfg = cfg or MatchingConfig()
     det = KeypointDetector.from_pretrained(weights, DetectConfig(max_keypoints=cfg.max_keypoints))
@@ -154,10 +156,9 @@ def run_detector_benchmark(
     pipes = {k: pipes[k] for k in pipelines}
     result = run_matching(roots, pipes, cfg, progress=progress)
     result["benchmark"] = "detector"
-    first = image_pairs(roots)[0]
-    from ..data.images import read_image
-
-    img = cv2.resize(read_image(first.path0), (640, 480), interpolation=cv2.INTER_AREA)
+    # on the reference image of the first pair that was scored (run_matching stops with an error if
+    # none was): an unreadable, tiny or blank image elsewhere in the data was skipped, not timed
+    img = cv2.resize(read_benchmark_image(result["timing_pair"][0]), (640, 480), interpolation=cv2.INTER_AREA)
     result["equivariance_error_rot90"] = equivariance_error(det.net, img)
     result["detector_time_640x480_s"] = time_detector(det, img)
     return result

@@ -29,6 +29,14 @@ Pairs are grouped by dataset (the ``--root`` they come from), sequence and categ
 and EVD are ``viewpoint``, HPatches ``i_*`` ``illumination``; the Oxford sequences are graf, wall
 (viewpoint), leuven (illumination), bikes, trees (blur) and ubc (jpeg). The D2-Net style average is the
 mean of the viewpoint and illumination means.
+
+Bad input: a pair is skipped, with a warning naming the file and the reason, and listed under
+``skipped`` in the JSON (``"image0 -> image1: reason"``), when one of its images is unreadable,
+smaller than :data:`MIN_IMAGE_SIDE` px a side (no room for the keypoint window) or blank (under 2
+gray levels from darkest to brightest, the test of :func:`ssfeat.data.images.load_textured`), or when
+a pipeline cannot process it; every pipeline then sees the same pairs and the averages are over the
+scored pairs alone (:func:`read_benchmark_image`, shared by the detector and descriptor benchmarks).
+If every pair is skipped the benchmark stops with an error.
 """
 
 from __future__ import annotations
@@ -44,7 +52,7 @@ import cv2
 import numpy as np
 import torch
 
-from ..data.images import ImageReadError, read_image, to_uint8
+from ..data.images import ImageReadError, check_usable, read_image, to_uint8
 from ..data.sequences import find_sequences
 from ..estimator import PatchPoseEstimator
 from ..features import Features, check_first_octave
@@ -76,6 +84,33 @@ DEFAULT_PIPELINES = (
     "asift",
     "ssfeat_asift",
 )
+
+
+# Smallest image side (px) the benchmarks score: the 32 px window the patch-pose pipelines read
+# around each keypoint (PatchPoseEstimator.extract, the ``ssfeat_scale`` orienter) fits in it, and so
+# does everything else the pipelines need (the learned detector 19 px with its 8 px border, the
+# learned descriptor 8 px). Smaller images are skipped rather than scored 0.
+MIN_IMAGE_SIDE = 32
+
+
+class BenchmarkImageError(ValueError):
+    """A readable image the benchmarks cannot score (too small or blank); the message names the file."""
+
+
+def read_benchmark_image(path: str | Path) -> np.ndarray:
+    """Read ``path`` for a benchmark as a ``(H, W)`` float32 gray image in ``[0, 1]``.
+
+    Raises:
+        ImageReadError: the file is missing or not a readable image.
+        BenchmarkImageError: the image is smaller than :data:`MIN_IMAGE_SIDE` px a side or blank
+            (:func:`ssfeat.data.images.is_blank`): it has no keypoint for any pipeline, so scoring it 0
+            would only drag the averages down.
+    """
+    image = read_image(path)
+    try:
+        return check_usable(image, path, MIN_IMAGE_SIDE)
+    except ValueError as e:
+        raise BenchmarkImageError(str(e)) from None
 
 
 @dataclass
@@ -543,14 +578,15 @@ def run_matching(
     extract_s = {b: [] for b in bases}
     per_pair: dict[str, list[dict]] = {name: [] for name in pipelines}
     skipped, scored = [], []
+    bad: dict[Path, str] = {}  # why an image is not scored
 
     def image(path: Path) -> np.ndarray | None:
         if path not in images:
             try:
-                images[path] = read_image(path)
-            except ImageReadError as e:
-                logger.warning("skipped: %s", e)
-                images[path] = None
+                images[path] = read_benchmark_image(path)
+            except (ImageReadError, BenchmarkImageError) as e:
+                logger.warning("%s; skipped with every pair it belongs to", e)
+                images[path], bad[path] = None, str(e)
         return images[path]
 
     it = pairs
@@ -561,7 +597,8 @@ def run_matching(
     for pair in it:
         im0, im1 = image(pair.path0), image(pair.path1)
         if im0 is None or im1 is None:
-            skipped.append(f"{pair.path0} -> {pair.path1}")
+            why = "; ".join(bad[p] for p in (pair.path0, pair.path1) if p in bad)
+            skipped.append(f"{pair.path0} -> {pair.path1}: {why}")
             continue
         try:
             for b, pipe in bases.items():
@@ -593,13 +630,14 @@ def run_matching(
             )
             per_pair[name].append(r)
     if not any(per_pair.values()):
-        raise ValueError("every image pair was skipped (unreadable or too small images, see the warnings)")
+        raise ValueError("every image pair was skipped (unreadable, too small or blank images, see the warnings)")
     first = scored[0]  # timed on the first pair every pipeline processed
     im0, im1 = (cv2.resize(images[p], (640, 480), interpolation=cv2.INTER_AREA) for p in (first.path0, first.path1))
     timing = time_pair(bases, im0, im1, cfg.timing_repeats)
     out = _meta(BenchmarkConfig(), "matching", roots=[str(r) for r in roots], skipped=skipped)
     out["config"] = dataclasses.asdict(cfg)
     out["n_pairs"] = len(next(iter(per_pair.values())))
+    out["timing_pair"] = [str(first.path0), str(first.path1)]  # the first scored pair
     out["timing_640x480_s"] = timing
     out["timing_ratio_vs_opencv"] = {k: round(v / timing["opencv_sift"], 2) for k, v in timing.items()}
     ref = timing["opencv_sift_detect_compute"]

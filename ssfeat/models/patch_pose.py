@@ -3,13 +3,30 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import numbers
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .layers import BACKBONES, mlp_head
+
+# backbones that flatten a fixed-size feature map (fast_cnn: 4x4) read exactly this patch size; the
+# others pool globally and take any patch_size >= _MIN_PATCH
+_FIXED_INPUT = {"tiny": 32, "fast": 32, "small": 32}
+_MIN_PATCH = 8
+
+
+def _require_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+
+
+def _require_real(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {value!r}")
 
 
 @dataclass
@@ -36,6 +53,17 @@ class PatchPoseConfig:
     window: float = 1.0
 
     def __post_init__(self) -> None:
+        if not isinstance(self.backbone, str) or self.backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone {self.backbone!r}, expected one of {sorted(BACKBONES)}")
+        for name in ("n_ori_bins", "n_scale_bins", "patch_size"):
+            _require_int(name, getattr(self, name))
+        for name in ("scale_range", "logit_norm", "c4_below", "window"):
+            _require_real(name, getattr(self, name))
+        for name in ("c4_symmetric", "separate_backbones"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.n_ori_bins < 2:
+            raise ValueError(f"the orientation histogram needs >= 2 bins, got n_ori_bins={self.n_ori_bins}")
         if not math.isfinite(self.window) or self.window < 0:
             raise ValueError(f"window must be a finite radius >= 0 (0: off), got {self.window}")
         if self.n_scale_bins < 2 or not (math.isfinite(self.scale_range) and self.scale_range > 0):
@@ -43,9 +71,39 @@ class PatchPoseConfig:
                 f"the scale histogram needs >= 2 bins over a finite range > 0, got {self.n_scale_bins} bins "
                 f"over [-{self.scale_range}, {self.scale_range}]"
             )
+        if not (math.isfinite(self.logit_norm) and self.logit_norm >= 0):
+            raise ValueError(f"logit_norm must be a finite L2 norm >= 0 (0: raw logits), got {self.logit_norm}")
+        if not 0.0 <= self.c4_below <= 1.0:  # also refuses NaN
+            raise ValueError(f"c4_below must be a peak probability in [0, 1] (0: off), got {self.c4_below}")
+        if (self.c4_symmetric or self.c4_below > 0) and self.n_ori_bins % 4:
+            raise ValueError(f"C4 rotation averaging needs n_ori_bins divisible by 4, got {self.n_ori_bins}")
+        fixed = _FIXED_INPUT.get(self.backbone)
+        if fixed is not None and self.patch_size != fixed:
+            raise ValueError(
+                f"backbone {self.backbone!r} reads {fixed}x{fixed} patches (its head is sized for that input), "
+                f"got patch_size={self.patch_size}"
+            )
+        if self.patch_size < _MIN_PATCH:
+            raise ValueError(f"patch_size must be >= {_MIN_PATCH} pixels, got {self.patch_size}")
 
     @classmethod
     def from_dict(cls, d: dict) -> PatchPoseConfig:
+        """A config from a dict of its fields (as stored in weights files and checkpoints); fields
+        left out take their defaults, except ``window``, which files written before it existed lack
+        (0: off).
+
+        Raises:
+            TypeError: ``d`` is not a dict, or a field has the wrong type.
+            ValueError: unknown keys or values outside a field's domain.
+        """
+        if not isinstance(d, Mapping):
+            raise TypeError(f"a PatchPoseConfig is read from a dict of its fields, got {type(d).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(str(k) for k in d if k not in known)
+        if unknown:
+            raise ValueError(
+                f"unknown PatchPoseConfig field(s) {', '.join(unknown)}; expected some of {', '.join(sorted(known))}"
+            )
         return cls(**{"window": 0.0, **d})  # files written before the window existed had none
 
     @property
@@ -73,7 +131,9 @@ class PatchPoseNet(nn.Module):
         config: architecture; ``self.config``.
 
     Shape:
-        - Input: ``(B, 1, P, P)`` with ``P = config.patch_size``, values in ``[0, 1]``.
+        - Input: ``(B, 1, P, P)`` float with ``P = config.patch_size``, values in ``[0, 1]`` (other
+          shapes and dtypes raise ``ValueError``; values are not checked here, for speed:
+          :class:`~ssfeat.PatchPoseEstimator` checks them).
         - Output: orientation logits ``(B, n_ori_bins)``, scale logits ``(B, n_scale_bins)``;
           ``softmax`` of each is the histogram.
 
@@ -86,6 +146,8 @@ class PatchPoseNet(nn.Module):
 
     def __init__(self, config: PatchPoseConfig | None = None) -> None:
         super().__init__()
+        if config is not None and not isinstance(config, PatchPoseConfig):
+            raise TypeError(f"config must be a PatchPoseConfig (from_dict reads a dict), got {type(config).__name__}")
         self.config = config = config or PatchPoseConfig()
         if config.backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {config.backbone!r}, expected one of {sorted(BACKBONES)}")
@@ -118,6 +180,15 @@ class PatchPoseNet(nn.Module):
 
     def forward(self, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.config
+        P = cfg.patch_size
+        if not (isinstance(patches, torch.Tensor) and patches.ndim == 4 and patches.shape[1:] == (1, P, P)):
+            got = f"shape {tuple(patches.shape)}" if isinstance(patches, torch.Tensor) else type(patches).__name__
+            raise ValueError(
+                f"PatchPoseNet takes (B, 1, {P}, {P}) gray patches, got {got} "
+                "(PatchPoseEstimator converts color patches and resizes other sizes)"
+            )
+        if not patches.is_floating_point():
+            raise ValueError(f"PatchPoseNet takes float patches with values in [0, 1], got {patches.dtype}")
         x = standardize(patches, cfg.window)
         if cfg.c4_symmetric:
             ori, sca = self._c4_average(x)

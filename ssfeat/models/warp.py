@@ -63,6 +63,33 @@ class WarpConfig:
         return dataclasses.asdict(self)
 
 
+def check_images(image, name: str = "image", size: int | None = None) -> None:
+    """Raise ``ValueError`` unless ``image`` is a float tensor of gray images ``(B, 1, H, W)`` with
+    sides of at least 8 px (``size``: exactly ``size x size``) and finite values. Cheap: one
+    reduction over the values."""
+    if not isinstance(image, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(image).__name__}")
+    if image.ndim != 4 or image.shape[1] != 1:
+        raise ValueError(f"{name} must have shape (B, 1, H, W) (gray images), got {tuple(image.shape)}")
+    if size is not None and image.shape[-2:] != (size, size):
+        raise ValueError(
+            f"{name} must be {size}x{size} px (the regressor's input size), got {image.shape[3]}x{image.shape[2]}"
+        )
+    if min(image.shape[-2:]) < 8:
+        raise ValueError(f"{name}: the {image.shape[3]}x{image.shape[2]} images are too small (< 8 px)")
+    if not image.is_floating_point():
+        raise ValueError(f"{name} must be a float tensor with values in [0, 1], got {image.dtype}")
+    if image.numel() and not torch.isfinite(image.sum(dtype=torch.float64)):  # float64 cannot overflow here
+        raise ValueError(f"{name} contains NaN or Inf values")
+
+
+def _check_pair(image_a, image_b) -> None:
+    check_images(image_a, "image_a")
+    check_images(image_b, "image_b")
+    if len(image_a) != len(image_b):
+        raise ValueError(f"image_a and image_b must hold as many images, got {len(image_a)} and {len(image_b)}")
+
+
 def grid_coords(side: int, device=None, dtype=None) -> torch.Tensor:
     """``(2, side * side)`` normalised ``(x, y)`` of a ``side x side`` grid, row-major."""
     g = torch.linspace(-1.0, 1.0, side, device=device, dtype=dtype)
@@ -133,7 +160,13 @@ class WarpNet(nn.Module):
         BR, BL (in ``image_a``, in ``image_b``). Inputs ``(B, 1, H, W)`` in ``[0, 1]`` are resized to
         ``config.size`` if needed. With ``both_orders`` the pairs ``(b, a)`` follow as rows
         ``B..2B - 1`` (features computed once): then the first tensor holds the corners in the first
-        image of each ordered pair (``a``, then ``b``) and the second those in the other one."""
+        image of each ordered pair (``a``, then ``b``) and the second those in the other one.
+
+        Raises:
+            ValueError: inputs that are not float ``(B, 1, H, W)`` tensors of at least 8 x 8 px, with
+                as many images in both and finite values.
+        """
+        _check_pair(image_a, image_b)
         with torch.no_grad():
             fa, fb = self.features(self.resize(image_a)), self.features(self.resize(image_b))
         if both_orders:
@@ -145,7 +178,9 @@ class WarpNet(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """GeoWarp's ``compute_warping``: the prediction averaged over both input orders, two
         ``(B, 4, 2)``. ``flips`` also averages the predictions for the pair flipped horizontally,
-        vertically and both (mapped back; 4x the cost, more precise corners)."""
+        vertically and both (mapped back; 4x the cost, more precise corners). Inputs and errors as
+        :meth:`forward`."""
+        _check_pair(image_a, image_b)
         B = image_a.shape[0]
         modes = [(False, False), (True, False), (False, True), (True, True)] if flips else [(False, False)]
         a = torch.cat([_flip(image_a, h, v) for h, v in modes])
@@ -178,6 +213,11 @@ def warp_to_frame(image: torch.Tensor, quad: torch.Tensor, size: int) -> torch.T
     """Warp ``(B, 1, H, W)`` images so that ``quad`` ``(B, 4, 2)`` (normalised TL, TR, BR, BL of each
     image) fills a ``size x size`` frame; differentiable in ``image`` and ``quad``. Outside the image
     the border is repeated."""
+    if not (isinstance(image, torch.Tensor) and image.ndim == 4):
+        raise ValueError(f"image must be a (B, C, H, W) tensor, got {getattr(image, 'shape', type(image).__name__)}")
+    if not (isinstance(quad, torch.Tensor) and quad.shape == (len(image), 4, 2)):
+        got = tuple(quad.shape) if isinstance(quad, torch.Tensor) else type(quad).__name__
+        raise ValueError(f"quad must have shape ({len(image)}, 4, 2) (four corners per image), got {got}")
     from kornia.geometry.transform import get_perspective_transform, warp_perspective
 
     h, w = image.shape[-2:]
