@@ -801,7 +801,7 @@ def match(
     """Match two images with a named pipeline, fit a RANSAC homography and draw the matches
     (inliers green). Returns counts and the homography."""
     from .data.images import check_usable, read_image
-    from .pipeline import RansacHomography, build_pipeline, pipeline_estimator
+    from .pipeline import MatchResult, RansacHomography, build_pipeline, pipeline_estimator
     from .viz import draw_matches
 
     if weights is not None and "ssfeat" not in pipeline:
@@ -809,10 +809,16 @@ def match(
     est = pipeline_estimator(weights) if "ssfeat" in pipeline else None
     pipe = build_pipeline(pipeline, max_keypoints, est, sift_first_octave=sift_first_octave)
     img0, img1 = (check_usable(read_image(p), p, min_size=16) for p in (image0, image1))
-    res = pipe(img0, img1)
-    for path, f in ((image0, res.features0), (image1, res.features1)):
+    feats = []
+    for path, img in ((image0, img0), (image1, img1)):
+        try:
+            f = pipe.extract(img)
+        except ValueError as e:  # e.g. an image smaller than the pipeline's windows
+            raise ValueError(f"{path}: {e}") from e
         if len(f) == 0:
             raise ValueError(f"{path}: no keypoints found by the {pipeline} pipeline, nothing to match")
+        feats.append(f)
+    res = MatchResult(*feats, pipe.match_features(*feats))
     xy0 = res.features0.keypoints[res.matches.idx[:, 0]]
     xy1 = res.features1.keypoints[res.matches.idx[:, 1]]
     H, inl = RansacHomography().fit(xy0, xy1)
@@ -873,7 +879,10 @@ def detect(
 
     img = check_usable(read_image(image), image, min_size=16)
     det = detector or KeypointDetector.from_pretrained(weights or "detector", DetectConfig(max_keypoints=max_keypoints))
-    f = det(img)
+    try:
+        f = det(img)
+    except ValueError as e:  # e.g. an image smaller than the detector's border
+        raise ValueError(f"{image}: {e}") from e
     title = f"ssfeat detector: {len(f)} keypoints (circle: size, line: orientation)"
     return draw_poses(img, f.keypoints, f.orientations, f.scales, out, title=title), len(f)
 

@@ -21,9 +21,10 @@ from .models.layers import fuse_batchnorm
 from .models.patch_pose import PatchPoseConfig, PatchPoseNet, decode_pose
 from .patches import sample_patches
 
-# patches are float in [0, 1]; values further than this outside are refused (a margin for the
-# overshoot of bicubic / Lanczos resampling, far below the 255 of 8-bit data or normalised inputs)
-RANGE_TOLERANCE = 0.1
+# patches are float in [0, 1]; values further than this outside are refused. The margin leaves room
+# for the overshoot of bicubic / Lanczos resampling (up to about 0.15 on real photos) and still
+# catches 8-bit data (0..255) and mean/std-normalised inputs
+RANGE_TOLERANCE = 0.5
 
 
 @dataclass
@@ -77,8 +78,9 @@ class PatchPoseEstimator(nn.Module):
         model: a trained :class:`PatchPoseNet`.
         batch_size: patches per forward pass (memory / cache bound only), an int >= 1.
 
-    Patches are float tensors with values in ``[0, 1]`` (values more than ``RANGE_TOLERANCE`` = 0.1
-    outside, NaN, Inf and integer dtypes are refused with a ``ValueError``: divide 8-bit data by 255).
+    Patches are float tensors with values in ``[0, 1]`` (values more than ``RANGE_TOLERANCE`` = 0.5
+    outside, NaN, Inf and integer dtypes are refused with a ``ValueError``: divide 8-bit data by 255;
+    resampling overshoot, as from bicubic upsampling, is accepted).
 
     Example:
         >>> est = PatchPoseEstimator.from_pretrained()
@@ -120,7 +122,7 @@ class PatchPoseEstimator(nn.Module):
         ``ssfeat export``, or a training run folder / checkpoint.
 
         ``c4=True`` averages the network over the four 90-degree rotations of each patch: exactly
-        90-degree equivariant and more accurate, about 3.5x the time of one pass; ``c4=False`` switches every rotation
+        90-degree equivariant and more accurate, about 4x the time of one pass; ``c4=False`` switches every rotation
         averaging off (``None``: as stored). ``c4_below`` sets the adaptive C4 threshold: patches whose
         orientation histogram peak probability is below it get the four-rotation average, the others
         a single pass (the bundled model stores a threshold calibrated on held-out training photos;

@@ -382,10 +382,12 @@ class _StepBatches(torch.utils.data.Dataset):
 def _split_images(cfg: LoopConfig, min_size: int = 0) -> tuple[list, list, list, list]:
     """Training and validation ``(paths, images)``, split by image (or from ``val_images``).
 
-    Images smaller than ``min_size`` px a side (what the task's synthesiser needs) and blank ones are
-    dropped, with a warning naming them, *before* the split, so that neither side is left with
-    unusable images. A folder with a single usable image (and no ``val_images``) validates on its
-    training image, with a warning that the validation scores are then not held out."""
+    Images smaller than ``min_size`` px a side (what the task needs: the pose training margins, the
+    detector's views, half the descriptor's or warp's views, below which views would be upsampled
+    more than 2x) and blank ones are dropped, with a warning naming them, *before* the split, so
+    that neither side is left with unusable images. A folder with a single usable image (and no
+    ``val_images``) validates on its training image, with a warning that the validation scores are
+    then not held out."""
     paths, images = load_textured(cfg.images, min_size=min_size)
     if cfg.val_images:
         vpaths, vimages = load_textured(cfg.val_images, min_size=min_size)

@@ -1,18 +1,18 @@
-"""Run by the tests under ``torchrun``: ``fit`` a pickled training config, then save this rank's
-trained weights and the training-sample indices it drew to ``OUT/rank{RANK}.pt``."""
+"""Run by the tests under ``torchrun``: ``python ddp_fit.py RECORD ssfeat-train-arguments...`` runs
+the ``ssfeat train ...`` command, then saves this rank's trained weights and the training-sample
+indices it drew to ``RECORD/rank{RANK}.pt``."""
 
 import os
-import pickle
 import sys
 from pathlib import Path
 
 import torch
 
 from ssfeat import training
+from ssfeat.cli import main as ssfeat_main
 
 
-def main(cfg_path: str, out: str) -> None:
-    cfg = pickle.loads(Path(cfg_path).read_bytes())
+def main(record: str, *args: str) -> None:
     models, drawn, train_synth = [], [], []
 
     class RecordingDDP(training.DistributedDataParallel):
@@ -40,10 +40,11 @@ def main(cfg_path: str, out: str) -> None:
         return task
 
     training.DistributedDataParallel, training.task_for = RecordingDDP, recording_task_for
-    training.fit(cfg, out, progress=False)
+    assert ssfeat_main(list(args)) == 0
     assert len(models) == 1, "fit did not wrap the model in DistributedDataParallel"
     params = {k: v.detach().clone() for k, v in models[0].named_parameters()}
-    torch.save({"params": params, "drawn": list(drawn)}, Path(out) / f"rank{os.environ['RANK']}.pt")
+    Path(record).mkdir(exist_ok=True)
+    torch.save({"params": params, "drawn": list(drawn)}, Path(record) / f"rank{os.environ['RANK']}.pt")
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ def test_cli_export_to_an_unwritable_place_is_one_error_line(tmp_path, monkeypat
         (torch.rand(2, 1, 32, 32) * 255, r"must be in \[0, 1\].*divide 0\.\.255 data by 255"),
         (torch.rand(2, 1, 32, 32) * 1e38, r"must be in \[0, 1\]"),
         (torch.randn(2, 1, 32, 32), r"must be in \[0, 1\].*normalisation"),
-        (torch.rand(2, 1, 32, 32) - 0.5, r"must be in \[0, 1\]"),
+        (torch.rand(2, 1, 32, 32) - 1.0, r"must be in \[0, 1\]"),
         ((torch.rand(2, 1, 32, 32) * 255).long(), "floating-point tensor.*got dtype torch.int64"),
         ((torch.rand(2, 1, 32, 32) * 255).byte(), "floating-point tensor.*got dtype torch.uint8"),
         (torch.rand(2, 1, 0, 0), r"P >= 1, got \(2, 1, 0, 0\)"),
@@ -76,6 +76,18 @@ def test_patch_range_tolerance_and_edge_cases(est):
     x = torch.rand(3, 1, 32, 32)
     x[0, 0, 0, 0], x[1, 0, 0, 0] = -0.05, 1.05  # resampling overshoot is tolerated
     assert est(x).orientation.shape == (3,)
+    # bicubic and Lanczos upsampling of crops of a real photo overshoot [0, 1] by up to ~0.15
+    from ssfeat import sample_images
+    from ssfeat.data.images import read_image
+
+    img = read_image(sample_images()[3])
+    crops = [
+        img[y : y + 16, x : x + 16] for y in range(0, img.shape[0] - 16, 40) for x in range(0, img.shape[1] - 16, 40)
+    ]
+    for interp in (cv2.INTER_CUBIC, cv2.INTER_LANCZOS4):
+        up = np.stack([cv2.resize(c, (32, 32), interpolation=interp) for c in crops])
+        assert up.max() > 1.05 or up.min() < -0.05  # the case this checks
+        assert est(torch.from_numpy(up)[:, None]).orientation.shape == (len(crops),)
     assert est(torch.rand(0, 1, 32, 32)).orientation.shape == (0,)  # no patches: empty output
     assert est(torch.rand(2, 3, 1, 1)).orientation.shape == (2,)  # any P >= 1 is resized
     assert est(torch.rand(2, 1, 32, 32).half()).orientation.shape == (2,)
