@@ -128,7 +128,7 @@ def _load_kind(name_or_path: str | Path, task: str, what: str):
     try:
         net = model_cls(config_cls.from_dict(json.loads(meta["config"])))
         net.load_state_dict(state, strict=True)
-    except (KeyError, TypeError, ValueError, RuntimeError, json.JSONDecodeError) as e:  # JSONDecodeError: a ValueError
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:  # ValueError includes json.JSONDecodeError
         raise ValueError(f"{path}: weights do not match this ssfeat version ({_first_line(e)})") from e
     return net.eval()
 

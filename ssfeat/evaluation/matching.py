@@ -33,7 +33,7 @@ mean of the viewpoint and illumination means.
 Bad input: a pair is skipped, with a warning naming the file and the reason, and listed under
 ``skipped`` in the JSON (``"image0 -> image1: reason"``), when one of its images is unreadable,
 smaller than :data:`MIN_IMAGE_SIDE` px a side (no room for the keypoint window) or blank (under 2
-gray levels from darkest to brightest, the test of :func:`ssfeat.data.images.load_textured`), or when
+gray levels from darkest to brightest, :func:`ssfeat.data.images.is_blank`, as in training), or when
 a pipeline cannot process it; every pipeline then sees the same pairs and the averages are over the
 scored pairs alone (:func:`read_benchmark_image`, shared by the detector and descriptor benchmarks).
 If every pair is skipped the benchmark stops with an error.

@@ -148,9 +148,7 @@ class PatchPoseNet(nn.Module):
         super().__init__()
         if config is not None and not isinstance(config, PatchPoseConfig):
             raise TypeError(f"config must be a PatchPoseConfig (from_dict reads a dict), got {type(config).__name__}")
-        self.config = config = config or PatchPoseConfig()
-        if config.backbone not in BACKBONES:
-            raise ValueError(f"unknown backbone {config.backbone!r}, expected one of {sorted(BACKBONES)}")
+        self.config = config = config or PatchPoseConfig()  # the config checked its own fields
         self.set_c4(config.c4_symmetric)
         self.set_c4_below(config.c4_below)
         make, dim, hidden = BACKBONES[config.backbone]
