@@ -60,6 +60,9 @@ class ExtractConfig:
     sift_first_octave: int = 0  # SIFT descriptor pyramid (ssfeat.pipeline.SIFTDescriptor; -1: OpenCV's own)
 
     def __post_init__(self) -> None:
+        from .pipeline import check_pipeline_name
+
+        check_pipeline_name(self.pipeline)  # before any output folder is made
         if self.max_keypoints < 1 or self.part_size < 1:
             raise ValueError("max_keypoints and part_size must be >= 1")
         check_first_octave(self.sift_first_octave, "sift_first_octave")

@@ -671,6 +671,18 @@ def _descriptor(name: str, weights: str, sift_first_octave: int):
     raise ValueError(f"unknown descriptor {name!r}")
 
 
+def check_pipeline_name(name: str) -> str:
+    """The base name (``*`` stripped) of a named pipeline.
+
+    Raises:
+        ValueError: not a name of :data:`PIPELINES`, optionally with a trailing ``*``.
+    """
+    base = name.rstrip("*") if isinstance(name, str) else None
+    if base not in PIPELINES:
+        raise ValueError(f"unknown pipeline {name!r}; choose from {', '.join(PIPELINES)} (optionally with a '*')")
+    return base
+
+
 def build_pipeline(
     name: str = "ssfeat",
     max_keypoints: int = 1000,
@@ -691,9 +703,7 @@ def build_pipeline(
         sift_first_octave: ``first_octave`` of the SIFT descriptor (see :class:`SIFTDescriptor`;
             ``-1``: OpenCV's own descriptors, slower).
     """
-    base = name.rstrip("*")
-    if base not in PIPELINES:
-        raise ValueError(f"unknown pipeline {name!r}; choose from {', '.join(PIPELINES)} (optionally with a '*')")
+    base = check_pipeline_name(name)
     conf = PIPELINES[base]
     filters = [OrientationFilter()] if name.endswith("*") else []
     if ransac:

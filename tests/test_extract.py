@@ -79,6 +79,8 @@ def test_extract_writes_one_group_per_image_and_reports_skips(folder, tmp_path):
     assert victim.read_bytes() == (folder / "im0.png").read_bytes()
     with pytest.raises(ValueError, match="max_side"):
         ExtractConfig(max_side=1)
+    with pytest.raises(ValueError, match="unknown pipeline 'nonsense'"):
+        ExtractConfig(pipeline="nonsense")
 
 
 def test_a_folder_named_skipped_and_other_spellings_of_the_folder(tmp_path, monkeypatch):
@@ -175,6 +177,9 @@ def test_extract_cli_and_torchrun_sharding(folder, tmp_path, capsys):
     assert "6 of 10 images" in capsys.readouterr().out
     assert main(["extract", "--images", str(tmp_path / "nope"), "--out", str(out)]) == 2
     assert "no such file" in capsys.readouterr().err
+    bad = tmp_path / "bad.h5"  # an unknown pipeline is refused before anything is written
+    assert main(["extract", "--images", str(folder), "--out", str(bad), "--pipeline", "nonsense"]) == 2
+    assert "unknown pipeline 'nonsense'" in capsys.readouterr().err and not list(tmp_path.glob("bad.h5*"))
     dd = tmp_path / "ddp.h5"
     args = ["extract", "--images", str(folder), "--out", str(dd), "--pipeline", "sift"]
     r = run_torchrun([*args, "--max-keypoints", "50", "--part-size", "1", "--no-progress"])
