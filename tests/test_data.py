@@ -303,3 +303,17 @@ def test_a_missing_target_skips_only_that_pair(tmp_path, caplog):
         (s,) = find_sequences(tmp_path)
     assert [p.name for p in s.targets] == ["3.png", "4.png"] and len(s.H) == 2
     assert "target 2 has H_1_2 but no image" in caplog.text
+
+
+def test_synthesizer_from_folder_skips_blank_images_by_name(image_dir, tmp_path, caplog):
+    """The patch-pose benchmark's pairs (PairSynthesizer.from_folder) never come from a blank photo:
+    it is skipped with a warning naming it, as in training."""
+    import shutil
+
+    folder = tmp_path / "photos"
+    shutil.copytree(image_dir, folder)
+    cv2.imwrite(str(folder / "zz_blank.png"), np.full((300, 300), 128, np.uint8))
+    with caplog.at_level(logging.WARNING):
+        s = PairSynthesizer.from_folder(folder, PairConfig(n_random=20))
+    assert "zz_blank.png" in caplog.text and "blank" in caplog.text
+    assert len(s) == len(list(image_dir.rglob("img*")))

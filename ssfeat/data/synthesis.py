@@ -20,7 +20,7 @@ import torch
 
 from ..geometry import TWO_PI, inside_image, linear_rotation_scale, tilt_matrix
 from ..patches import extract_patches
-from .images import load_folder, to_uint8
+from .images import load_textured, to_uint8
 from .validate import check_fields
 
 logger = logging.getLogger(__name__)
@@ -153,8 +153,10 @@ class PairSynthesizer:
 
     @classmethod
     def from_folder(cls, root: str | Path, cfg: PairConfig | None = None, indices: list[int] | None = None):
-        """Build from the images under ``root`` (optionally only ``indices`` of the sorted listing)."""
-        paths, images, _ = load_folder(root, as_uint8=True)
+        """Build from the readable, non-blank images under ``root`` (:func:`~ssfeat.data.images.load_textured`:
+        blank ones are skipped with a warning naming them, as in training; optionally only ``indices``
+        of that sorted list)."""
+        paths, images = load_textured(root)
         if indices is not None:
             paths, images = [paths[i] for i in indices], [images[i] for i in indices]
         return cls(images, cfg, [str(p) for p in paths])
