@@ -135,6 +135,13 @@ def _add_train(sub) -> None:
     p.add_argument("--scale-bins", type=int, default=m.n_scale_bins, help="number of scale histogram bins")
     p.add_argument("--scale-loss", default=d.scale_loss, choices=["full", "shared"], help="see ssfeat.losses")
     p.add_argument("--warmup-steps", type=_non_negative, default=d.warmup_steps)
+    p.add_argument(
+        "--distill",
+        default=None,
+        metavar="WEIGHTS",
+        help="also match the scale histograms of this trained model (e.g. a ResNet-18 run's export)",
+    )
+    p.add_argument("--distill-weight", type=float, default=d.distill_weight, help="weight of the --distill term")
 
     d, m, pc = DetectorTrainConfig(), DetectorConfig(), HomographyPairConfig()
     p = tr.add_parser("detector", help="train the equivariant keypoint detector on unlabeled photos")
@@ -478,6 +485,8 @@ def cmd_train(args) -> int:
         **_loop_kwargs(args, TrainConfig.steps),
         scale_loss=args.scale_loss,
         warmup_steps=args.warmup_steps,
+        distill=args.distill,
+        distill_weight=args.distill_weight,
         model=PatchPoseConfig(
             backbone=args.backbone,
             c4_symmetric=args.c4,
@@ -907,9 +916,9 @@ def demo(
     out = Path(out)
     _check_writable(out, folder=True)
     methods = build_methods(weights)
-    paths, _ = load_textured(images)  # readable, non-blank photos only (the others are named in a warning)
+    paths, imgs = load_textured(images)  # readable, non-blank photos only (the others are named in a warning)
     print(f"ssfeat demo: {len(paths)} photos from {images}")
-    result = run_patchpose(images, methods, BenchmarkConfig(n_pairs=n_pairs))
+    result = run_patchpose(images, methods, BenchmarkConfig(n_pairs=n_pairs), loaded=(paths, imgs))
     print(f"\nsynthetic pairs from these photos ({n_pairs} orientation + {n_pairs} scale pairs), accuracy in %:")
     print(format_table(result))
     write_json(result, out / "demo_benchmark.json")

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from . import __version__
@@ -103,8 +104,18 @@ class TrainConfig(LoopConfig):
     scale_full_steps: int = 0  # with scale_loss="shared": use "full" for these first steps (warm start)
     ori_weight: float = 1.0
     scale_weight: float = 1.0
+    # distillation: weights of a trained PatchPoseNet (file, run or bundled name) whose scale histograms
+    # on the scale pairs' patches the model also learns to match (cross-entropy, this weight); the
+    # teacher stays fixed. None: off
+    distill: str | None = None
+    distill_weight: float = 1.0
     model: PatchPoseConfig = field(default_factory=PatchPoseConfig)
     pairs: PairConfig = field(default_factory=PairConfig)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not (math.isfinite(self.distill_weight) and self.distill_weight >= 0):
+            raise ValueError(f"distill_weight must be a finite number >= 0, got {self.distill_weight}")
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -308,8 +319,12 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
             e.copy_(m)
 
 
-def pair_loss(model, batch: dict, cfg: TrainConfig, step: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
-    """Alignment loss of an orientation batch and a scale batch (dict of ``(B, ...)`` tensors)."""
+def pair_loss(
+    model, batch: dict, cfg: TrainConfig, step: int = 0, teacher: PatchPoseNet | None = None
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Alignment loss of an orientation batch and a scale batch (dict of ``(B, ...)`` tensors), plus,
+    with a ``teacher``, ``cfg.distill_weight`` times the cross-entropy from the teacher's scale
+    histograms to the model's on the ``2B`` patches of the scale pairs."""
     mcfg: PatchPoseConfig = cfg.model
     ori_b, sca_b = batch["ori"], batch["scale"]
     B = ori_b["patch0"].shape[0]
@@ -333,7 +348,14 @@ def pair_loss(model, batch: dict, cfg: TrainConfig, step: int = 0) -> tuple[torc
         scale_mode="full" if step < cfg.scale_full_steps else cfg.scale_loss,
     )
     loss = cfg.ori_weight * lo + cfg.scale_weight * ls
-    return loss, {"loss_ori": lo.item(), "loss_scale": ls.item()}
+    parts = {"loss_ori": lo.item(), "loss_scale": ls.item()}
+    if teacher is not None:
+        with torch.no_grad():
+            target = F.softmax(teacher.scale_logits(x[2 * B :]), -1)
+        ld = -(target * F.log_softmax(sca_logits[2 * B :], -1)).sum(-1).mean()
+        loss = loss + cfg.distill_weight * ld
+        parts["loss_distill"] = ld.item()
+    return loss, parts
 
 
 @torch.no_grad()
@@ -433,9 +455,29 @@ class PoseTask:
 
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
+        self._teacher: PatchPoseNet | None = None
 
     def build_model(self) -> PatchPoseNet:
         return PatchPoseNet(self.cfg.model)
+
+    def teacher(self, device: torch.device) -> PatchPoseNet | None:
+        """The fixed distillation teacher (``cfg.distill``) on ``device`` in evaluation mode, loaded
+        once; None without distillation."""
+        if self.cfg.distill is None:
+            return None
+        if self._teacher is None:
+            from .hub import load_model
+
+            t = load_model(self.cfg.distill)
+            m = self.cfg.model
+            if (t.config.n_scale_bins, t.config.scale_range) != (m.n_scale_bins, m.scale_range):
+                raise ValueError(
+                    f"--distill {self.cfg.distill}: its scale histogram ({t.config.n_scale_bins} bins over "
+                    f"[-{t.config.scale_range:g}, {t.config.scale_range:g}]) differs from the model's "
+                    f"({m.n_scale_bins} over [-{m.scale_range:g}, {m.scale_range:g}])"
+                )
+            self._teacher = t.eval().requires_grad_(False)
+        return self._teacher.to(device)
 
     def init_state(self, path: str) -> dict:
         from .hub import load_model
@@ -457,7 +499,7 @@ class PoseTask:
         return self.make_batch(synth, range(self.cfg.val_pairs))
 
     def loss(self, net, batch: dict, step: int):
-        return pair_loss(net, batch, self.cfg, step)
+        return pair_loss(net, batch, self.cfg, step, self.teacher(batch["scale"]["patch0"].device))
 
     def evaluate(self, model, val: dict) -> dict[str, float]:
         return evaluate_pairs(model, val, self.cfg.model)
@@ -782,17 +824,18 @@ def fit(
         raise ValueError(f"ema_decay must be in [0, 1), got {cfg.ema_decay}")
     if cfg.batch_size % world:
         raise ValueError(f"batch_size {cfg.batch_size} is not divisible by {world} processes")
-    if du.is_main():
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if ckpt is None and (last.exists() or (out_dir / "log.jsonl").exists()):
-            logger.warning("%s holds an earlier run: starting a new one replaces its checkpoints and log", out_dir)
-            (out_dir / "log.jsonl").unlink(missing_ok=True)
-
     task = task_for(cfg)
     torch.manual_seed(cfg.seed)
     model = task.build_model().to(device)
     if cfg.init_weights and ckpt is None:
         model.load_state_dict(task.init_state(cfg.init_weights))
+    if isinstance(task, PoseTask):
+        task.teacher(device)  # a missing or mismatched --distill teacher fails before anything is written
+    if du.is_main():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if ckpt is None and (last.exists() or (out_dir / "log.jsonl").exists()):
+            logger.warning("%s holds an earlier run: starting a new one replaces its checkpoints and log", out_dir)
+            (out_dir / "log.jsonl").unlink(missing_ok=True)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step, total, best, history = 0, cfg.steps, -1.0, []
     # the weight average (if any) is what validation scores, best.pt selects and export reads

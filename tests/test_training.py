@@ -281,3 +281,45 @@ def test_config_checks_and_stored_configs():
     stored["pairs"]["blur"] = -1.0  # a value this version refuses
     with pytest.raises(ValueError, match="checkpoint's pose config is not valid.*blur"):
         config_from_checkpoint({"task": "pose", "config": stored})
+
+
+def test_distillation_matches_the_teachers_scale_histograms(image_dir, tmp_path):
+    """With only the distillation term (alignment weights 0), 40 steps on one batch bring a random
+    student's scale histograms onto a fixed random teacher's (argmax agreement from chance to >= 90%
+    on the scale pairs' patches); the teacher's weights do not move; the orientation head gets no
+    gradient. A teacher with another scale histogram is refused."""
+    from ssfeat.hub import save_weights
+
+    torch.manual_seed(1)
+    teacher = PatchPoseNet(PatchPoseConfig()).eval()
+    path = save_weights(teacher, tmp_path / "teacher.safetensors")
+    frozen = {k: v.clone() for k, v in teacher.state_dict().items()}
+    cfg = tiny_cfg(image_dir, distill=str(path), ori_weight=0.0, scale_weight=0.0)
+    task = training.PoseTask(cfg)
+    synth = PairSynthesizer.from_folder(image_dir, cfg.pairs)
+    batch = task.make_batch(synth, range(16))
+    x = torch.cat([batch["scale"]["patch0"], batch["scale"]["patch1"]])
+    student = PatchPoseNet(PatchPoseConfig())
+
+    def agreement() -> float:
+        student.eval()
+        with torch.no_grad():
+            a = student(x)[1].argmax(-1) == task.teacher(x.device)(x)[1].argmax(-1)
+        student.train()
+        return a.float().mean().item()
+
+    assert agreement() < 0.5
+    opt = torch.optim.Adam(student.parameters(), lr=3e-3)
+    for _ in range(40):
+        loss, parts = task.loss(student, batch, 0)
+        opt.zero_grad()
+        loss.backward()
+        assert all(p.grad is None or not p.grad.any() for p in student.ori_head.parameters())
+        opt.step()
+    assert agreement() >= 0.9 and set(parts) == {"loss_ori", "loss_scale", "loss_distill"}
+    assert all(torch.equal(frozen[k], v) for k, v in task.teacher(x.device).state_dict().items())
+    wide = PatchPoseConfig(n_scale_bins=25, scale_range=4.0)
+    with pytest.raises(ValueError, match="scale histogram"):
+        training.PoseTask(dataclasses.replace(cfg, model=wide)).teacher(torch.device("cpu"))
+    with pytest.raises(ValueError, match="distill_weight"):
+        tiny_cfg(image_dir, distill_weight=float("nan"))

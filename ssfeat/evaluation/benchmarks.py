@@ -179,14 +179,26 @@ def paper_protocol(pairs: PairConfig, **changes) -> PairConfig:
     return dataclasses.replace(pairs, **{**protocol, **changes})
 
 
-def run_patchpose(images: str | Path, methods: list[PoseMethod], cfg: BenchmarkConfig | None = None) -> dict:
-    """Synthetic-pair benchmark on an (image-disjoint) folder of photos."""
+def run_patchpose(
+    images: str | Path,
+    methods: list[PoseMethod],
+    cfg: BenchmarkConfig | None = None,
+    loaded: tuple[list[Path], list[np.ndarray]] | None = None,
+) -> dict:
+    """Synthetic-pair benchmark on an (image-disjoint) folder of photos.
+
+    ``loaded``: the folder's ``(paths, images)`` as :func:`~ssfeat.data.images.load_textured`
+    returned them, when the caller has already read them (the folder is then not read again).
+    """
     cfg = cfg or BenchmarkConfig()
     pcfg = paper_protocol(
         PairConfig(patch_size=cfg.patch_size, support=cfg.support, seed=cfg.seed, scale_sampling=cfg.scale_sampling),
         max_tilt=cfg.max_tilt,
     )
-    synth = PairSynthesizer.from_folder(images, pcfg)
+    if loaded is None:
+        synth = PairSynthesizer.from_folder(images, pcfg)
+    else:
+        synth = PairSynthesizer(loaded[1], pcfg, [str(p) for p in loaded[0]])
     ori = synth.batch("ori", range(cfg.n_pairs))
     sca = synth.batch("scale", range(cfg.n_pairs))
     out = _meta(

@@ -200,6 +200,14 @@ class PatchPoseNet(nn.Module):
                     ori[low], sca[low] = ori_low, sca_low
         return self._normed(ori), self._normed(sca)
 
+    def scale_logits(self, patches: torch.Tensor) -> torch.Tensor:
+        """Scale logits ``(B, n_scale_bins)`` of ``(B, 1, P, P)`` patches in one pass (no C4), as
+        ``forward(patches)[1]`` without C4 but without running the orientation branch's backbone
+        when the backbones are separate (distillation targets)."""
+        x = standardize(patches, self.config.window)
+        f = self.backbone(x) if self.scale_backbone is None else self.scale_backbone(x)
+        return self._normed(self.scale_head(f))
+
     def _normed(self, z: torch.Tensor) -> torch.Tensor:
         return _fixed_norm(z, self.config.logit_norm) if self.config.logit_norm > 0 else z
 
