@@ -470,6 +470,11 @@ class PoseTask:
 
             t = load_model(self.cfg.distill)
             m = self.cfg.model
+            if t.config.patch_size != m.patch_size:
+                raise ValueError(
+                    f"--distill {self.cfg.distill}: it reads {t.config.patch_size}-pixel patches, the model "
+                    f"{m.patch_size}-pixel ones"
+                )
             if (t.config.n_scale_bins, t.config.scale_range) != (m.n_scale_bins, m.scale_range):
                 raise ValueError(
                     f"--distill {self.cfg.distill}: its scale histogram ({t.config.n_scale_bins} bins over "

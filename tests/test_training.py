@@ -321,5 +321,8 @@ def test_distillation_matches_the_teachers_scale_histograms(image_dir, tmp_path)
     wide = PatchPoseConfig(n_scale_bins=25, scale_range=4.0)
     with pytest.raises(ValueError, match="scale histogram"):
         training.PoseTask(dataclasses.replace(cfg, model=wide)).teacher(torch.device("cpu"))
+    other = PatchPoseConfig(backbone="resnet18", patch_size=24)
+    with pytest.raises(ValueError, match="24-pixel"):
+        training.PoseTask(dataclasses.replace(cfg, model=other)).teacher(torch.device("cpu"))
     with pytest.raises(ValueError, match="distill_weight"):
         tiny_cfg(image_dir, distill_weight=float("nan"))

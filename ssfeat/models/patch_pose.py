@@ -201,9 +201,9 @@ class PatchPoseNet(nn.Module):
         return self._normed(ori), self._normed(sca)
 
     def scale_logits(self, patches: torch.Tensor) -> torch.Tensor:
-        """Scale logits ``(B, n_scale_bins)`` of ``(B, 1, P, P)`` patches in one pass (no C4), as
-        ``forward(patches)[1]`` without C4 but without running the orientation branch's backbone
-        when the backbones are separate (distillation targets)."""
+        """Scale logits ``(B, n_scale_bins)`` of ``(B, 1, P, P)`` patches: ``forward(patches)[1]``
+        of a single pass (C4 settings ignored), without computing the orientation branch (with
+        separate backbones, its backbone is not run). Used for distillation targets."""
         x = standardize(patches, self.config.window)
         f = self.backbone(x) if self.scale_backbone is None else self.scale_backbone(x)
         return self._normed(self.scale_head(f))
