@@ -1,7 +1,7 @@
 """Is there a cue in a single patch that it was shrunk (or magnified)? A supervised probe.
 
-Trains a small CNN (ssfeat's ``fast`` backbone and a 2-layer head, 4000 Adam steps of 128 patches,
-random 90-degree turns) to tell the reference patch of a `benchmark patchpose` scale pair (native
+Trains a CNN (ssfeat's ``fast`` backbone, or the ResNet-18 trunk, and a 2-layer head; 4000 Adam
+steps of 128 patches, random 90-degree turns) to tell the reference patch of a `benchmark patchpose` scale pair (native
 resolution, log2 zoom in [-0.5, 0.5]) from its second patch when that one is shrunk (log2 change
 <= -1.5, i.e. by 2.8-4x) or magnified (>= +1.5), with the benchmark's own synthesis (photometric
 changes on both) and input standardisation (window 1). Trained on pairs from the training photos,
@@ -9,6 +9,7 @@ scored on 2000 + 2000 patches from the test photos. 50% is chance.
 
     python docs/experiments/shrink_discriminator.py --side shrink
     python docs/experiments/shrink_discriminator.py --side magnify
+    python docs/experiments/shrink_discriminator.py --side shrink --backbone resnet18   # the paper's trunk
 """
 
 import argparse
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssfeat.data.synthesis import PairConfig, PairSynthesizer
-from ssfeat.models.layers import fast_cnn
+from ssfeat.models.layers import BACKBONES
 from ssfeat.models.patch_pose import standardize
 
 
@@ -45,11 +46,13 @@ def main() -> None:
     ap.add_argument("--test-images", default="../shared/data/images/test/bsds500")
     ap.add_argument("--n-train", type=int, default=12000)
     ap.add_argument("--steps", type=int, default=4000)
+    ap.add_argument("--backbone", default="fast", choices=["fast", "resnet18"])
     args = ap.parse_args()
     torch.manual_seed(0)
     xtr, ytr = patches(args.train_images, args.n_train, args.side, seed=0)
     xte, yte = patches(args.test_images, 2000, args.side, seed=1)
-    net = nn.Sequential(fast_cnn(16), nn.Linear(64 * 16, 128), nn.ReLU(), nn.Linear(128, 1))
+    make, dim, _ = BACKBONES[args.backbone]
+    net = nn.Sequential(make(), nn.Linear(dim, 128), nn.ReLU(), nn.Linear(128, 1))
     opt = torch.optim.AdamW(net.parameters(), 2e-3, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=args.steps)
     for _ in range(args.steps):
@@ -64,7 +67,9 @@ def main() -> None:
     with torch.no_grad():
         logits = torch.cat([net(standardize(c, 1.0)).squeeze(1) for c in xte.split(1000)])
     acc = ((logits > 0).float() == yte).float().mean().item() * 100
-    print(json.dumps({"side": args.side, "test_accuracy_%": round(acc, 1), "chance_%": 50.0}))
+    print(
+        json.dumps({"side": args.side, "backbone": args.backbone, "test_accuracy_%": round(acc, 1), "chance_%": 50.0})
+    )
 
 
 if __name__ == "__main__":
