@@ -448,6 +448,30 @@ def _init_state(load, path: str, arch) -> dict:
     return init.state_dict()
 
 
+def _load_teacher(cfg: TrainConfig) -> PatchPoseNet:
+    """The fixed distillation teacher ``cfg.distill`` (evaluation mode, no gradients).
+
+    Raises:
+        ValueError: missing or foreign weights, or a teacher whose patch size or scale histogram
+            differs from ``cfg.model``'s.
+    """
+    from .hub import load_model
+
+    t, m = load_model(cfg.distill), cfg.model
+    if t.config.patch_size != m.patch_size:
+        raise ValueError(
+            f"--distill {cfg.distill}: it reads {t.config.patch_size}-pixel patches, "
+            f"the model {m.patch_size}-pixel ones"
+        )
+    if (t.config.n_scale_bins, t.config.scale_range) != (m.n_scale_bins, m.scale_range):
+        raise ValueError(
+            f"--distill {cfg.distill}: its scale histogram ({t.config.n_scale_bins} bins over "
+            f"[-{t.config.scale_range:g}, {t.config.scale_range:g}]) differs from the model's "
+            f"({m.n_scale_bins} over [-{m.scale_range:g}, {m.scale_range:g}])"
+        )
+    return t.eval().requires_grad_(False)
+
+
 class PoseTask:
     """Patch pose by histogram alignment (orientation and scale pair batches)."""
 
@@ -455,34 +479,10 @@ class PoseTask:
 
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
-        self._teacher: PatchPoseNet | None = None
+        self.teacher = _load_teacher(cfg) if cfg.distill is not None else None
 
     def build_model(self) -> PatchPoseNet:
         return PatchPoseNet(self.cfg.model)
-
-    def teacher(self, device: torch.device) -> PatchPoseNet | None:
-        """The fixed distillation teacher (``cfg.distill``) on ``device`` in evaluation mode, loaded
-        once; None without distillation."""
-        if self.cfg.distill is None:
-            return None
-        if self._teacher is None:
-            from .hub import load_model
-
-            t = load_model(self.cfg.distill)
-            m = self.cfg.model
-            if t.config.patch_size != m.patch_size:
-                raise ValueError(
-                    f"--distill {self.cfg.distill}: it reads {t.config.patch_size}-pixel patches, the model "
-                    f"{m.patch_size}-pixel ones"
-                )
-            if (t.config.n_scale_bins, t.config.scale_range) != (m.n_scale_bins, m.scale_range):
-                raise ValueError(
-                    f"--distill {self.cfg.distill}: its scale histogram ({t.config.n_scale_bins} bins over "
-                    f"[-{t.config.scale_range:g}, {t.config.scale_range:g}]) differs from the model's "
-                    f"({m.n_scale_bins} over [-{m.scale_range:g}, {m.scale_range:g}])"
-                )
-            self._teacher = t.eval().requires_grad_(False)
-        return self._teacher.to(device)
 
     def init_state(self, path: str) -> dict:
         from .hub import load_model
@@ -504,7 +504,9 @@ class PoseTask:
         return self.make_batch(synth, range(self.cfg.val_pairs))
 
     def loss(self, net, batch: dict, step: int):
-        return pair_loss(net, batch, self.cfg, step, self.teacher(batch["scale"]["patch0"].device))
+        if self.teacher is not None:
+            self.teacher.to(batch["scale"]["patch0"].device)  # a no-op after the first step
+        return pair_loss(net, batch, self.cfg, step, self.teacher)
 
     def evaluate(self, model, val: dict) -> dict[str, float]:
         return evaluate_pairs(model, val, self.cfg.model)
@@ -829,13 +831,11 @@ def fit(
         raise ValueError(f"ema_decay must be in [0, 1), got {cfg.ema_decay}")
     if cfg.batch_size % world:
         raise ValueError(f"batch_size {cfg.batch_size} is not divisible by {world} processes")
-    task = task_for(cfg)
+    task = task_for(cfg)  # loads a --distill teacher: a bad one fails before anything is written
     torch.manual_seed(cfg.seed)
     model = task.build_model().to(device)
     if cfg.init_weights and ckpt is None:
         model.load_state_dict(task.init_state(cfg.init_weights))
-    if isinstance(task, PoseTask):
-        task.teacher(device)  # a missing or mismatched --distill teacher fails before anything is written
     if du.is_main():
         out_dir.mkdir(parents=True, exist_ok=True)
         if ckpt is None and (last.exists() or (out_dir / "log.jsonl").exists()):

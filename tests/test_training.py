@@ -287,7 +287,7 @@ def test_distillation_matches_the_teachers_scale_histograms(image_dir, tmp_path)
     """With only the distillation term (alignment weights 0), 40 steps on one batch bring a random
     student's scale histograms onto a fixed random teacher's (argmax agreement from chance to >= 90%
     on the scale pairs' patches); the teacher's weights do not move; the orientation head gets no
-    gradient. A teacher with another scale histogram is refused."""
+    gradient. A teacher with another scale histogram or patch size is refused."""
     from ssfeat.hub import save_weights
 
     torch.manual_seed(1)
@@ -304,7 +304,7 @@ def test_distillation_matches_the_teachers_scale_histograms(image_dir, tmp_path)
     def agreement() -> float:
         student.eval()
         with torch.no_grad():
-            a = student(x)[1].argmax(-1) == task.teacher(x.device)(x)[1].argmax(-1)
+            a = student(x)[1].argmax(-1) == task.teacher(x)[1].argmax(-1)
         student.train()
         return a.float().mean().item()
 
@@ -317,12 +317,12 @@ def test_distillation_matches_the_teachers_scale_histograms(image_dir, tmp_path)
         assert all(p.grad is None or not p.grad.any() for p in student.ori_head.parameters())
         opt.step()
     assert agreement() >= 0.9 and set(parts) == {"loss_ori", "loss_scale", "loss_distill"}
-    assert all(torch.equal(frozen[k], v) for k, v in task.teacher(x.device).state_dict().items())
+    assert all(torch.equal(frozen[k], v) for k, v in task.teacher.state_dict().items())
     wide = PatchPoseConfig(n_scale_bins=25, scale_range=4.0)
     with pytest.raises(ValueError, match="scale histogram"):
-        training.PoseTask(dataclasses.replace(cfg, model=wide)).teacher(torch.device("cpu"))
+        training.PoseTask(dataclasses.replace(cfg, model=wide))
     other = PatchPoseConfig(backbone="resnet18", patch_size=24)
     with pytest.raises(ValueError, match="24-pixel"):
-        training.PoseTask(dataclasses.replace(cfg, model=other)).teacher(torch.device("cpu"))
+        training.PoseTask(dataclasses.replace(cfg, model=other))
     with pytest.raises(ValueError, match="distill_weight"):
         tiny_cfg(image_dir, distill_weight=float("nan"))
