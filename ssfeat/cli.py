@@ -109,6 +109,12 @@ def _add_train(sub) -> None:
     p.add_argument("--support", type=_positive_float, default=pc.support, help="reference window side in pixels")
     p.add_argument("--blur", type=float, default=pc.blur, help="max sigma of the random blur augmentation (0: off)")
     p.add_argument(
+        "--photometric",
+        action=argparse.BooleanOptionalAction,
+        default=pc.photometric,
+        help="random gamma, contrast, brightness and noise on patches (--no-photometric: clean crops, as the paper's)",
+    )
+    p.add_argument(
         "--ori-scale-jitter",
         type=float,
         default=pc.ori_log2_jitter,
@@ -498,6 +504,7 @@ def cmd_train(args) -> int:
         pairs=PairConfig(
             support=args.support,
             blur=args.blur,
+            photometric=args.photometric,
             max_tilt=args.max_tilt,
             ori_log2_jitter=args.ori_scale_jitter,
             zoom_out_pairs=args.zoom_out_pairs,

@@ -114,8 +114,7 @@ class TrainConfig(LoopConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not (math.isfinite(self.distill_weight) and self.distill_weight >= 0):
-            raise ValueError(f"distill_weight must be a finite number >= 0, got {self.distill_weight}")
+        check_fields(self, ("distill_weight",))
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -457,7 +456,11 @@ def _load_teacher(cfg: TrainConfig) -> PatchPoseNet:
     """
     from .hub import load_model
 
-    t, m = load_model(cfg.distill), cfg.model
+    try:
+        t = load_model(cfg.distill)
+    except ValueError as e:
+        raise ValueError(f"the --distill teacher: {e}") from e
+    m = cfg.model
     if t.config.patch_size != m.patch_size:
         raise ValueError(
             f"--distill {cfg.distill}: it reads {t.config.patch_size}-pixel patches, "
@@ -480,6 +483,11 @@ class PoseTask:
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
         self.teacher = _load_teacher(cfg) if cfg.distill is not None else None
+
+    def __getstate__(self) -> dict:
+        # batch-synthesis workers receive the task (for make_batch) and never use the teacher: under
+        # the spawn start method it would otherwise be pickled into each of them
+        return {**self.__dict__, "teacher": None}
 
     def build_model(self) -> PatchPoseNet:
         return PatchPoseNet(self.cfg.model)

@@ -70,8 +70,13 @@ def test_train_export_benchmark_show(image_dir, oxford_dir, tmp_path, capsys):
         train(image_dir, ft / "c4", "--steps", "1", "--init", str(wa), "--zoom-out-pairs", "0.5") == 0
     )  # c4_below set
     assert load_checkpoint(ft / "c4" / "last.pt")["config"]["pairs"]["zoom_out_pairs"] == 0.5
+    assert train(image_dir, ft / "clean", "--steps", "1", "--no-photometric") == 0
+    assert load_checkpoint(ft / "clean" / "last.pt")["config"]["pairs"]["photometric"] is False
     assert train(image_dir, ft / "kd", "--steps", "1", "--distill", str(w), "--distill-weight", "0.5") == 0
-    assert load_checkpoint(ft / "kd" / "last.pt")["config"]["distill"] == str(w)
+    kd = load_checkpoint(ft / "kd" / "last.pt")["config"]
+    assert kd["distill"] == str(w) and kd["distill_weight"] == 0.5
+    assert train(image_dir, ft / "kd", "--resume", "--steps", "2") == 0  # the teacher comes from the stored config
+    assert load_checkpoint(ft / "kd" / "last.pt")["step"] == 2
     assert train(image_dir, ft / "kd2", "--steps", "1", "--distill", str(tmp_path / "none.safetensors")) == 2
     assert not (ft / "kd2").exists()  # refused before the run folder is made
     # architecture mismatch: a clear error

@@ -294,3 +294,13 @@ def test_estimate_with_cv2_keypoints_and_lafs(bundled):
     )
     deep = img.astype(np.uint16) * 257  # 16-bit input gives the same poses as 8-bit
     assert [k.angle for k in bundled.estimate(deep, kps[:5])] == pytest.approx([k.angle for k in out[:5]], abs=1e-3)
+
+
+@pytest.mark.parametrize("c4", [False, True])
+@pytest.mark.parametrize("separate", [False, True])
+def test_scale_logits_are_the_forward_scale_logits(c4, separate):
+    torch.manual_seed(0)
+    net = PatchPoseNet(PatchPoseConfig(c4_symmetric=c4, separate_backbones=separate)).eval()
+    x = torch.rand(5, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(net.scale_logits(x), net(x)[1])

@@ -1,6 +1,7 @@
 import dataclasses
 import json
 import logging
+import pickle
 import shutil
 from pathlib import Path
 
@@ -318,6 +319,9 @@ def test_distillation_matches_the_teachers_scale_histograms(image_dir, tmp_path)
         opt.step()
     assert agreement() >= 0.9 and set(parts) == {"loss_ori", "loss_scale", "loss_distill"}
     assert all(torch.equal(frozen[k], v) for k, v in task.teacher.state_dict().items())
+    assert pickle.loads(pickle.dumps(task)).teacher is None  # batch workers get the task without it
+    with pytest.raises(ValueError, match="the --distill teacher: .*no such weights file"):
+        training.PoseTask(dataclasses.replace(cfg, distill=str(tmp_path / "none.safetensors")))
     wide = PatchPoseConfig(n_scale_bins=25, scale_range=4.0)
     with pytest.raises(ValueError, match="scale histogram"):
         training.PoseTask(dataclasses.replace(cfg, model=wide))

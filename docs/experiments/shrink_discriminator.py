@@ -1,15 +1,19 @@
 """Is there a cue in a single patch that it was shrunk (or magnified)? A supervised probe.
 
 Trains a CNN (ssfeat's ``fast`` backbone, or the ResNet-18 trunk, and a 2-layer head; 4000 Adam
-steps of 128 patches, random 90-degree turns) to tell the reference patch of a `benchmark patchpose` scale pair (native
-resolution, log2 zoom in [-0.5, 0.5]) from its second patch when that one is shrunk (log2 change
-<= -1.5, i.e. by 2.8-4x) or magnified (>= +1.5), with the benchmark's own synthesis (photometric
-changes on both) and input standardisation (window 1). Trained on pairs from the training photos,
+steps of 128 patches, random 90-degree turns) to tell the reference patch of a `benchmark patchpose`
+scale pair (native resolution) from its second patch when that one is shrunk (log2 change <= -1.5,
+i.e. by 2.8-4x) or magnified (>= +1.5). The pairs are drawn exactly as the benchmark draws them
+(``paper_protocol``: SIFT/Harris keypoints, no rotation, no photometric change) and the patches are
+standardised as PatchPoseNet's input (window 1); ``--synthesis training`` draws them as training
+does instead (random reference pose with a log2 zoom in [-0.5, 0.5], photometric changes and noise on
+both patches, random points too). Trained on pairs from the training photos,
 scored on 2000 + 2000 patches from the test photos. 50% is chance.
 
     python docs/experiments/shrink_discriminator.py --side shrink
     python docs/experiments/shrink_discriminator.py --side magnify
     python docs/experiments/shrink_discriminator.py --side shrink --backbone resnet18   # the paper's trunk
+    python docs/experiments/shrink_discriminator.py --side shrink --synthesis training
 """
 
 import argparse
@@ -21,13 +25,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssfeat.data.synthesis import PairConfig, PairSynthesizer
+from ssfeat.evaluation.benchmarks import paper_protocol
 from ssfeat.models.layers import BACKBONES
 from ssfeat.models.patch_pose import standardize
 
 
-def patches(root: str, n: int, side: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def patches(root: str, n: int, side: str, seed: int, synthesis: str) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` reference patches (label 0) and ``n`` shrunk/magnified second patches (label 1)."""
-    synth = PairSynthesizer.from_folder(root, PairConfig(seed=seed))
+    cfg = PairConfig(seed=seed)
+    synth = PairSynthesizer.from_folder(root, paper_protocol(cfg) if synthesis == "benchmark" else cfg)
     ref, moved, i = [], [], 0
     while len(moved) < n:
         p0, p1, _, lsc = synth.sample("scale", i)
@@ -47,10 +53,11 @@ def main() -> None:
     ap.add_argument("--n-train", type=int, default=12000)
     ap.add_argument("--steps", type=int, default=4000)
     ap.add_argument("--backbone", default="fast", choices=["fast", "resnet18"])
+    ap.add_argument("--synthesis", default="benchmark", choices=["benchmark", "training"])
     args = ap.parse_args()
     torch.manual_seed(0)
-    xtr, ytr = patches(args.train_images, args.n_train, args.side, seed=0)
-    xte, yte = patches(args.test_images, 2000, args.side, seed=1)
+    xtr, ytr = patches(args.train_images, args.n_train, args.side, 0, args.synthesis)
+    xte, yte = patches(args.test_images, 2000, args.side, 1, args.synthesis)
     make, dim, _ = BACKBONES[args.backbone]
     net = nn.Sequential(make(), nn.Linear(dim, 128), nn.ReLU(), nn.Linear(128, 1))
     opt = torch.optim.AdamW(net.parameters(), 2e-3, weight_decay=1e-4)
@@ -67,9 +74,8 @@ def main() -> None:
     with torch.no_grad():
         logits = torch.cat([net(standardize(c, 1.0)).squeeze(1) for c in xte.split(1000)])
     acc = ((logits > 0).float() == yte).float().mean().item() * 100
-    print(
-        json.dumps({"side": args.side, "backbone": args.backbone, "test_accuracy_%": round(acc, 1), "chance_%": 50.0})
-    )
+    out = {"side": args.side, "backbone": args.backbone, "synthesis": args.synthesis}
+    print(json.dumps({**out, "test_accuracy_%": round(acc, 1), "chance_%": 50.0}))
 
 
 if __name__ == "__main__":

@@ -201,12 +201,18 @@ class PatchPoseNet(nn.Module):
         return self._normed(ori), self._normed(sca)
 
     def scale_logits(self, patches: torch.Tensor) -> torch.Tensor:
-        """Scale logits ``(B, n_scale_bins)`` of ``(B, 1, P, P)`` patches: ``forward(patches)[1]``
-        of a single pass (C4 settings ignored), without computing the orientation branch (with
-        separate backbones, its backbone is not run). Used for distillation targets."""
+        """Scale logits ``(B, n_scale_bins)`` of ``(B, 1, P, P)`` patches without computing the
+        orientation branch (with separate backbones, its backbone is not run): ``forward(patches)[1]``
+        with ``c4_symmetric`` (the average over the four 90-degree rotations), else that of a single
+        pass (adaptive C4 left out). Used for distillation targets."""
         x = standardize(patches, self.config.window)
+        if self.config.c4_symmetric:
+            x = torch.cat([torch.rot90(x, k, (-2, -1)) for k in range(4)])
         f = self.backbone(x) if self.scale_backbone is None else self.scale_backbone(x)
-        return self._normed(self.scale_head(f))
+        z = self.scale_head(f)
+        if self.config.c4_symmetric:
+            z = z.view(4, patches.shape[0], -1).mean(0)
+        return self._normed(z)
 
     def _normed(self, z: torch.Tensor) -> torch.Tensor:
         return _fixed_norm(z, self.config.logit_norm) if self.config.logit_norm > 0 else z
