@@ -115,6 +115,12 @@ def _add_train(sub) -> None:
         help="random gamma, contrast, brightness and noise on patches (--no-photometric: clean crops, as the paper's)",
     )
     p.add_argument(
+        "--photometric-fraction",
+        type=float,
+        default=pc.photometric_fraction,
+        help="with --photometric: the fraction of pairs that get those changes (the others are clean crops)",
+    )
+    p.add_argument(
         "--ori-scale-jitter",
         type=float,
         default=pc.ori_log2_jitter,
@@ -505,6 +511,7 @@ def cmd_train(args) -> int:
             support=args.support,
             blur=args.blur,
             photometric=args.photometric,
+            photometric_fraction=args.photometric_fraction,
             max_tilt=args.max_tilt,
             ori_log2_jitter=args.ori_scale_jitter,
             zoom_out_pairs=args.zoom_out_pairs,

@@ -183,6 +183,23 @@ def test_batch_shapes_and_photometric(image_dir):
     assert not torch.allclose(plain["patch0"], b["patch0"], atol=1e-3)
 
 
+def test_photometric_fraction_leaves_the_other_pairs_clean(image_dir):
+    """Fraction 0: every pair equals the clean synthesis; 1: the default's; 0.5: some pairs of each
+    (and the geometry never changes)."""
+
+    def batch(**kw):
+        return PairSynthesizer.from_folder(image_dir, PairConfig(n_random=20, **kw)).batch("scale", range(40))
+
+    plain, full = batch(photometric=False), batch()
+    assert batch(photometric_fraction=1.0)["patch1"].equal(full["patch1"])
+    assert batch(photometric_fraction=0.0)["patch1"].equal(plain["patch1"])
+    half = batch(photometric_fraction=0.5)
+    clean = (half["patch1"] == plain["patch1"]).flatten(1).all(1)
+    assert 8 <= int(clean.sum()) <= 32 and half["log2_scale"].equal(plain["log2_scale"])
+    with pytest.raises(ValueError, match="photometric_fraction"):
+        PairConfig(photometric_fraction=1.5)
+
+
 def test_paper_scale_sampling_mixes_grid_and_linear_magnifications(image_dir):
     rng = np.random.default_rng(0)
     lsc = np.array([_paper_log2_scale(rng) for _ in range(20000)])

@@ -45,6 +45,9 @@ class PairConfig:
     ref_random_pose: bool = True  # reference patch gets a random rotation and a small scale jitter
     ref_log2_jitter: float = 0.5  # uniform jitter of the reference scale when ref_random_pose
     photometric: bool = True  # independent brightness/contrast/gamma/noise on both patches
+    # with photometric: the fraction of pairs that get those changes; the others are clean crops, which
+    # keep the photo's own pixel-level texture (that a shrink averages away; BENCHMARKS.md)
+    photometric_fraction: float = 1.0
     # scale pairs: this fraction of them has both views zoomed out (downsampled from the photo, so both
     # as sharp as a native patch) instead of a reference near the photo's resolution; upsampled
     # (magnified) views are blurry, a cue that tells magnification but not shrinking apart
@@ -68,7 +71,7 @@ class PairConfig:
             self,
             ("max_log2_scale", "ori_log2_jitter", "ref_log2_jitter", "blur"),
             ("support",),
-            ("zoom_out_pairs",),
+            ("zoom_out_pairs", "photometric_fraction"),
             maxima={"max_log2_scale": 4.0, "ori_log2_jitter": 2.0, "ref_log2_jitter": 2.0, "blur": 8.0},
         )
         if self.scale_sampling not in SCALE_SAMPLINGS:
@@ -198,7 +201,7 @@ class PairSynthesizer:
             rot, lsc = _tilt_views(A, cfg.max_tilt, a * cfg.max_zoom_out(), rng, rot, lsc)
         src = img.astype(np.float32) / 255.0 if img.dtype == np.uint8 else img
         patches = extract_patches(src, np.stack([center, center]), A, cfg.patch_size)
-        if cfg.photometric:
+        if cfg.photometric and (cfg.photometric_fraction >= 1.0 or rng.random() < cfg.photometric_fraction):
             patches = np.stack([_photometric(p, rng, cfg.blur) for p in patches])
         return patches[0], patches[1], rot, lsc
 
