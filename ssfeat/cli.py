@@ -823,7 +823,7 @@ def match(
 ) -> dict:
     """Match two images with a named pipeline, fit a RANSAC homography and draw the matches
     (inliers green). Returns counts and the homography."""
-    from .data.images import check_usable, read_image
+    from .data.images import read_usable
     from .pipeline import MatchResult, RansacHomography, build_pipeline, pipeline_estimator
     from .viz import draw_matches
 
@@ -831,7 +831,7 @@ def match(
         raise ValueError(f"--weights sets the patch-pose model of the ssfeat pipelines; {pipeline!r} has none")
     est = pipeline_estimator(weights) if "ssfeat" in pipeline else None
     pipe = build_pipeline(pipeline, max_keypoints, est, sift_first_octave=sift_first_octave)
-    img0, img1 = (check_usable(read_image(p), p, min_size=16) for p in (image0, image1))
+    img0, img1 = (read_usable(p) for p in (image0, image1))
     feats = []
     for path, img in ((image0, img0), (image1, img1)):
         try:
@@ -865,12 +865,12 @@ def show(
     """Estimate poses at the ``n`` strongest SIFT keypoints of ``image`` and draw them."""
     import numpy as np
 
-    from .data.images import check_usable, read_image
+    from .data.images import read_usable
     from .estimator import PatchPoseEstimator, detect_sift
     from .viz import draw_poses
 
     m = support / np.sqrt(2)
-    img = check_usable(read_image(image), image, min_size=2 * int(np.ceil(m)) + 1)
+    img = read_usable(image, min_size=2 * int(np.ceil(m)) + 1)
     est = estimator or PatchPoseEstimator.from_pretrained(weights or "patchpose")
     H, W = img.shape
     kps = [k for k in detect_sift(img, 4 * n) if m <= k.pt[0] <= W - 1 - m and m <= k.pt[1] <= H - 1 - m][:n]
@@ -896,11 +896,11 @@ def detect(
 ) -> tuple[Path, int]:
     """Detect oriented keypoints with the equivariant detector and draw them (circle = feature
     size, line = orientation). Returns the figure path and the number of keypoints."""
-    from .data.images import check_usable, read_image
+    from .data.images import read_usable
     from .detector import DetectConfig, KeypointDetector
     from .viz import draw_poses
 
-    img = check_usable(read_image(image), image, min_size=16)
+    img = read_usable(image)
     det = detector or KeypointDetector.from_pretrained(weights or "detector", DetectConfig(max_keypoints=max_keypoints))
     try:
         f = det(img)
@@ -1133,10 +1133,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "extract":
             return cmd_extract(args)
         if args.cmd == "data" and args.data_cmd == "warp-pair":
-            from .data.images import check_usable, read_image
+            from .data.images import read_usable
             from .data.warp_pairs import WarpPairConfig, WarpPairSynthesizer, draw_pair
 
-            img = check_usable(read_image(args.image), args.image, min_size=16)
+            img = read_usable(args.image)
             if args.weights:
                 print(f"figure: {warp_demo(img, args.out, args.weights, args.k, args.seed, args.size)}")
                 return 0

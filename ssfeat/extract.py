@@ -215,11 +215,11 @@ class _Extractor:
         """``(features, (H, W), resize)`` or the reason (a string) why ``path`` is skipped."""
         import cv2
 
-        from .data.images import ImageReadError, check_usable, read_image
+        from .data.images import read_usable
 
-        try:  # unreadable, under 16 px a side, or blank: skipped with the reason
-            img = check_usable(read_image(path), path, min_size=16)
-        except (ImageReadError, ValueError) as e:
+        try:  # unreadable (ImageReadError is a ValueError), under 16 px a side, or blank: skipped with the reason
+            img = read_usable(path)
+        except ValueError as e:
             return str(e).removeprefix(f"{path}: ")
         H, W = img.shape
         resize = 1.0

@@ -26,7 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .images import ImageReadError, check_usable, list_images, photometric_change, read_image
+from .images import list_images, photometric_change, read_usable
 
 SPLITS = ("train", "val", "test")
 logger = logging.getLogger(__name__)
@@ -149,8 +149,8 @@ def make_geoloc_dataset(images: str | Path, out: str | Path, cfg: GeolocMakeConf
     photos, skipped = [], []
     for p in list_images(images):
         try:
-            photos.append((p, check_usable(read_image(p), p, min_size=16)))
-        except (ImageReadError, ValueError) as e:  # unreadable, tiny or blank: no place is made of it
+            photos.append((p, read_usable(p)))
+        except ValueError as e:  # unreadable (ImageReadError is one), tiny or blank: no place is made of it
             skipped.append(str(e))
     if skipped:
         logger.warning("skipped %d photos: %s", len(skipped), "; ".join(skipped[:5]))

@@ -180,6 +180,16 @@ def check_usable(image: np.ndarray, name: str | Path, min_size: int = 16) -> np.
     return image
 
 
+def read_usable(path: str | Path, min_size: int = 16) -> np.ndarray:
+    """:func:`read_image` then :func:`check_usable`: a gray image at least ``min_size`` px a side
+    and not blank.
+
+    Raises:
+        ValueError: naming ``path`` (:class:`ImageReadError`, a ``ValueError``, when it cannot be read).
+    """
+    return check_usable(read_image(path), path, min_size)
+
+
 def load_textured(folder: str | Path, min_size: int = 0, as_uint8: bool = True) -> tuple[list[Path], list[np.ndarray]]:
     """The readable images under ``folder`` (at least ``min_size`` px a side; uint8, or float in
     [0, 1] with ``as_uint8=False``) that are not flat: blank frames teach nothing and would be
