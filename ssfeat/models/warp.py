@@ -167,6 +167,12 @@ class WarpNet(nn.Module):
                 as many images in both and finite values.
         """
         _check_pair(image_a, image_b)
+        return self._corners(image_a, image_b, both_orders)
+
+    def _corners(
+        self, image_a: torch.Tensor, image_b: torch.Tensor, both_orders: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward` on inputs already checked."""
         with torch.no_grad():
             fa, fb = self.features(self.resize(image_a)), self.features(self.resize(image_b))
         if both_orders:
@@ -185,7 +191,7 @@ class WarpNet(nn.Module):
         modes = [(False, False), (True, False), (False, True), (True, True)] if flips else [(False, False)]
         a = torch.cat([_flip(image_a, h, v) for h, v in modes])
         b = torch.cat([_flip(image_b, h, v) for h, v in modes])
-        first, second = self(a, b, both_orders=True)
+        first, second = self._corners(a, b, both_orders=True)  # the flips of checked inputs
         n = len(a)
         qa, qb = 0.5 * (first[:n] + second[n:]), 0.5 * (second[:n] + first[n:])
         qa = torch.stack([unflip_corners(qa[i * B : (i + 1) * B], h, v) for i, (h, v) in enumerate(modes)]).mean(0)
