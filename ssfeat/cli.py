@@ -121,6 +121,14 @@ def _add_train(sub) -> None:
         help="with --photometric: the fraction of pairs that get those changes (the others are clean crops)",
     )
     p.add_argument(
+        "--reference-pose",
+        choices=["random", "native"],
+        default="random" if pc.ref_random_pose else "native",
+        help=f"reference patch of a pair: random rotation and log2 zoom in [-{pc.ref_log2_jitter:g}, "
+        f"{pc.ref_log2_jitter:g}], or native (unrotated, unzoomed, and scale pairs unrotated: as `benchmark "
+        "patchpose` draws them)",
+    )
+    p.add_argument(
         "--ori-scale-jitter",
         type=float,
         default=pc.ori_log2_jitter,
@@ -512,6 +520,7 @@ def cmd_train(args) -> int:
             blur=args.blur,
             photometric=args.photometric,
             photometric_fraction=args.photometric_fraction,
+            ref_random_pose=args.reference_pose == "random",
             max_tilt=args.max_tilt,
             ori_log2_jitter=args.ori_scale_jitter,
             zoom_out_pairs=args.zoom_out_pairs,

@@ -223,6 +223,8 @@ def test_config_from_dict_names_unknown_keys():
         (torch.rand(1, 32, 32), r"got shape \(1, 32, 32\)"),
         (np.zeros((2, 1, 32, 32), np.float32), "got ndarray"),
         (torch.zeros(2, 1, 32, 32, dtype=torch.uint8), "takes float patches"),
+        (torch.rand(2, 1, 32, 32).index_fill_(2, torch.tensor([5]), float("nan")), "NaN or Inf"),
+        (torch.rand(2, 1, 32, 32).index_fill_(0, torch.tensor([1]), float("inf")), "NaN or Inf"),
     ],
 )
 def test_network_input_shape_is_checked(x, match):

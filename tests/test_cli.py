@@ -72,6 +72,9 @@ def test_train_export_benchmark_show(image_dir, oxford_dir, tmp_path, capsys):
     assert load_checkpoint(ft / "c4" / "last.pt")["config"]["pairs"]["zoom_out_pairs"] == 0.5
     assert train(image_dir, ft / "clean", "--steps", "1", "--no-photometric") == 0
     assert load_checkpoint(ft / "clean" / "last.pt")["config"]["pairs"]["photometric"] is False
+    assert train(image_dir, ft / "native", "--steps", "1", "--reference-pose", "native") == 0
+    assert load_checkpoint(ft / "native" / "last.pt")["config"]["pairs"]["ref_random_pose"] is False
+    assert load_checkpoint(ft / "clean" / "last.pt")["config"]["pairs"]["ref_random_pose"] is True
     assert train(image_dir, ft / "kd", "--steps", "1", "--distill", str(w), "--distill-weight", "0.5") == 0
     kd = load_checkpoint(ft / "kd" / "last.pt")["config"]
     assert kd["distill"] == str(w) and kd["distill_weight"] == 0.5

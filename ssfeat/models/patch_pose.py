@@ -187,6 +187,8 @@ class PatchPoseNet(nn.Module):
             )
         if not patches.is_floating_point():
             raise ValueError(f"PatchPoseNet takes float patches with values in [0, 1], got {patches.dtype}")
+        if not bool(torch.isfinite(patches.sum())):  # one reduction; NaN and Inf propagate to the sum
+            raise ValueError("PatchPoseNet got patches with NaN or Inf values")
         x = standardize(patches, cfg.window)
         if cfg.c4_symmetric:
             ori, sca = self._c4_average(x)
