@@ -125,8 +125,8 @@ def _add_train(sub) -> None:
         choices=["random", "native"],
         default="random" if pc.ref_random_pose else "native",
         help=f"reference patch of a pair: random rotation and log2 zoom in [-{pc.ref_log2_jitter:g}, "
-        f"{pc.ref_log2_jitter:g}], or native (unrotated, unzoomed, and scale pairs unrotated: as `benchmark "
-        "patchpose` draws them)",
+        f"{pc.ref_log2_jitter:g}], or native (unrotated and unzoomed, and scale pairs unrotated, as `benchmark "
+        "patchpose` draws them; --zoom-out-pairs still zooms those references out, --max-tilt still tilts)",
     )
     p.add_argument(
         "--ori-scale-jitter",

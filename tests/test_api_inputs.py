@@ -231,3 +231,17 @@ def test_network_input_shape_is_checked(x, match):
     net = PatchPoseNet(PatchPoseConfig()).eval()
     with pytest.raises(ValueError, match=match):
         net(x)
+    with pytest.raises(ValueError, match=match):
+        net.scale_logits(x)
+
+
+def test_half_precision_network_takes_large_batches():
+    """A finite float16 batch whose float16 sum overflows is accepted (the finiteness check sums in
+    float64)."""
+    x = torch.rand(128, 1, 32, 32).half()
+    assert x.sum().isinf()
+    net = PatchPoseNet(PatchPoseConfig()).eval().half()
+    with torch.no_grad():
+        ori, sca = net(x)
+        assert ori.dtype == torch.float16 and sca.shape == (128, 13)
+        assert net.scale_logits(x).shape == (128, 13)

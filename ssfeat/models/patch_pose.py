@@ -176,9 +176,9 @@ class PatchPoseNet(nn.Module):
         fs = f if self.scale_backbone is None else self.scale_backbone(x)
         return self.ori_head(f), self.scale_head(fs)
 
-    def forward(self, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        cfg = self.config
-        P = cfg.patch_size
+    def _check_patches(self, patches) -> None:
+        """Refuse anything but finite float ``(B, 1, P, P)`` patches, with a clear message."""
+        P = self.config.patch_size
         if not (isinstance(patches, torch.Tensor) and patches.ndim == 4 and patches.shape[1:] == (1, P, P)):
             got = f"shape {tuple(patches.shape)}" if isinstance(patches, torch.Tensor) else type(patches).__name__
             raise ValueError(
@@ -187,8 +187,13 @@ class PatchPoseNet(nn.Module):
             )
         if not patches.is_floating_point():
             raise ValueError(f"PatchPoseNet takes float patches with values in [0, 1], got {patches.dtype}")
-        if not bool(torch.isfinite(patches.sum())):  # one reduction; NaN and Inf propagate to the sum
+        # one reduction (NaN and Inf propagate to the sum), in float64 so that float16 input cannot overflow
+        if not bool(torch.isfinite(patches.sum(dtype=torch.float64))):
             raise ValueError("PatchPoseNet got patches with NaN or Inf values")
+
+    def forward(self, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = self.config
+        self._check_patches(patches)
         x = standardize(patches, cfg.window)
         if cfg.c4_symmetric:
             ori, sca = self._c4_average(x)
@@ -207,6 +212,7 @@ class PatchPoseNet(nn.Module):
         orientation branch (with separate backbones, its backbone is not run): ``forward(patches)[1]``
         with ``c4_symmetric`` (the average over the four 90-degree rotations), else that of a single
         pass (adaptive C4 left out). Used for distillation targets."""
+        self._check_patches(patches)
         x = standardize(patches, self.config.window)
         if self.config.c4_symmetric:
             x = torch.cat([torch.rot90(x, k, (-2, -1)) for k in range(4)])
