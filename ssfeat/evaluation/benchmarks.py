@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..data.images import ImageReadError, read_image
+from ..data.images import ImageReadError, load_textured, read_image
 from ..data.sequences import find_sequences
 from ..data.synthesis import PairConfig, PairSynthesizer
 from ..estimator import PatchPoseEstimator, detect_sift
@@ -195,10 +195,8 @@ def run_patchpose(
         PairConfig(patch_size=cfg.patch_size, support=cfg.support, seed=cfg.seed, scale_sampling=cfg.scale_sampling),
         max_tilt=cfg.max_tilt,
     )
-    if loaded is None:
-        synth = PairSynthesizer.from_folder(images, pcfg)
-    else:
-        synth = PairSynthesizer(loaded[1], pcfg, [str(p) for p in loaded[0]])
+    paths, imgs = loaded if loaded is not None else load_textured(images)  # as PairSynthesizer.from_folder
+    synth = PairSynthesizer(imgs, pcfg, [str(p) for p in paths])
     ori = synth.batch("ori", range(cfg.n_pairs))
     sca = synth.batch("scale", range(cfg.n_pairs))
     out = _meta(
