@@ -16,15 +16,21 @@ The four model kinds and their inference APIs:
 - homography regression (warp): ``WarpReranker``, used with ``GlobalDescriptor`` for retrieval
 """
 
-__version__ = "0.1.0"
-
-from .data.images import read_image, sample_images  # noqa: E402
-from .detector import DetectConfig, KeypointDetector  # noqa: E402
-from .estimator import PatchPoseEstimator, PoseOutput, TopKPoses  # noqa: E402
-from .features import Features  # noqa: E402
-from .models import PatchPoseConfig, PatchPoseNet  # noqa: E402
-from .pipeline import LearnedDescriptor, Pipeline, build_pipeline  # noqa: E402
-from .retrieval import GlobalDescriptor, WarpReranker  # noqa: E402
+from .data.images import read_image, sample_images
+from .features import Features
+from .inference import (
+    DetectConfig,
+    GlobalDescriptor,
+    KeypointDetector,
+    LearnedDescriptor,
+    PatchPoseEstimator,
+    PoseOutput,
+    TopKPoses,
+    WarpReranker,
+)
+from .models import PatchPoseConfig, PatchPoseNet
+from .pipeline import Pipeline, build_pipeline
+from .version import __version__
 
 __all__ = [
     "DetectConfig",

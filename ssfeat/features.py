@@ -200,3 +200,19 @@ def sift_octaves(sizes: np.ndarray, image_size: tuple[int, int], first_octave: i
 
 
 __all__ = ["Features", "check_first_octave", "sift_octaves", "strongest_distinct"]
+
+
+def concat_features(parts: list[Features]) -> Features:
+    """Concatenate features of the same image (descriptors must be all set or all ``None``)."""
+    if len(parts) == 1:
+        return parts[0]
+    descs = [p.descriptors for p in parts]
+    return Features(
+        np.concatenate([p.keypoints for p in parts]),
+        np.concatenate([p.scales for p in parts]),
+        np.concatenate([p.orientations for p in parts]),
+        np.concatenate([p.scores for p in parts]),
+        parts[0].image_size,
+        None if any(d is None for d in descs) else np.concatenate(descs),
+        np.concatenate([p.parents for p in parts]),
+    )

@@ -24,6 +24,7 @@ import math
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 TWO_PI = 2.0 * math.pi
 
@@ -173,3 +174,47 @@ def pose_from_laf(laf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.
         get_laf_scale(laf)[0, :, 0, 0],
         wrap_angle(torch.deg2rad(get_laf_orientation(laf)[0, :, 0])),
     )
+
+
+def warp_to_view0(x1: torch.Tensor, H_0to1: torch.Tensor, mode: str = "bilinear") -> tuple[torch.Tensor, torch.Tensor]:
+    """Resample view-1 maps on the view-0 pixel grid: ``out(x0) = x1(H_0to1 x0)``.
+
+    Args:
+        x1: ``(B, C, H, W)`` maps of view 1 (both views are ``H x W``).
+        H_0to1: ``(B, 3, 3)``.
+
+    Returns:
+        the warped maps ``(B, C, H, W)`` and ``(B, 1, H, W)`` mask of view-0 pixels that land inside view 1.
+    """
+    B, _, H, W = x1.shape
+    kw = {"dtype": x1.dtype, "device": x1.device}
+    ys, xs = torch.meshgrid(torch.arange(H, **kw), torch.arange(W, **kw), indexing="ij")
+    p = torch.stack([xs, ys, torch.ones_like(xs)], -1).view(1, -1, 3) @ H_0to1.to(x1.dtype).transpose(1, 2)
+    p = p[..., :2] / p[..., 2:3]
+    inside = ((p[..., 0] >= 0) & (p[..., 0] <= W - 1) & (p[..., 1] >= 0) & (p[..., 1] <= H - 1)).view(B, 1, H, W)
+    scale = torch.tensor([2.0 / max(W - 1, 1), 2.0 / max(H - 1, 1)], dtype=x1.dtype, device=x1.device)
+    g = (p * scale - 1.0).view(B, H, W, 2)
+    out = F.grid_sample(x1, g, mode=mode, padding_mode="zeros", align_corners=True)
+    return out, inside.to(x1.dtype)
+
+
+def visibility_masks(
+    H_0to1: torch.Tensor, valid0: torch.Tensor, valid1: torch.Tensor, border: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(B, 1, H, W)`` masks of the pixels of view 0 (resp. 1) that are valid, at least ``border``
+    pixels from the edge, and seen validly by the other view."""
+    w1, in1 = warp_to_view0(valid1, H_0to1, "nearest")
+    w0, in0 = warp_to_view0(valid0, torch.linalg.inv(H_0to1), "nearest")
+    m0, m1 = valid0 * w1 * in1, valid1 * w0 * in0
+    if border > 0:
+        b = torch.zeros_like(m0)
+        b[..., border:-border, border:-border] = 1
+        m0, m1 = m0 * b, m1 * b
+    return m0, m1
+
+
+def warp_xy(xy: np.ndarray, H: np.ndarray) -> np.ndarray:
+    """``(N, 2)`` points mapped by the homography ``H`` ``(3, 3)`` (float64 numpy in and out)."""
+    if len(xy) == 0:
+        return xy.astype(np.float64)
+    return warp_points(torch.from_numpy(xy.astype(np.float64)), torch.from_numpy(H)).numpy()

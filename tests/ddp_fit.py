@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from ssfeat import training
 from ssfeat.cli import main as ssfeat_main
+from ssfeat.training import loop as training
 
 
 def main(record: str, *args: str) -> None:

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from ssfeat.cli import main
-from ssfeat.hub import load_weights, model_from_checkpoint
+from ssfeat.cli import build_parser, main
+from ssfeat.models.weights import load_pose_model, model_from_checkpoint
 from ssfeat.training import load_checkpoint
 
 from .conftest import textured_image
@@ -43,36 +43,68 @@ def test_help(cmd, capsys):
     assert e.value.code == 0
 
 
+# earlier flag names still accepted (hidden from --help): old -> the field-named flag
+OLD_FLAGS = [
+    ("train pose", "--ema 0.9", "--ema-decay 0.9"),
+    ("train pose", "--init w", "--init-weights w"),
+    ("train pose", "--c4", "--c4-symmetric"),
+    ("train pose", "--scale-bins 9", "--n-scale-bins 9"),
+    ("train pose", "--ori-scale-jitter 0.2", "--ori-log2-jitter 0.2"),
+    ("train pose", "--reference-pose native", "--no-ref-random-pose"),
+    ("train pose", "--time-budget 3", "--time-budget-min 3"),
+    ("train detector", "--max-scale 0.4", "--max-log2-scale 0.4"),
+    ("train descriptor", "--max-rotation 10", "--max-rotation-deg 10"),
+    ("train warp", "--backbone w", "--backbone-weights w"),
+]
+
+
+@pytest.mark.parametrize(("cmd", "old", "new"), OLD_FLAGS, ids=[o.split()[0] for _, o, _ in OLD_FLAGS])
+def test_old_flag_names_are_hidden_aliases(cmd, old, new):
+    parse = build_parser().parse_args
+    base = [*cmd.split(), "--images", "i", "--out", "o"]
+    assert vars(parse(base + old.split())) == vars(parse(base + new.split()))
+    assert vars(parse(base + old.split())) != vars(parse(base))
+
+
+def test_export_and_make_sequences_old_flag_names():
+    parse = build_parser().parse_args
+    assert parse(["export", "r", "--out", "w", "--no-c4"]).c4_symmetric is False
+    seqs = ["data", "make-sequences", "--images", "i", "--out", "o"]
+    old = parse([*seqs, "--targets", "2", "--min-zoom", "-0.5", "--max-zoom", "0.5"])
+    assert (old.n_targets, old.min_log2_zoom, old.max_log2_zoom) == (2, -0.5, 0.5)
+
+
 def train(images, out, *extra: str) -> int:
     """``ssfeat train pose`` with tiny settings."""
     return main(["train", "pose", "--images", str(images), "--out", str(out), "--batch-size", "8", "--workers", "0",
                  "--no-progress", *extra])  # fmt: skip
 
 
+@pytest.mark.slow
 def test_train_export_benchmark_show(image_dir, oxford_dir, tmp_path, capsys):
     run = tmp_path / "run"
     assert train(image_dir, run, "--steps", "2") == 0
     w = tmp_path / "w.safetensors"
     assert main(["export", str(run), "--out", str(w)]) == 0 and w.is_file()
     w4 = tmp_path / "w4.safetensors"
-    assert main(["export", str(run), "--out", str(w4), "--c4"]) == 0
-    assert load_weights(w4).config.c4_symmetric and not load_weights(w).config.c4_symmetric
+    assert main(["export", str(run), "--out", str(w4), "--c4-symmetric"]) == 0
+    assert load_pose_model(w4).config.c4_symmetric and not load_pose_model(w).config.c4_symmetric
     wa = tmp_path / "wa.safetensors"  # adaptive C4 threshold calibrated on the run's validation photos
     assert main(["export", str(run), "--out", str(wa), "--c4-below", "auto"]) == 0
-    assert "chosen: c4_below" in capsys.readouterr().out and 0 < load_weights(wa).config.c4_below <= 1
+    assert "chosen: c4_below" in capsys.readouterr().out and 0 < load_pose_model(wa).config.c4_below <= 1
     assert main(["export", str(run), "--out", str(wa), "--c4-below", "0.3"]) == 0
-    assert load_weights(wa).config.c4_below == 0.3
+    assert load_pose_model(wa).config.c4_below == 0.3
     with pytest.raises(SystemExit):
         main(["export", str(run), "--out", str(wa), "--c4-below", "2"])
     ft = tmp_path / "finetune"
-    assert train(image_dir, ft, "--steps", "1", "--init", str(w), "--scale-loss", "shared") == 0
+    assert train(image_dir, ft, "--steps", "1", "--init-weights", str(w), "--scale-loss", "shared") == 0
     assert (
-        train(image_dir, ft / "c4", "--steps", "1", "--init", str(wa), "--zoom-out-pairs", "0.5") == 0
+        train(image_dir, ft / "c4", "--steps", "1", "--init-weights", str(wa), "--zoom-out-pairs", "0.5") == 0
     )  # c4_below set
     assert load_checkpoint(ft / "c4" / "last.pt")["config"]["pairs"]["zoom_out_pairs"] == 0.5
     assert train(image_dir, ft / "clean", "--steps", "1", "--no-photometric") == 0
     assert load_checkpoint(ft / "clean" / "last.pt")["config"]["pairs"]["photometric"] is False
-    assert train(image_dir, ft / "native", "--steps", "1", "--reference-pose", "native") == 0
+    assert train(image_dir, ft / "native", "--steps", "1", "--no-ref-random-pose") == 0
     assert load_checkpoint(ft / "native" / "last.pt")["config"]["pairs"]["ref_random_pose"] is False
     assert load_checkpoint(ft / "clean" / "last.pt")["config"]["pairs"]["ref_random_pose"] is True
     assert train(image_dir, ft / "kd", "--steps", "1", "--distill", str(w), "--distill-weight", "0.5") == 0
@@ -83,10 +115,10 @@ def test_train_export_benchmark_show(image_dir, oxford_dir, tmp_path, capsys):
     assert train(image_dir, ft / "kd2", "--steps", "1", "--distill", str(tmp_path / "none.safetensors")) == 2
     assert not (ft / "kd2").exists()  # refused before the run folder is made
     # architecture mismatch: a clear error
-    assert train(image_dir, ft / "x", "--steps", "1", "--init", str(w), "--backbone", "small") == 2
+    assert train(image_dir, ft / "x", "--steps", "1", "--init-weights", str(w), "--backbone", "small") == 2
     sep = tmp_path / "sep"  # the paper's layout: one backbone per head
-    wide = ("--scale-range", "3", "--scale-bins", "19")  # a wider scale histogram
-    assert train(image_dir, sep, "--steps", "1", "--separate-backbones", *wide, "--ori-scale-jitter", "0.5") == 0
+    wide = ("--scale-range", "3", "--n-scale-bins", "19")  # a wider scale histogram
+    assert train(image_dir, sep, "--steps", "1", "--separate-backbones", *wide, "--ori-log2-jitter", "0.5") == 0
     assert load_checkpoint(sep / "last.pt")["config"]["pairs"]["ori_log2_jitter"] == 0.5
     net = model_from_checkpoint(sep)
     assert net.scale_backbone is not None and (net.config.scale_range, net.config.n_scale_bins) == (3.0, 19)
@@ -134,6 +166,7 @@ def test_train_export_benchmark_show(image_dir, oxford_dir, tmp_path, capsys):
     assert fig.stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_demo_on_user_images(image_dir, tmp_path, capsys, caplog):
     photos = tmp_path / "photos"
     shutil.copytree(image_dir, photos)
@@ -197,6 +230,7 @@ def test_blank_and_tiny_images_are_refused_by_the_single_image_commands(tmp_path
     assert not (tmp_path / "f.png").exists()
 
 
+@pytest.mark.slow
 def test_match_and_matching_benchmark(oxford_dir, tmp_path, capsys):
     toy = oxford_dir / "toy"
     fig = tmp_path / "m.png"
@@ -224,6 +258,7 @@ def test_match_and_matching_benchmark(oxford_dir, tmp_path, capsys):
     assert main(["match", str(bad), str(toy / "img2.png"), "--out", str(fig)]) == 2
 
 
+@pytest.mark.slow
 def test_detector_train_export_benchmark(image_dir, oxford_dir, tmp_path, capsys):
     run, w = tmp_path / "det", tmp_path / "det.safetensors"
     args = ["train", "detector", "--images", str(image_dir), "--out", str(run), "--steps", "2", "--batch-size", "2"]

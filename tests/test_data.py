@@ -15,7 +15,7 @@ from ssfeat.data.synthesis import (
     _zoomed_out_reference,
     split_by_image,
 )
-from ssfeat.evaluation.benchmarks import paper_protocol
+from ssfeat.evaluation.patchpose import paper_protocol
 from ssfeat.geometry import angle_diff, linear_rotation_scale, rotation_matrix
 
 from .conftest import textured_image

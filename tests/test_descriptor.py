@@ -13,11 +13,13 @@ import torch.nn.functional as F
 from ssfeat.cli import main
 from ssfeat.data.descriptor_pairs import DescriptorPairConfig, DescriptorPairSynthesizer
 from ssfeat.features import Features
-from ssfeat.hub import load_descriptor, load_detector, save_weights
-from ssfeat.losses import ap_loss, hard_negatives, quantized_ap, triplet_loss
 from ssfeat.models.descriptor import DescriptorConfig, DescriptorNet, sample_descriptors
+from ssfeat.models.weights import load_descriptor_model, load_detector_model, save_weights
 from ssfeat.pipeline import LearnedDescriptor, build_pipeline
-from ssfeat.training import DescriptorTask, DescriptorTrainConfig, fit, load_checkpoint
+from ssfeat.training import DescriptorTrainConfig, fit, load_checkpoint
+from ssfeat.training.losses import ap_loss, hard_negatives, quantized_ap, triplet_loss
+from ssfeat.training.tasks import DescriptorTask
+from ssfeat.training.tasks.descriptor import DetectorKeypoints
 
 from .conftest import textured_image
 
@@ -69,8 +71,10 @@ def test_pair_synthesis_correspondences_are_exact_and_reproducible():
 def test_pair_synthesis_modes_and_bad_settings():
     rnd = DescriptorPairSynthesizer(_images(2), tiny_pairs(keypoints="random")).sample(0)
     assert rnd["kp_valid"].sum() == 16
-    det = DescriptorPairSynthesizer(_images(2), tiny_pairs(keypoints="detector", size=96)).sample(0)
-    assert det["kp_valid"].any()
+    det = DescriptorPairSynthesizer(_images(2), tiny_pairs(keypoints="detector", size=96), DetectorKeypoints())
+    assert det.sample(0)["kp_valid"].any()
+    with pytest.raises(ValueError, match="needs a keypoint_source"):
+        DescriptorPairSynthesizer(_images(2), tiny_pairs(keypoints="detector", size=96))
     with pytest.raises(ValueError, match="keypoints must be"):
         DescriptorPairSynthesizer(_images(2), tiny_pairs(keypoints="orb"))
     with pytest.raises(ValueError, match="no image is at least"):
@@ -151,6 +155,7 @@ def test_ap_and_hard_negatives():
     assert triplet_loss(torch.zeros(3), torch.ones(3, 2)).item() == pytest.approx(1.0 + 2**0.5, abs=1e-3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", ["ap", "triplet"])
 def test_descriptor_overfits_one_batch(image_dir, loss):
     cfg = tiny_desc_cfg(image_dir, loss=loss, model=DescriptorConfig(channels=(8, 16, 16, 32), dim=32))
@@ -176,15 +181,15 @@ def test_descriptor_training_export_and_pipeline(image_dir, tmp_path):
     fit(cfg, tmp_path / "full", progress=False)
     assert load_checkpoint(tmp_path / "full" / "last.pt")["task"] == "descriptor"
     assert "match_acc" in (tmp_path / "full" / "log.jsonl").read_text()
-    net = load_descriptor(tmp_path / "full")
+    net = load_descriptor_model(tmp_path / "full")
     path = save_weights(net, tmp_path / "d.safetensors")
-    again = load_descriptor(path)
+    again = load_descriptor_model(path)
     for k, v in net.state_dict().items():
         assert torch.equal(v, again.state_dict()[k])
     with pytest.raises(ValueError, match="not an ssfeat descriptor"):
-        load_descriptor(Path(__file__).parents[1] / "ssfeat" / "weights" / "detector.safetensors")
+        load_descriptor_model(Path(__file__).parents[1] / "ssfeat" / "weights" / "detector.safetensors")
     with pytest.raises(ValueError, match="not a detector training run"):
-        load_detector(tmp_path / "full")
+        load_detector_model(tmp_path / "full")
     img = textured_image(100, 120, seed=1).astype(np.float32) / 255
     feats = Features(
         np.array([[30.0, 40.0], [60.0, 50.0]], np.float32),
@@ -231,6 +236,7 @@ def test_bundled_descriptor_matches_a_warped_image():
         assert len(err) > 50 and (err <= 3).mean() > 0.7, name
 
 
+@pytest.mark.slow
 def test_descriptor_cli_train_export_benchmark(image_dir, oxford_dir, tmp_path, capsys):
     run, w = tmp_path / "desc", tmp_path / "desc.safetensors"
     args = ["train", "descriptor", "--images", str(image_dir), "--out", str(run), "--steps", "2"]
@@ -282,6 +288,7 @@ def _ddp_grad_worker(rank: int, init: str, batch: dict, out: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ddp_gradient_equals_the_single_process_gradient(tmp_path):
     """Negatives gathered across processes (with gradients routed back) make the averaged 2-process
     gradient equal to the 1-process gradient of the whole batch."""
@@ -315,6 +322,7 @@ def test_bad_descriptor_pair_configs_are_refused():
         DescriptorTrainConfig(negatives=0)
 
 
+@pytest.mark.slow
 def test_descriptor_benchmark_skips_a_tiny_pair_and_times_on_a_scored_one(tmp_path, caplog, monkeypatch):
     import logging
 

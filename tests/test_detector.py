@@ -9,13 +9,14 @@ import pytest
 import torch
 
 from ssfeat.data.homography_pairs import HomographyPairConfig, HomographyPairSynthesizer, pair_affine
-from ssfeat.detector import DetectConfig, KeypointDetector, decode_orientation
-from ssfeat.geometry import angle_diff, local_rotation_scale, warp_points
-from ssfeat.hub import load_detector, save_weights
-from ssfeat.losses import dense_orientation_loss, msip_loss, visibility_masks, warp_to_view0
+from ssfeat.geometry import angle_diff, local_rotation_scale, visibility_masks, warp_points, warp_to_view0
+from ssfeat.inference.detector import DetectConfig, KeypointDetector, decode_orientation
 from ssfeat.models.detector import DetectorConfig, OrientedKeypointNet, box_mean
 from ssfeat.models.equivariant import GroupConv, LiftingConv, disc_mask, group_pool, rotation_resampler
-from ssfeat.training import DetectorTask, DetectorTrainConfig, TrainConfig, fit, load_checkpoint
+from ssfeat.models.weights import load_detector_model, save_weights
+from ssfeat.training import DetectorTrainConfig, PoseTrainConfig, fit, load_checkpoint
+from ssfeat.training.losses import dense_orientation_loss, msip_loss
+from ssfeat.training.tasks import DetectorTask
 
 from .conftest import textured_image
 
@@ -204,6 +205,7 @@ def tiny_det_cfg(images, steps=4, **kw) -> DetectorTrainConfig:
     )
 
 
+@pytest.mark.slow
 def test_detector_overfits_one_batch(image_dir):
     """40 steps on one batch of 4 pairs: the batch's own dense orientation accuracy (+-10 degrees, every
     visible pixel, the task's evaluation) rises well above where it started and the keypoint loss drops.
@@ -230,6 +232,7 @@ def test_detector_overfits_one_batch(image_dir):
     assert np.mean(kp[-3:]) < 0.9 * np.mean(kp[:3]), kp
 
 
+@pytest.mark.slow
 def test_detector_training_resume_export_and_inference(image_dir, tmp_path):
     """(Exact resume of every task: tests/test_training.py::test_every_task_resumes_exactly.)"""
     cfg = tiny_det_cfg(image_dir, steps=4)
@@ -240,10 +243,10 @@ def test_detector_training_resume_export_and_inference(image_dir, tmp_path):
     with pytest.raises(ValueError, match="already at step 4"):
         fit(cfg, tmp_path / "full", resume=True, total_steps=3, progress=False)
     with pytest.raises(ValueError, match="is a detector run, not a pose run"):
-        fit(TrainConfig(images=str(image_dir)), tmp_path / "full", resume=True, progress=False)
+        fit(PoseTrainConfig(images=str(image_dir)), tmp_path / "full", resume=True, progress=False)
     after = load_checkpoint(tmp_path / "full" / "last.pt")  # the refused resumes left the run as it was
     assert after["step"] == 4 and all(torch.equal(v, after["model"][k]) for k, v in a["model"].items())
-    net = load_detector(tmp_path / "full")
+    net = load_detector_model(tmp_path / "full")
     path = save_weights(net, tmp_path / "det.safetensors")
     det = KeypointDetector.from_pretrained(path, DetectConfig(max_keypoints=50))
     img = textured_image(200, 260, seed=3).astype(np.float32) / 255
@@ -255,7 +258,7 @@ def test_detector_training_resume_export_and_inference(image_dir, tmp_path):
     same_level = KeypointDetector.from_pretrained(path, DetectConfig(max_keypoints=50, orientation_levels_up=0))(img)
     assert np.array_equal(same_level.keypoints, f.keypoints)  # only the orientation's context changes
     with pytest.raises(ValueError, match="not an ssfeat detector"):
-        load_detector(Path(__file__).parents[1] / "ssfeat" / "weights" / "patchpose_fast.safetensors")
+        load_detector_model(Path(__file__).parents[1] / "ssfeat" / "weights" / "patchpose_fast.safetensors")
     with pytest.raises(ValueError, match="too small"):
         det(np.zeros((10, 10), np.float32))
     with pytest.raises(ValueError, match="NaN"):
@@ -341,6 +344,7 @@ def test_bad_pair_configs_are_refused():
         DetectorTrainConfig(kp_weight=-1.0)
 
 
+@pytest.mark.slow
 def test_detector_benchmark_skips_bad_pairs_and_finishes_when_the_first_reference_is_unreadable(
     tmp_path, capsys, caplog
 ):
@@ -378,7 +382,7 @@ def test_detector_benchmark_skips_bad_pairs_and_finishes_when_the_first_referenc
 def test_detector_and_learned_descriptor_read_any_image_depth_and_channels(kind, tmp_path):
     """The detector and the learned descriptor take the same image in any supported form and give
     the same result as for the gray float image (they share the estimator's image reader)."""
-    from ssfeat.detector import DetectConfig, KeypointDetector
+    from ssfeat.inference.detector import DetectConfig, KeypointDetector
     from ssfeat.pipeline import LearnedDescriptor
 
     gray8 = textured_image(160, 200, seed=4)

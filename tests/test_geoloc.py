@@ -10,7 +10,7 @@ import torch
 
 from ssfeat.cli import main
 from ssfeat.data.geoloc import GeolocMakeConfig, load_geoloc_split, make_geoloc_dataset, parse_utm
-from ssfeat.hub import load_warp
+from ssfeat.models.weights import load_warp_model
 
 from .conftest import textured_image, usage_error
 
@@ -81,7 +81,7 @@ def test_make_geoloc_cli(image_dir, tmp_path, capsys):
 def test_gem_retrieve_and_recall():
     import torch
 
-    from ssfeat.retrieval import gem, recall_at, retrieve
+    from ssfeat.inference.retrieval import gem, recall_at, retrieve
 
     x = torch.rand(2, 3, 4, 5)
     assert torch.allclose(gem(x, p=1.0), x.mean((-2, -1)), atol=1e-6)
@@ -99,7 +99,7 @@ def test_gem_retrieve_and_recall():
 
 
 def test_global_descriptor_names_a_too_small_file(tmp_path):
-    from ssfeat.retrieval import GlobalDescriptor
+    from ssfeat.inference.retrieval import GlobalDescriptor
 
     ok, tiny = tmp_path / "ok.png", tmp_path / "tiny.png"
     cv2.imwrite(str(ok), (np.random.default_rng(0).random((40, 40)) * 255).astype(np.uint8))
@@ -153,6 +153,7 @@ def _check_reranking_permutes_the_first(res: dict, n: int) -> None:
             assert sorted(p[name][:n]) == sorted(ref[:n]) and p[name][n:] == ref[n:], (p["query"], name)
 
 
+@pytest.mark.slow
 def test_geoloc_benchmark_cli_with_and_without_reranking(big_geo_dir, geo_dir, warp_run, tmp_path, capsys):
     res = _run_geoloc_cli(big_geo_dir, tmp_path, "--warp-weights", str(warp_run), "--rerank-n", "3")
     assert res["flips"] is False and res["rerank_n"] == 3
@@ -174,11 +175,12 @@ def test_geoloc_benchmark_cli_with_and_without_reranking(big_geo_dir, geo_dir, w
     assert main(["benchmark", "geoloc", "--root", str(tmp_path / "nope"), "--json", str(js)]) == 2
 
 
+@pytest.mark.slow
 def test_reranking_with_a_perfect_similarity_puts_a_positive_first(big_geo_dir, warp_run, tmp_path, monkeypatch):
     """A stub score (minus the distance between the two images' UTM positions) is a perfect
     similarity: re-ranking the top 5 with it puts a positive first whenever one is among them, so
     recall@1 after re-ranking equals recall@5 before."""
-    import ssfeat.retrieval as retrieval
+    import ssfeat.inference.retrieval as retrieval
 
     def utm_image(path, size):  # the positions stand in for the image content
         x = torch.zeros(1, size, size)
@@ -202,17 +204,18 @@ def test_reranking_with_a_perfect_similarity_puts_a_positive_first(big_geo_dir, 
             assert hit == (_place(p[name][0]) == _place(p["query"])), (p["query"], name)
 
 
+@pytest.mark.slow
 def test_warp_reranker_puts_the_query_itself_first(warp_run, geo_dir):
     import torch
 
-    from ssfeat.hub import load_warp
-    from ssfeat.retrieval import WarpReranker, load_resized
+    from ssfeat.inference.retrieval import WarpReranker, load_resized
+    from ssfeat.models.weights import load_warp_model
 
     test = load_geoloc_split(geo_dir, "test")
     gallery = [*test.gallery[:4], test.queries[0]]
     preds = np.array([[0, 1, 2, 4, 3]])
     for warp in (True, False):
-        rr = WarpReranker(load_warp(warp_run), warp=warp, cache_size=2)  # cache smaller than n
+        rr = WarpReranker(load_warp_model(warp_run), warp=warp, cache_size=2)  # cache smaller than n
         ranked = rr.rerank(test.queries[:1], gallery, preds, n=4)[0]
         assert ranked[0] == 4 and ranked[4] == 3 and sorted(ranked) == [0, 1, 2, 3, 4]  # beyond n: untouched
         cands = torch.stack([load_resized(gallery[g], 64) for g in ranked[:4]])
@@ -228,14 +231,14 @@ def test_warp_reranker_puts_the_query_itself_first(warp_run, geo_dir):
 
 
 def test_mine_query_positives(geo_dir):
-    from ssfeat.hub import load_descriptor
-    from ssfeat.retrieval import mine_query_positives
+    from ssfeat.inference.retrieval import mine_query_positives
+    from ssfeat.models.weights import load_descriptor_model
 
-    pairs = mine_query_positives(geo_dir, "train", load_descriptor(), min_similarity=0.0)
+    pairs = mine_query_positives(geo_dir, "train", load_descriptor_model(), min_similarity=0.0)
     place = lambda p: p.name.split("@")[4]  # noqa: E731
     assert pairs and all(place(q) == place(p) for q, p in pairs)  # positives only (same place)
     assert len(pairs) == 6  # 3 queries x 2 gallery views each
-    assert mine_query_positives(geo_dir, "train", load_descriptor(), min_similarity=1.01) == []
+    assert mine_query_positives(geo_dir, "train", load_descriptor_model(), min_similarity=1.01) == []
 
 
 def test_warp_benchmark_cli(image_dir, warp_run, tmp_path, capsys):
@@ -336,7 +339,7 @@ def test_warp_pair_figure_with_prediction(image_dir, warp_run, tmp_path, capsys)
     # the printed error is the error of the regressor's prediction on the pair drawn (seed 0, k 0.6)
     assert main(["data", "warp-pair", str(img), "--out", str(fig), "--weights", str(warp_run)]) == 0
     err = printed_err()
-    net = load_warp(warp_run)
+    net = load_warp_model(warp_run)
     sample = WarpPairSynthesizer([read_image(img)], WarpPairConfig(size=64, k=0.6, seed=0)).sample(0)
     a, b = (torch.as_tensor(sample[key])[None, None] for key in ("image_a", "image_b"))
     with torch.no_grad():

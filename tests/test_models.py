@@ -7,15 +7,17 @@ import torch
 
 from ssfeat import PatchPoseEstimator
 from ssfeat.data.images import read_image, samples_dir
-from ssfeat.estimator import detect_sift
 from ssfeat.geometry import angle_from_cv2
-from ssfeat.hub import BUNDLED, load_weights, save_weights
-from ssfeat.models import PatchPoseConfig, PatchPoseNet
+from ssfeat.inference.pose import detect_sift
+from ssfeat.models import MODEL_KINDS, PatchPoseConfig, PatchPoseNet
 from ssfeat.models.layers import fuse_batchnorm
 from ssfeat.models.patch_pose import circular_window, histogram_peaks, standardize
+from ssfeat.models.weights import load_pose_model, save_weights
 from ssfeat.pipeline import build_pipeline, pipeline_estimator
 
 from .conftest import textured_image
+
+BUNDLED = MODEL_KINDS["pose"].bundled
 
 
 @pytest.fixture(scope="module", params=sorted({v: k for k, v in BUNDLED.items()}.values()))
@@ -77,7 +79,7 @@ def test_separate_backbones_decouple_the_heads(tmp_path):
             p.add_(torch.randn_like(p))
         o2, s2 = net(x)
     assert torch.equal(s, s2) and not torch.allclose(o, o2)
-    assert torch.equal(load_weights(save_weights(net, tmp_path / "w.safetensors"))(x)[1], s2)
+    assert torch.equal(load_pose_model(save_weights(net, tmp_path / "w.safetensors"))(x)[1], s2)
 
 
 def test_unknown_backbone():
@@ -115,8 +117,8 @@ def test_standardize_with_and_without_window():
 def test_window_defaults_and_legacy_files():
     assert PatchPoseConfig().window == 1.0  # new models read through the window
     assert PatchPoseConfig.from_dict({"backbone": "tiny"}).window == 0.0  # files from before it: off
-    assert load_weights("patchpose").config.window == 1.0
-    assert load_weights("patchpose_fast").config.window == 0.0
+    assert load_pose_model("patchpose").config.window == 1.0
+    assert load_pose_model("patchpose_fast").config.window == 0.0
     for bad in (-1.0, float("nan")):
         with pytest.raises(ValueError, match="window"):
             PatchPoseNet(PatchPoseConfig(window=bad))
@@ -190,21 +192,21 @@ def test_bundled_adaptive_c4_and_switches():
 def test_weights_roundtrip(tmp_path):
     net = PatchPoseNet(PatchPoseConfig(backbone="fast")).eval()
     path = save_weights(net, tmp_path / "w.safetensors")
-    net2 = load_weights(path)
+    net2 = load_pose_model(path)
     x = torch.rand(2, 1, 32, 32)
     with torch.no_grad():
         assert torch.equal(net(x)[0], net2(x)[0])
     (tmp_path / "bad.safetensors").write_bytes(b"garbage")
     with pytest.raises(ValueError, match="not a safetensors") as err:
-        load_weights(tmp_path / "bad.safetensors")
+        load_pose_model(tmp_path / "bad.safetensors")
     assert "\n" not in str(err.value)
     with pytest.raises(ValueError, match="'detector' is the bundled detector model, not a patch-pose model"):
-        load_weights("detector")
+        load_pose_model("detector")
     nan = PatchPoseNet(PatchPoseConfig()).eval()
     with torch.no_grad():
         next(nan.parameters()).fill_(float("nan"))
     with pytest.raises(ValueError, match="NaN or Inf"):
-        load_weights(save_weights(nan, tmp_path / "nan.safetensors"))
+        load_pose_model(save_weights(nan, tmp_path / "nan.safetensors"))
 
 
 def test_histogram_peaks_subbin():

@@ -12,17 +12,15 @@ import torch
 from ssfeat.evaluation.matching import (
     MatchingConfig,
     category_of,
-    corner_error,
     format_matching_table,
     format_paired_table,
     paired_comparison,
     plot_mma,
     ransac_orders,
-    repeatability,
     run_matching,
     score_pair,
-    sign_test_p,
 )
+from ssfeat.evaluation.metrics import corner_error, repeatability, sign_test_p
 from ssfeat.features import Features, sift_octaves
 from ssfeat.geometry import angle_diff, inside_image
 from ssfeat.pipeline import (
@@ -294,6 +292,7 @@ def test_categories():
     assert category_of("evd", "evd/adam") == "viewpoint"
 
 
+@pytest.mark.slow
 def test_run_matching(oxford_dir, estimator, tmp_path):
     cfg = MatchingConfig(max_keypoints=300, timing_repeats=1)
     names = ["sift", "upright", "ssfeat", "ssfeat*", "oracle", "oracle_scale"]
@@ -326,7 +325,7 @@ def test_run_matching(oxford_dir, estimator, tmp_path):
 
 
 def test_floor_corner_error():
-    from ssfeat.evaluation.matching import floor_corner_error
+    from ssfeat.evaluation.metrics import floor_corner_error
 
     H = np.array([[1.1, 0.05, 3.0], [-0.02, 0.95, -2.0], [1e-4, 2e-5, 1.0]])
     x0 = np.random.default_rng(0).uniform(0, 200, (30, 2))
@@ -344,7 +343,7 @@ def test_floor_corner_error():
 
 
 def test_oracle_orientations_are_the_local_rotation():
-    from ssfeat.evaluation.matching import oracle_orientations
+    from ssfeat.evaluation.oracle import oracle_orientations
 
     kp = np.array([[10.0, 20.0], [160.0, 120.0], [300.0, 5.0]], np.float32)
     for angle in (20.0, -35.0, 180.0):  # cv2: positive angles turn counter-clockwise as displayed
@@ -417,6 +416,7 @@ def test_homography_metrics_average_the_repeated_ransac_fits():
         MatchingConfig(ransac_repeats=0)
 
 
+@pytest.mark.slow
 def test_run_matching_skips_pairs_a_pipeline_cannot_handle(tmp_path):
     seq = tmp_path / "v_tiny"
     seq.mkdir()
@@ -434,7 +434,7 @@ def test_run_matching_skips_pairs_a_pipeline_cannot_handle(tmp_path):
 def test_benchmark_json_is_strict(tmp_path):
     import json
 
-    from ssfeat.evaluation.benchmarks import write_json
+    from ssfeat.evaluation.report import write_json
 
     path = write_json({"acc": float("nan"), "err": [math.inf, 1.5], "n": 3}, tmp_path / "r.json")
     strict = json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"non-standard JSON {c}"))
@@ -486,6 +486,7 @@ def same_averages(a: dict, b: dict) -> None:
             assert a["pipelines"][name][g] == b["pipelines"][name][g], (name, g)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", list(BAD_IMAGES))
 def test_matching_skips_tiny_and_blank_images_with_a_warning(tmp_path, kind, caplog):
     import logging

@@ -10,23 +10,27 @@ import numpy as np
 import pytest
 import torch
 
-from ssfeat import training
 from ssfeat.cli import main
 from ssfeat.data.images import load_textured
 from ssfeat.data.synthesis import PairConfig, PairSynthesizer
-from ssfeat.hub import load_model
 from ssfeat.models import PatchPoseConfig, PatchPoseNet
-from ssfeat.training import TrainConfig, evaluate_pairs, fit, load_checkpoint, pair_loss, save_atomic
+from ssfeat.models.weights import load_pose_model
+from ssfeat.training import PoseTrainConfig, fit, load_checkpoint
+from ssfeat.training import loop as training
+from ssfeat.training.checkpoint import save_atomic
+from ssfeat.training.tasks import PoseTask
+from ssfeat.training.tasks.pose import evaluate_pairs, pair_loss
 
 from .conftest import run_torchrun
 
 
-def tiny_cfg(images, steps=4, **kw) -> TrainConfig:
+def tiny_cfg(images, steps=4, **kw) -> PoseTrainConfig:
     base = dict(batch_size=8, val_pairs=16, val_every=2, ckpt_every=2, warmup_steps=2, workers=0)
     pairs = PairConfig(n_sift=20, n_harris=20, n_random=20)
-    return TrainConfig(images=str(images), steps=steps, pairs=pairs, **{**base, **kw})
+    return PoseTrainConfig(images=str(images), steps=steps, pairs=pairs, **{**base, **kw})
 
 
+@pytest.mark.slow
 def test_overfit_one_batch(image_dir):
     """60 steps on one batch: the batch's own orientation (+-10 deg) and scale (+-1/3 octave)
     accuracies go from chance to >= 90% (measured: 6% / 25% -> 100% / 100% by step 40 for several
@@ -68,12 +72,10 @@ def test_time_budget_refits_the_schedule(image_dir, tmp_path, monkeypatch):
         return value, {"loss": value.item()}
 
     monkeypatch.setattr(training, "lr_at", lr_at)
-    monkeypatch.setattr(training.PoseTask, "build_model", lambda self: torch.nn.Linear(4, 2))
-    monkeypatch.setattr(training.PoseTask, "make_batch", lambda self, synth, indices: {"x": torch.ones(1)})
-    monkeypatch.setattr(training.PoseTask, "loss", loss)
-    monkeypatch.setattr(
-        training.PoseTask, "evaluate", lambda self, model, val: {"ori_acc@10deg": 0.0, "scale_acc@0.333": 0.0}
-    )
+    monkeypatch.setattr(PoseTask, "build_model", lambda self: torch.nn.Linear(4, 2))
+    monkeypatch.setattr(PoseTask, "make_batch", lambda self, synth, indices: {"x": torch.ones(1)})
+    monkeypatch.setattr(PoseTask, "loss", loss)
+    monkeypatch.setattr(PoseTask, "evaluate", lambda self, model, val: {"ori_acc@10deg": 0.0, "scale_acc@0.333": 0.0})
     cfg = tiny_cfg(image_dir, steps=10**6, time_budget_min=1.0, val_every=10**6, ckpt_every=10**6)
     ckpt = load_checkpoint(fit(cfg, tmp_path / "run", progress=False))
     assert 180 <= ckpt["step"] == ckpt["total_steps"] <= 200
@@ -97,6 +99,7 @@ def killed_after_checkpoint(cfg, out, step: int, monkeypatch) -> None:
     monkeypatch.setattr(training, "save_atomic", real_save)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ema_decay", [0.0, 0.9])
 def test_resume_equals_uninterrupted(image_dir, tmp_path, monkeypatch, ema_decay):
     cfg = tiny_cfg(image_dir, steps=6, ckpt_every=3, val_every=3, ema_decay=ema_decay)
@@ -124,7 +127,7 @@ def test_resume_equals_uninterrupted(image_dir, tmp_path, monkeypatch, ema_decay
         for flags, key in (([], "ema"), (["--no-average"], "model")):
             out = tmp_path / f"{key}.safetensors"
             assert main(["export", str(tmp_path / "full" / "last.pt"), "--out", str(out), *flags]) == 0
-            sd = load_model(out).state_dict()
+            sd = load_pose_model(out).state_dict()
             assert all(torch.equal(sd[k], a[key][k]) for k in a[key]), key
     # a new run (no resume) in the same folder starts a new log instead of appending to the old one
     fit(dataclasses.replace(cfg, steps=3), tmp_path / "full", progress=False)
@@ -144,8 +147,9 @@ def test_ema_update_and_decay_ramp():
     assert training.ema_decay_at(10**6, 0.999) == 0.999
 
 
+@pytest.mark.slow
 def test_export_reads_the_weight_average(image_dir, tmp_path):
-    from ssfeat.hub import model_from_checkpoint
+    from ssfeat.models.weights import model_from_checkpoint
 
     last = fit(tiny_cfg(image_dir, steps=4, ema_decay=0.5), tmp_path / "run", progress=False)
     ckpt = load_checkpoint(last)
@@ -197,6 +201,7 @@ DDP_ARGS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", ["pose", "detector", "descriptor", "warp"])
 def test_ddp_ranks_stay_in_sync_on_disjoint_data(task, image_dir, tmp_path):
     """``ssfeat train TASK`` under torchrun with 2 CPU processes (gloo): after training, both
@@ -218,6 +223,7 @@ def test_ddp_ranks_stay_in_sync_on_disjoint_data(task, image_dir, tmp_path):
     assert sorted(r0["drawn"] + r1["drawn"]) == list(range(steps * B))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", ["detector", "descriptor", "warp"])
 def test_every_task_resumes_exactly(task, image_dir, tmp_path, monkeypatch):
     """Killed right after its step-2 checkpoint and resumed, a run ends with the weights and
@@ -272,31 +278,32 @@ def test_images_too_small_for_the_task_are_dropped_before_the_split(task, image_
 
 
 def test_config_checks_and_stored_configs():
-    assert TrainConfig(time_budget_min=0).time_budget_min is None  # "no budget" in older checkpoints
+    assert PoseTrainConfig(time_budget_min=0).time_budget_min is None  # "no budget" in older checkpoints
     for bad in ({"val_every": 0}, {"time_budget_min": -1.0}, {"warmup_steps": -5}):
         with pytest.raises(ValueError):
-            TrainConfig(**bad)
+            PoseTrainConfig(**bad)
     from ssfeat.training import config_from_checkpoint
 
-    stored = dataclasses.asdict(TrainConfig())
+    stored = dataclasses.asdict(PoseTrainConfig())
     stored["pairs"]["blur"] = -1.0  # a value this version refuses
     with pytest.raises(ValueError, match="checkpoint's pose config is not valid.*blur"):
         config_from_checkpoint({"task": "pose", "config": stored})
 
 
+@pytest.mark.slow
 def test_distillation_matches_the_teachers_scale_histograms(image_dir, tmp_path):
     """With only the distillation term (alignment weights 0), 40 steps on one batch bring a random
     student's scale histograms onto a fixed random teacher's (argmax agreement from chance to >= 90%
     on the scale pairs' patches); the teacher's weights do not move; the orientation head gets no
     gradient. A teacher with another scale histogram or patch size is refused."""
-    from ssfeat.hub import save_weights
+    from ssfeat.models.weights import save_weights
 
     torch.manual_seed(1)
     teacher = PatchPoseNet(PatchPoseConfig()).eval()
     path = save_weights(teacher, tmp_path / "teacher.safetensors")
     frozen = {k: v.clone() for k, v in teacher.state_dict().items()}
     cfg = tiny_cfg(image_dir, distill=str(path), ori_weight=0.0, scale_weight=0.0)
-    task = training.PoseTask(cfg)
+    task = PoseTask(cfg)
     synth = PairSynthesizer.from_folder(image_dir, cfg.pairs)
     batch = task.make_batch(synth, range(16))
     x = torch.cat([batch["scale"]["patch0"], batch["scale"]["patch1"]])
@@ -321,12 +328,12 @@ def test_distillation_matches_the_teachers_scale_histograms(image_dir, tmp_path)
     assert all(torch.equal(frozen[k], v) for k, v in task.teacher.state_dict().items())
     assert pickle.loads(pickle.dumps(task)).teacher is None  # batch workers get the task without it
     with pytest.raises(ValueError, match="the --distill teacher: .*no such weights file"):
-        training.PoseTask(dataclasses.replace(cfg, distill=str(tmp_path / "none.safetensors")))
+        PoseTask(dataclasses.replace(cfg, distill=str(tmp_path / "none.safetensors")))
     wide = PatchPoseConfig(n_scale_bins=25, scale_range=4.0)
     with pytest.raises(ValueError, match="scale histogram"):
-        training.PoseTask(dataclasses.replace(cfg, model=wide))
+        PoseTask(dataclasses.replace(cfg, model=wide))
     other = PatchPoseConfig(backbone="resnet18", patch_size=24)
     with pytest.raises(ValueError, match="24-pixel"):
-        training.PoseTask(dataclasses.replace(cfg, model=other))
+        PoseTask(dataclasses.replace(cfg, model=other))
     with pytest.raises(ValueError, match="distill_weight"):
         tiny_cfg(image_dir, distill_weight=float("nan"))

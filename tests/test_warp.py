@@ -10,10 +10,12 @@ import torch
 from ssfeat.cli import main
 from ssfeat.data.images import list_images, read_image
 from ssfeat.data.warp_pairs import WarpPairConfig, WarpPairSynthesizer
-from ssfeat.hub import load_warp, save_weights
-from ssfeat.losses import consistency_loss, corner_loss, features_wise_loss
+from ssfeat.evaluation.metrics import corner_metrics
 from ssfeat.models.warp import FRAME, WarpConfig, WarpNet, unflip_corners, warp_to_frame
-from ssfeat.training import WarpTask, WarpTrainConfig, corner_metrics, fit, load_checkpoint
+from ssfeat.models.weights import load_warp_model, save_weights
+from ssfeat.training import WarpTrainConfig, fit, load_checkpoint
+from ssfeat.training.losses import consistency_loss, corner_loss, features_wise_loss
+from ssfeat.training.tasks import WarpTask
 
 from .conftest import usage_error
 
@@ -64,7 +66,7 @@ def test_warpnet_refuses_bad_inputs_with_clear_errors():
 
 
 def test_warp_reranker_refuses_bad_inputs(tmp_path):
-    from ssfeat.retrieval import WarpReranker
+    from ssfeat.inference.retrieval import WarpReranker
 
     rr = WarpReranker(WarpNet(WarpConfig(size=64)))
     q, c = torch.rand(1, 64, 64), torch.rand(3, 1, 64, 64)
@@ -180,6 +182,7 @@ def test_small_images_are_skipped_or_upsampled_with_warnings(caplog):
         WarpPairSynthesizer([np.zeros((8, 8), np.float32)])
 
 
+@pytest.mark.slow
 def test_warp_overfits_one_batch(image_dir):
     cfg = tiny_warp_cfg(image_dir, lr=3e-3)
     imgs = [read_image(p) for p in list_images(image_dir)]
@@ -199,25 +202,27 @@ def test_warp_overfits_one_batch(image_dir):
         assert torch.equal(v, backbone[k]), k
 
 
+@pytest.mark.slow
 def test_warp_training_export_and_cli(image_dir, tmp_path, capsys):
     cfg = tiny_warp_cfg(image_dir)
     fit(cfg, tmp_path / "full", progress=False)
     assert load_checkpoint(tmp_path / "full" / "last.pt")["task"] == "warp"
     assert "within_0.1" in (tmp_path / "full" / "log.jsonl").read_text()
-    net = load_warp(tmp_path / "full")
+    net = load_warp_model(tmp_path / "full")
     path = save_weights(net, tmp_path / "w.safetensors")
     x = torch.rand(1, 1, 64, 64)
     with torch.no_grad():
-        assert all(torch.equal(p, q) for p, q in zip(net(x, x), load_warp(path)(x, x)))
+        assert all(torch.equal(p, q) for p, q in zip(net(x, x), load_warp_model(path)(x, x)))
     run = tmp_path / "cli"
     args = ["train", "warp", "--images", str(image_dir), "--out", str(run), "--steps", "2", "--batch-size", "2"]
     assert main([*args, "--size", "64", "--k", "0.8", "--workers", "0", "--no-progress"]) == 0
     assert main(["export", str(run), "--out", str(tmp_path / "c.safetensors")]) == 0
-    assert load_warp(tmp_path / "c.safetensors").config.size == 64
+    assert load_warp_model(tmp_path / "c.safetensors").config.size == 64
     assert np.isclose(load_checkpoint(run / "last.pt")["config"]["pairs"]["k"], 0.8)
     assert "--k: must lie in [0, 1]" in usage_error(main, [*args, "--k", "1.5"], capsys)
 
 
+@pytest.mark.slow
 def test_weakly_supervised_losses_on_query_positive_pairs(image_dir, geo_dir):
     cfg = tiny_warp_cfg(image_dir, qp_root=str(geo_dir), qp_min_similarity=0.0, qp_batch_size=2, qp_every=2)
     task = WarpTask(cfg)
@@ -240,13 +245,13 @@ def test_weakly_supervised_losses_on_query_positive_pairs(image_dir, geo_dir):
 
 
 def test_half_precision_export(warp_run, tmp_path):
-    full = save_weights(load_warp(warp_run), tmp_path / "f.safetensors")
-    half = save_weights(load_warp(warp_run), tmp_path / "h.safetensors", half=True)
+    full = save_weights(load_warp_model(warp_run), tmp_path / "f.safetensors")
+    half = save_weights(load_warp_model(warp_run), tmp_path / "h.safetensors", half=True)
     assert half.stat().st_size < 0.6 * full.stat().st_size
     x = torch.rand(2, 1, 64, 64)
     with torch.no_grad():
-        a, b = load_warp(full)(x, x.flip(-1))[0], load_warp(half)(x, x.flip(-1))[0]
-    assert next(load_warp(half).parameters()).dtype == torch.float32
+        a, b = load_warp_model(full)(x, x.flip(-1))[0], load_warp_model(half)(x, x.flip(-1))[0]
+    assert next(load_warp_model(half).parameters()).dtype == torch.float32
     # after 4 steps the corners sit within ~0.016 of the frames: compare what was learned (the offsets
     # from the frames), relatively, so that an export that lost the output layer (offsets 0) fails
     da, db = a - FRAME, b - FRAME
@@ -255,7 +260,7 @@ def test_half_precision_export(warp_run, tmp_path):
 
 
 def test_bundled_warp_model_regresses_held_out_pairs(image_dir):
-    net = load_warp()  # bundled, float16 on disk, float32 in memory
+    net = load_warp_model()  # bundled, float16 on disk, float32 in memory
     assert net.config.size == 128 and next(net.parameters()).dtype == torch.float32
     imgs = [read_image(p) for p in list_images(image_dir)]  # synthetic photos it never saw
     batch = WarpPairSynthesizer(imgs, WarpPairConfig(size=128, seed=5)).batch(range(32))

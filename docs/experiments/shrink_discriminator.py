@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssfeat.data.synthesis import PairConfig, PairSynthesizer
-from ssfeat.evaluation.benchmarks import paper_protocol
+from ssfeat.evaluation.patchpose import paper_protocol
 from ssfeat.models.layers import BACKBONES
 from ssfeat.models.patch_pose import standardize
 

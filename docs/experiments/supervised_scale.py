@@ -32,10 +32,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssfeat.data.synthesis import PairConfig, PairSynthesizer
-from ssfeat.evaluation.benchmarks import paper_protocol, scale_accuracy_by_range
-from ssfeat.hub import save_weights
+from ssfeat.evaluation.patchpose import paper_protocol, scale_accuracy_by_range
 from ssfeat.models.layers import BACKBONES, mlp_head
 from ssfeat.models.patch_pose import PatchPoseConfig, PatchPoseNet, decode_pose, histogram_peaks, standardize
+from ssfeat.models.weights import save_weights
 
 MAX_S = PairConfig().max_log2_scale
 SIGMA = 1 / 6  # of the soft targets, in log2 units

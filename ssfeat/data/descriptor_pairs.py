@@ -13,16 +13,19 @@ The original HNDesc mixes in a photorealistically *stylised* copy of each photo 
 network); here strong photometric jitter on both views stands in for it: gamma, contrast,
 brightness, a smooth illumination gradient, blur and noise, drawn independently per view.
 
-Keypoints: the ``max_keypoints`` strongest OpenCV SIFT keypoints (``keypoints="sift"``) or ssfeat
-detector keypoints (``"detector"``) of view 0 whose correspondence lies inside view 1 (``border``
-px from its edges) on valid pixels of both views; if there are fewer, random valid points fill up
-``min(max_keypoints, random_fill)`` slots. ``kp_valid`` marks the real slots (the rest is padding).
+Keypoints: the ``max_keypoints`` strongest OpenCV SIFT keypoints (``keypoints="sift"``) or those of
+a keypoint source passed in (``"detector"``: e.g. ssfeat's detector, see
+:class:`ssfeat.training.tasks.descriptor.DetectorKeypoints`) of view 0 whose correspondence lies
+inside view 1 (``border`` px from its edges) on valid pixels of both views; if there are fewer,
+random valid points fill up ``min(max_keypoints, random_fill)`` slots. ``kp_valid`` marks the real
+slots (the rest is padding).
 Every sample is a pure function of ``(seed, index)``.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
@@ -102,18 +105,32 @@ def strong_photometric(v: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 class DescriptorPairSynthesizer:
     """Pairs of perspective views of ``images`` (list of gray ``(H, W)`` uint8 arrays) with
-    keypoint correspondences (see the module docstring)."""
+    keypoint correspondences (see the module docstring).
 
-    def __init__(self, images: list[np.ndarray], cfg: DescriptorPairConfig | None = None) -> None:
+    Args:
+        images: the photos.
+        cfg: :class:`DescriptorPairConfig`.
+        keypoint_source: with ``cfg.keypoints == "detector"``: ``(view, n) -> (M, 2)`` keypoints
+            ``(x, y)`` of a float ``(P, P)`` view, strongest first (``n``: how many are wanted).
+    """
+
+    def __init__(
+        self,
+        images: list[np.ndarray],
+        cfg: DescriptorPairConfig | None = None,
+        keypoint_source: Callable[[np.ndarray, int], np.ndarray] | None = None,
+    ) -> None:
         self.cfg = cfg or DescriptorPairConfig()
         if self.cfg.keypoints not in ("sift", "detector", "random"):
             raise ValueError(f"keypoints must be 'sift', 'detector' or 'random', not {self.cfg.keypoints!r}")
+        if self.cfg.keypoints == "detector" and keypoint_source is None:
+            raise ValueError('keypoints="detector" needs a keypoint_source (e.g. a detector\'s keypoints)')
+        self.keypoint_source = keypoint_source
         P = self.cfg.size
         self.images = [im for im in images if min(im.shape[:2]) >= P // 2]
         if not self.images:
             raise ValueError(f"no image is at least {P // 2}x{P // 2} pixels (half the view size)")
         self._sift = None
-        self._detector = None
 
     def __len__(self) -> int:
         return len(self.images)
@@ -124,11 +141,7 @@ class DescriptorPairSynthesizer:
         if cfg.keypoints == "random":
             return np.zeros((0, 2))
         if cfg.keypoints == "detector":
-            if self._detector is None:
-                from ..detector import DetectConfig, KeypointDetector
-
-                self._detector = KeypointDetector.from_pretrained("detector", DetectConfig(max_keypoints=4 * n))
-            return self._detector(v0).keypoints.astype(np.float64)
+            return np.asarray(self.keypoint_source(v0, n), np.float64).reshape(-1, 2)
         if self._sift is None:
             self._sift = cv2.SIFT_create()
         kps = sorted(self._sift.detect(np.round(v0 * 255).astype(np.uint8), None), key=lambda k: -k.response)

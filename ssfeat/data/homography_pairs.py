@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..geometry import linear_rotation_scale
-from .synthesis import _photometric
+from .synthesis import photometric_jitter
 from .validate import check_fields, check_size
 
 
@@ -105,7 +105,7 @@ class HomographyPairSynthesizer:
         v1, valid1 = render_view(img, M, P, 1.0 / math.sqrt(abs(np.linalg.det(A))))
         v0 = np.ascontiguousarray(v0)
         if cfg.photometric:
-            v0, v1 = _photometric(v0, rng), _photometric(v1, rng)
+            v0, v1 = photometric_jitter(v0, rng), photometric_jitter(v1, rng)
         return {
             "image0": v0.astype(np.float32),
             "image1": v1.astype(np.float32),

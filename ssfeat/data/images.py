@@ -8,6 +8,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +99,26 @@ def read_image(path: str | Path) -> np.ndarray:
         return to_gray_float(image)
     except ValueError as e:
         raise ImageReadError(f"{path}: {e}") from e
+
+
+def as_image(image) -> np.ndarray:
+    """A float32 gray ``(H, W)`` image in ``[0, 1]`` from a path, an ``(H, W[, 3|4])`` array (OpenCV's BGR
+    order) or a tensor (``(H, W)``, ``([1, ]C, H, W)`` RGB; uint8 / uint16 scaled by their range)."""
+    if image is None:
+        raise ValueError("image is None: expected a path, an (H, W[, 3|4]) array or a tensor")
+    if isinstance(image, (str, Path)):
+        return read_image(image)
+    if isinstance(image, torch.Tensor):
+        t = image.detach().cpu()  # uint8 / uint16 keep their dtype so to_gray_float scales them
+        if t.ndim == 4 and t.shape[0] == 1:
+            t = t[0]
+        if t.ndim == 3 and t.shape[0] in (1, 3, 4):
+            t = t.permute(1, 2, 0)
+        a = t.numpy() if t.dtype in (torch.uint8, torch.uint16) else t.float().numpy()
+        if a.ndim == 3 and a.shape[2] >= 3:  # tensors are RGB; to_gray_float expects OpenCV's BGR order
+            a = a[:, :, [2, 1, 0]]
+        return to_gray_float(a)
+    return to_gray_float(np.asarray(image))
 
 
 def samples_dir() -> Path:

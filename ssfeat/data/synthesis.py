@@ -202,7 +202,7 @@ class PairSynthesizer:
         src = img.astype(np.float32) / 255.0 if img.dtype == np.uint8 else img
         patches = extract_patches(src, np.stack([center, center]), A, cfg.patch_size)
         if cfg.photometric and (cfg.photometric_fraction >= 1.0 or rng.random() < cfg.photometric_fraction):
-            patches = np.stack([_photometric(p, rng, cfg.blur) for p in patches])
+            patches = np.stack([photometric_jitter(p, rng, cfg.blur) for p in patches])
         return patches[0], patches[1], rot, lsc
 
     def batch(self, kind: str, indices) -> dict[str, torch.Tensor]:
@@ -262,7 +262,7 @@ def _tilt_views(
     return float(theta), float(l2s)
 
 
-def _photometric(p: np.ndarray, rng: np.random.Generator, blur: float = 0.0) -> np.ndarray:
+def photometric_jitter(p: np.ndarray, rng: np.random.Generator, blur: float = 0.0) -> np.ndarray:
     """Random gamma, contrast, brightness and noise; and, if ``blur > 0``, a Gaussian blur of sigma
     in ``[0.3, blur]`` for half of the patches, so that sharpness alone does not reveal
     magnification (upsampled content is blurry)."""

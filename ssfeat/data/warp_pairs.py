@@ -22,6 +22,8 @@ import cv2
 import numpy as np
 import torch
 
+from ..viz import save_figure
+from .synthesis import photometric_jitter
 from .validate import check_fields, check_size
 
 logger = logging.getLogger(__name__)
@@ -160,9 +162,7 @@ class WarpPairSynthesizer:
             v = cv2.warpPerspective(src, M, (P, P), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
             views.append(v)
         if cfg.photometric:
-            from .synthesis import _photometric
-
-            views = [_photometric(v, rng) for v in views]
+            views = [photometric_jitter(v, rng) for v in views]
         return {
             "image_a": views[0],
             "image_b": views[1],
@@ -192,8 +192,6 @@ def draw_pair(image: np.ndarray, sample: dict, out, pred: tuple | None = None) -
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
-
-    from ..viz import save_figure
 
     h, w = image.shape
     P = sample["image_a"].shape[-1]

@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from ..estimator import PatchPoseEstimator
+from ..inference.pose import PatchPoseEstimator
 
 
 class PoseMethod:

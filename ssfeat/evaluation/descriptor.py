@@ -20,8 +20,8 @@ import cv2
 import numpy as np
 
 from ..pipeline import SIFTDetector, build_pipeline, pipeline_estimator
-from .benchmarks import render_rows
 from .matching import MatchingConfig, read_benchmark_image, run_matching
+from .report import render_rows
 
 logger = logging.getLogger(__name__)
 

@@ -9,16 +9,15 @@ import numpy as np
 import torch
 
 from ..data.images import to_uint8
-from ..detector import decode_orientation, nms_candidates
-from ..geometry import angle_diff
-from ..losses import visibility_masks, warp_to_view0
-from .matching import MatchingConfig
+from ..geometry import angle_diff, visibility_masks, warp_points, warp_to_view0
+from ..inference.detector import DetectConfig, KeypointDetector, decode_orientation, nms_candidates
+from ..pipeline import LearnedDetector, LearnedDetectorOrienter, build_pipeline
+from .matching import MatchingConfig, read_benchmark_image, run_matching
+from .report import format_grouped_table
 
 
 def _sym_repeatability(xy0: torch.Tensor, xy1: torch.Tensor, H_0to1: torch.Tensor, thr: float) -> float:
     """Symmetric repeatability (%) of point sets already restricted to the common region."""
-    from ..geometry import warp_points
-
     n = min(len(xy0), len(xy1))
     if n == 0:
         return 0.0
@@ -137,10 +136,6 @@ def run_detector_benchmark(
     unreadable, too small or blank image are skipped as in :func:`~ssfeat.evaluation.matching.run_matching`."""
     import cv2
 
-    from ..detector import DetectConfig, KeypointDetector
-    from ..pipeline import LearnedDetector, LearnedDetectorOrienter, build_pipeline
-    from .matching import read_benchmark_image, run_matching
-
     cfg = cfg or MatchingConfig()
     det = KeypointDetector.from_pretrained(weights, DetectConfig(max_keypoints=cfg.max_keypoints))
     pipes = {}
@@ -167,8 +162,6 @@ def run_detector_benchmark(
 def format_detector_table(result: dict, group: str = "all") -> str:
     """One row per pipeline: repeatability (symmetric / one-way), orientation accuracy of repeated
     keypoints at 5/10/20 degrees, MMA@3/5, matches, correct."""
-    from .matching import format_grouped_table
-
     ts = list(result["config"]["mma_thresholds"])
     head = ["pipeline", "rep", "rep_1way", "ori@5", "ori@10", "ori@20", "MMA@3", "MMA@5", "matches", "correct"]
 

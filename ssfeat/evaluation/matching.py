@@ -43,22 +43,32 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 
 from ..data.images import ImageReadError, check_usable, read_image, to_uint8
 from ..data.sequences import find_sequences
-from ..estimator import PatchPoseEstimator
 from ..features import Features, check_first_octave
-from ..geometry import angle_diff, inside_image, local_rotation_scale, warp_points
+from ..geometry import warp_xy
+from ..inference.pose import PatchPoseEstimator
 from ..pipeline import OrientationFilter, Pipeline, RansacHomography, build_pipeline, pipeline_estimator
-from .benchmarks import BenchmarkConfig, _meta, render_rows
+from ..viz import save_figure
+from .metrics import (
+    auc_share,
+    corner_error,
+    floor_corner_error,
+    keypoint_metrics,
+    repeatability,
+    sign_test_p,
+    standard_error,
+)
+from .oracle import ORACLES, OracleFeatures
+from .patchpose import PoseBenchmarkConfig
+from .report import format_grouped_table, meta, render_rows
 
 logger = logging.getLogger(__name__)
 
@@ -185,173 +195,10 @@ def image_pairs(roots: list[str | Path]) -> list[ImagePair]:
     return out
 
 
-def _warp(xy: np.ndarray, H: np.ndarray) -> np.ndarray:
-    if len(xy) == 0:
-        return xy.astype(np.float64)
-    return warp_points(torch.from_numpy(xy.astype(np.float64)), torch.from_numpy(H)).numpy()
-
-
-ORACLES = ("oracle", "oracle_scale")
-
-
-def oracle_orientations(keypoints1: np.ndarray, H_0to1: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Ground-truth poses of image-1 keypoints relative to upright image-0 keypoints.
-
-    Args:
-        keypoints1: ``(N, 2)`` image-1 keypoints (x, y).
-        H_0to1: ``(3, 3)`` homography from image 0 to image 1.
-
-    Returns:
-        ``theta`` and ``log2_scale``, both ``(N,)`` float32: the local rotation (radians, CCW as
-        displayed) and log2 scale of ``H_0to1`` (:func:`~ssfeat.geometry.local_rotation_scale`) at
-        each keypoint's preimage ``H_0to1^-1 x1``; 0 where the preimage is at infinity.
-    """
-    theta, log2s = np.zeros(len(keypoints1)), np.zeros(len(keypoints1))
-    if len(keypoints1):
-        x0 = _warp(keypoints1.astype(np.float64), np.linalg.inv(H_0to1))
-        ok = np.isfinite(x0).all(1)
-        if ok.any():
-            t, ls = local_rotation_scale(torch.from_numpy(x0[ok]), torch.from_numpy(H_0to1))
-            theta[ok], log2s[ok] = t.numpy(), ls.numpy()
-    return theta.astype(np.float32), log2s.astype(np.float32)
-
-
-class OracleFeatures:
-    """Features of the ``oracle`` / ``oracle_scale`` rows (see the module docstring).
-
-    The detector, descriptor and matcher are those of ``sift_pipeline`` (the ``sift`` pipeline of
-    the same benchmark), so that only the poses differ from it. Detections are cached per image in
-    ``detections`` (a dict that several oracles may share) and image-0 features per image.
-    """
-
-    def __init__(self, sift_pipeline: Pipeline, scale: bool = False, detections: dict | None = None) -> None:
-        self.detector, self.descriptor = sift_pipeline.detector, sift_pipeline.descriptor
-        self.matcher, self.scale = sift_pipeline.matcher, scale
-        self._detected: dict[Path, Features] = {} if detections is None else detections
-        self._image0: dict[Path, Features] = {}
-
-    def _detect(self, path: Path, image: np.ndarray) -> Features:
-        if path not in self._detected:
-            self._detected[path] = self.detector(image)
-        return self._detected[path].subset(np.arange(len(self._detected[path])))  # a copy
-
-    def __call__(self, pair: ImagePair, im0: np.ndarray, im1: np.ndarray) -> tuple[Features, Features]:
-        """``(features of image 0, features of image 1)`` of one pair, from its ``(H0, W0)`` and
-        ``(H1, W1)`` float images."""
-        f0 = self._detect(pair.path0, im0)
-        size = float(np.median(f0.scales)) if len(f0) else 1.0  # image 0's median SIFT size
-        if pair.path0 not in self._image0:
-            f0.orientations = np.zeros(len(f0), np.float32)
-            if self.scale:
-                f0.scales = np.full(len(f0), size, np.float32)
-            self._image0[pair.path0] = self.descriptor(im0, f0)
-        f1 = self._detect(pair.path1, im1)
-        f1.orientations, log2s = oracle_orientations(f1.keypoints, pair.H_0to1)
-        if self.scale:
-            f1.scales = (size * np.exp2(log2s)).astype(np.float32)
-        return self._image0[pair.path0], self.descriptor(im1, f1)
-
-
-def _nearest_dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    if len(a) == 0:
-        return np.zeros(0)
-    if len(b) == 0:
-        return np.full(len(a), np.inf)
-    return torch.cdist(torch.from_numpy(a).double(), torch.from_numpy(b).double()).min(1).values.numpy()
-
-
-def repeatability(f0: Features, f1: Features, H_0to1: np.ndarray, threshold: float = 3.0) -> float | None:
-    """Symmetric repeatability (%) of the distinct keypoint locations, visibility-masked; ``None``
-    if no keypoint is visible in the other image."""
-    k0 = np.unique(f0.keypoints, axis=0).astype(np.float64)
-    k1 = np.unique(f1.keypoints, axis=0).astype(np.float64)
-    w0, w1 = _warp(k0, H_0to1), _warp(k1, np.linalg.inv(H_0to1))
-    v0, v1 = inside_image(w0, f1.image_size), inside_image(w1, f0.image_size)
-    n = int(v0.sum() + v1.sum())
-    if n == 0:
-        return None
-    rep = (_nearest_dist(w0[v0], k1) <= threshold).sum() + (_nearest_dist(w1[v1], k0) <= threshold).sum()
-    return 100.0 * float(rep) / n
-
-
-def keypoint_metrics(f0: Features, f1: Features, H_0to1: np.ndarray, threshold: float = 3.0) -> dict:
-    """Detector metrics of one pair beyond :func:`repeatability`.
-
-    * ``rep_oneway``: ReKD's one-directional repeatability (%): the share of all image-0 features
-      whose projection has an image-1 feature within ``threshold`` px, with no visibility mask
-      (features projecting outside image 1 count as failures);
-    * ``ori_acc``: ``[acc@5, acc@10, acc@20]`` (%) of the features' orientations on repeated
-      keypoints (mutual nearest neighbours in position within ``threshold`` px): the relative
-      orientation ``o1 - o0`` against the homography's local rotation at the keypoint;
-      ``None`` without repeated keypoints; ``n_repeated`` their number.
-    """
-    out: dict = {"rep_oneway": None, "ori_acc": None, "n_repeated": 0}
-    if len(f0) == 0:
-        return out
-    w0 = _warp(f0.keypoints.astype(np.float64), H_0to1)
-    if len(f1) == 0:
-        out["rep_oneway"] = 0.0
-        return out
-    d = torch.cdist(torch.from_numpy(w0), torch.from_numpy(f1.keypoints.astype(np.float64)))
-    dmin, j = d.min(1)
-    out["rep_oneway"] = 100.0 * float((dmin <= threshold).double().mean())
-    i_back = d.argmin(0)
-    mutual = (i_back[j] == torch.arange(len(f0))) & (dmin <= threshold)
-    i = torch.nonzero(mutual)[:, 0]
-    if len(i) == 0:
-        return out
-    i_np, j_np = i.numpy(), j[i].numpy()
-    theta, _ = local_rotation_scale(torch.from_numpy(f0.keypoints[i_np].astype(np.float64)), torch.from_numpy(H_0to1))
-    rel = f1.orientations[j_np].astype(np.float64) - f0.orientations[i_np].astype(np.float64)
-    err = np.abs(angle_diff(rel, theta.numpy()))
-    out["ori_acc"] = [100.0 * float((err <= np.radians(t)).mean()) for t in (5, 10, 20)]
-    out["n_repeated"] = int(len(i_np))
-    return out
-
-
-def corner_error(H_est: np.ndarray | None, H_gt: np.ndarray, shape0: tuple[int, int]) -> float:
-    """Mean distance (px) between image-0 corners mapped by ``H_est`` and by ``H_gt`` (inf if none)."""
-    if H_est is None:
-        return float("inf")
-    h, w = shape0
-    c = np.array([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], np.float64)
-    return float(np.linalg.norm(_warp(c, H_est) - _warp(c, H_gt), axis=1).mean())
-
-
-def _auc(corner_error: float, t: float) -> float:
-    """A pair's share of the homography AUC up to ``t`` px: ``max(0, 1 - corner_error / t)`` (the
-    mean over pairs is the area under the accuracy-vs-threshold curve on [0, t], divided by t)."""
-    return max(0.0, 1.0 - corner_error / t)
-
-
 def ransac_orders(n: int, repeats: int) -> list[np.ndarray]:
     """``repeats`` orders of ``n`` matches for repeated RANSAC: the given order, then fixed shuffles
     (seeds 1, 2, ...), so that every run of the benchmark draws the same samples."""
     return [np.arange(n)] + [np.random.default_rng(r).permutation(n) for r in range(1, repeats)]
-
-
-def floor_corner_error(
-    x0: np.ndarray, x1: np.ndarray, correct: np.ndarray, H_gt: np.ndarray, shape0: tuple[int, int]
-) -> float:
-    """Corner error (px) of the least-squares homography of the correct matches alone: about what a
-    robust estimator that kept exactly those matches would reach (a reference, not a strict bound:
-    least squares minimises point residuals, not corner error), set by keypoint localisation and
-    ground-truth error.
-
-    Args:
-        x0, x1: ``(M, 2)`` matched points; correct: ``(M,)`` boolean mask; H_gt: ``(3, 3)``
-            true ``H_0to1``; shape0: image 0's ``(H, W)``.
-
-    Returns:
-        The mean corner distance (:func:`corner_error`); inf with fewer than 4 correct matches or
-        a degenerate fit (e.g. collinear points).
-    """
-    if correct.sum() < 4:
-        return float("inf")
-    H, _ = cv2.findHomography(x0[correct], x1[correct], 0)
-    if H is None or not np.isfinite(H).all() or abs(H[2, 2]) < 1e-12:
-        return float("inf")
-    return corner_error(H / H[2, 2], H_gt, shape0)
 
 
 def score_pair(f0: Features, f1: Features, idx: np.ndarray, H_gt: np.ndarray, cfg: MatchingConfig, ransac) -> dict:
@@ -362,7 +209,7 @@ def score_pair(f0: Features, f1: Features, idx: np.ndarray, H_gt: np.ndarray, cf
     0.7), ``corner_error`` is their median and ``corner_errors`` lists them.
     """
     x0, x1 = f0.keypoints[idx[:, 0]].astype(np.float64), f1.keypoints[idx[:, 1]].astype(np.float64)
-    err = np.linalg.norm(_warp(x0, H_gt) - x1, axis=1) if len(idx) else np.zeros(0)
+    err = np.linalg.norm(warp_xy(x0, H_gt) - x1, axis=1) if len(idx) else np.zeros(0)
     orders = ransac_orders(len(idx), cfg.ransac_repeats)
     cerr = np.array([corner_error(ransac.fit(x0[o], x1[o])[0], H_gt, f0.image_size) for o in orders])
     correct = err <= cfg.correct_threshold
@@ -372,7 +219,7 @@ def score_pair(f0: Features, f1: Features, idx: np.ndarray, H_gt: np.ndarray, cf
         "matches": int(len(idx)),
         "correct": int(correct.sum()),
         "h_acc": [float((cerr <= t).mean()) for t in cfg.h_thresholds],
-        "h_auc": [float(np.mean([_auc(c, t) for c in cerr])) for t in cfg.h_thresholds],
+        "h_auc": [float(np.mean([auc_share(c, t) for c in cerr])) for t in cfg.h_thresholds],
         "corner_error": float(np.median(cerr)),
         "corner_errors": [round(float(c), 3) for c in cerr],
     }
@@ -414,15 +261,6 @@ def summarize(per_pair: list[dict]) -> dict:
     return out
 
 
-def sign_test_p(wins: int, losses: int) -> float:
-    """Exact two-sided sign-test p-value of ``wins`` against ``losses`` (ties left out)."""
-    n = wins + losses
-    if n == 0:
-        return 1.0
-    k = min(wins, losses)
-    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n)
-
-
 def paired_comparison(per_pair: dict[str, list[dict]], baseline: str, cfg: MatchingConfig, by: str = "dataset") -> dict:
     """Every pipeline against ``baseline`` on the same pairs, overall and per ``by`` group.
 
@@ -455,18 +293,13 @@ def paired_comparison(per_pair: dict[str, list[dict]], baseline: str, cfg: Match
                 "h_losses": losses,
                 "h_sign_test_p": [round(sign_test_p(w, v), 4) for w, v in zip(wins, losses)],
                 "h3_diff": round(float(100 * dh[:, h3].mean()), 3),
-                "h3_diff_se": _se(100 * dh[:, h3]),
+                "h3_diff_se": standard_error(100 * dh[:, h3]),
                 "mma3_diff": round(float(d.mean()), 3),
-                "mma3_diff_se": _se(d),
+                "mma3_diff_se": standard_error(d),
                 "h_auc3_diff": round(float(da.mean()), 3),
-                "h_auc3_diff_se": _se(da),
+                "h_auc3_diff_se": standard_error(da),
             }
     return out
-
-
-def _se(d: np.ndarray) -> float | None:
-    """Standard error of the mean of ``d`` (``None`` for fewer than two values)."""
-    return round(float(d.std(ddof=1) / math.sqrt(len(d))), 3) if len(d) > 1 else None
 
 
 def format_paired_table(result: dict, thresholds: tuple[int, ...] = (1, 3)) -> str:
@@ -538,21 +371,10 @@ def time_pair(pipelines: dict[str, Pipeline], image0: np.ndarray, image1: np.nda
     return {k: float(np.median(v)) for k, v in times.items()}
 
 
-def run_matching(
-    roots: list[str | Path],
-    pipelines: list[str] | dict[str, Pipeline] = DEFAULT_PIPELINES,
-    cfg: MatchingConfig | None = None,
-    estimator: PatchPoseEstimator | None = None,
-    progress: bool = True,
-) -> dict:
-    """Every pipeline on every pair under ``roots``; features are computed once per image and
-    pipeline (``name*`` variants reuse the features of ``name``), except the image-1 features of
-    the ground-truth rows ``oracle`` / ``oracle_scale``, which depend on the pair's homography
-    (:class:`OracleFeatures`; names reserved for them, not timed)."""
-
-    cfg = cfg or MatchingConfig()
-    pairs = image_pairs(roots)
-    est = estimator or pipeline_estimator()
+def _stages(
+    pipelines: list[str] | dict[str, Pipeline], cfg: MatchingConfig, est: PatchPoseEstimator
+) -> tuple[list[str], dict[str, Pipeline], dict[str, OracleFeatures]]:
+    """The row names, the pipelines by base name (no ``*``) and the ground-truth rows wanted."""
     if isinstance(pipelines, dict):  # custom Pipeline objects by name
         clash = [k for k in pipelines if k.rstrip("*") in ORACLES]
         if clash:
@@ -571,70 +393,52 @@ def run_matching(
         )
         detections: dict[Path, Features] = {}  # shared by the oracle rows
         oracles = {b: OracleFeatures(sift, b == "oracle_scale", detections) for b in wanted}
-    ofilter = OrientationFilter()
-    ransac = RansacHomography(cfg.ransac_threshold, cfg.ransac_iters, cfg.ransac_confidence)
-    images: dict[Path, np.ndarray | None] = {}
-    feats: dict[tuple[str, Path], Features] = {}
-    extract_s = {b: [] for b in bases}
-    per_pair: dict[str, list[dict]] = {name: [] for name in pipelines}
-    skipped, scored = [], []
-    bad: dict[Path, str] = {}  # why an image is not scored
+    return list(pipelines), bases, oracles
 
-    def image(path: Path) -> np.ndarray | None:
-        if path not in images:
+
+class _Images:
+    """Benchmark images read once; an unusable one is ``None``, with the reason kept in ``bad``."""
+
+    def __init__(self) -> None:
+        self.images: dict[Path, np.ndarray | None] = {}
+        self.bad: dict[Path, str] = {}
+
+    def __call__(self, path: Path) -> np.ndarray | None:
+        if path not in self.images:
             try:
-                images[path] = read_benchmark_image(path)
+                self.images[path] = read_benchmark_image(path)
             except (ImageReadError, BenchmarkImageError) as e:
                 logger.warning("%s; skipped with every pair it belongs to", e)
-                images[path], bad[path] = None, str(e)
-        return images[path]
+                self.images[path], self.bad[path] = None, str(e)
+        return self.images[path]
 
-    it = pairs
-    if progress:
-        from tqdm import tqdm
 
-        it = tqdm(pairs, desc="matching", unit="pair", leave=False)
-    for pair in it:
-        im0, im1 = image(pair.path0), image(pair.path1)
-        if im0 is None or im1 is None:
-            why = "; ".join(bad[p] for p in (pair.path0, pair.path1) if p in bad)
-            skipped.append(f"{pair.path0} -> {pair.path1}: {why}")
-            continue
-        try:
-            for b, pipe in bases.items():
-                for path, im in ((pair.path0, im0), (pair.path1, im1)):
-                    if (b, path) not in feats:
-                        feats[b, path], dt = _timed(pipe.extract, im)
-                        extract_s[b].append(dt)
-            for b, oracle in oracles.items():  # per pair: they read its homography
-                feats[b, pair.path0], feats[b, pair.path1] = oracle(pair, im0, im1)
-        except ValueError as e:  # e.g. an image too small for a pipeline: every pipeline skips the pair
-            logger.warning("skipped %s -> %s: %s", pair.path0, pair.path1, e)
-            skipped.append(f"{pair.path0} -> {pair.path1}: {e}")
-            continue
-        scored.append(pair)
-        for name in pipelines:
-            b = name.rstrip("*")
-            f0, f1 = feats[b, pair.path0], feats[b, pair.path1]
-            m = (oracles[b] if b in oracles else bases[b]).matcher(f0, f1)
-            if name.endswith("*"):
-                m = ofilter(f0, f1, m)
-            r = score_pair(f0, f1, m.idx, pair.H_0to1, cfg, ransac)
-            r.update(
-                dataset=pair.dataset,
-                sequence=pair.sequence,
-                category=pair.category,
-                target=pair.path1.name,
-                repeatability=repeatability(f0, f1, pair.H_0to1, cfg.rep_threshold),
-                **keypoint_metrics(f0, f1, pair.H_0to1, cfg.rep_threshold),
-            )
-            per_pair[name].append(r)
-    if not any(per_pair.values()):
-        raise ValueError("every image pair was skipped (unreadable, too small or blank images, see the warnings)")
-    first = scored[0]  # timed on the first pair every pipeline processed
-    im0, im1 = (cv2.resize(images[p], (640, 480), interpolation=cv2.INTER_AREA) for p in (first.path0, first.path1))
-    timing = time_pair(bases, im0, im1, cfg.timing_repeats)
-    out = _meta(BenchmarkConfig(), "matching", roots=[str(r) for r in roots], skipped=skipped)
+def _score_rows(pair: ImagePair, names: list[str], bases: dict, oracles: dict, feats: dict, cfg, ransac) -> dict:
+    """The metrics of every row on one pair whose features are in ``feats``."""
+    ofilter = OrientationFilter()
+    out = {}
+    for name in names:
+        b = name.rstrip("*")
+        f0, f1 = feats[b, pair.path0], feats[b, pair.path1]
+        m = (oracles[b] if b in oracles else bases[b]).matcher(f0, f1)
+        if name.endswith("*"):
+            m = ofilter(f0, f1, m)
+        r = score_pair(f0, f1, m.idx, pair.H_0to1, cfg, ransac)
+        r.update(
+            dataset=pair.dataset,
+            sequence=pair.sequence,
+            category=pair.category,
+            target=pair.path1.name,
+            repeatability=repeatability(f0, f1, pair.H_0to1, cfg.rep_threshold),
+            **keypoint_metrics(f0, f1, pair.H_0to1, cfg.rep_threshold),
+        )
+        out[name] = r
+    return out
+
+
+def _matching_result(roots, cfg: MatchingConfig, per_pair: dict, skipped: list, timing: dict, first, extract_s) -> dict:
+    """The benchmark's JSON: settings, timing, per-pipeline summaries, paired comparison, per-pair rows."""
+    out = meta(PoseBenchmarkConfig(), "matching", roots=[str(r) for r in roots], skipped=skipped)
     out["config"] = dataclasses.asdict(cfg)
     out["n_pairs"] = len(next(iter(per_pair.values())))
     out["timing_pair"] = [str(first.path0), str(first.path1)]  # the first scored pair
@@ -650,21 +454,59 @@ def run_matching(
     return out
 
 
-def format_grouped_table(result: dict, group: str, head: list[str], row) -> str:
-    """Text tables of per-pipeline summaries (``result["pipelines"]``), one block for all pairs or
-    one per key of ``group``; ``row(name, summary)`` gives a row's cells under ``head``."""
-    first = next(iter(result["pipelines"].values()))
-    keys = [("all", None)] if group == "all" else [(group, k) for k in first[group]]
-    blocks = []
-    for g, k in keys:
-        rows = [head]
-        for name, s in result["pipelines"].items():
-            r = s[g] if k is None else s[g].get(k)
-            if r is not None:
-                rows.append(row(name, r))
-        n = first[g]["pairs"] if k is None else first[g][k]["pairs"]
-        blocks.append(f"{'all pairs' if k is None else f'{g} {k}'} ({n} pairs)\n" + render_rows(rows))
-    return "\n\n".join(blocks)
+def run_matching(
+    roots: list[str | Path],
+    pipelines: list[str] | dict[str, Pipeline] = DEFAULT_PIPELINES,
+    cfg: MatchingConfig | None = None,
+    estimator: PatchPoseEstimator | None = None,
+    progress: bool = True,
+) -> dict:
+    """Every pipeline on every pair under ``roots``; features are computed once per image and
+    pipeline (``name*`` variants reuse the features of ``name``), except the image-1 features of
+    the ground-truth rows ``oracle`` / ``oracle_scale``, which depend on the pair's homography
+    (:class:`OracleFeatures`; names reserved for them, not timed)."""
+
+    cfg = cfg or MatchingConfig()
+    pairs = image_pairs(roots)
+    names, bases, oracles = _stages(pipelines, cfg, estimator or pipeline_estimator())
+    ransac = RansacHomography(cfg.ransac_threshold, cfg.ransac_iters, cfg.ransac_confidence)
+    image = _Images()
+    feats: dict[tuple[str, Path], Features] = {}
+    extract_s = {b: [] for b in bases}
+    per_pair: dict[str, list[dict]] = {name: [] for name in names}
+    skipped, scored = [], []
+    it = pairs
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(pairs, desc="matching", unit="pair", leave=False)
+    for pair in it:
+        im0, im1 = image(pair.path0), image(pair.path1)
+        if im0 is None or im1 is None:
+            why = "; ".join(image.bad[p] for p in (pair.path0, pair.path1) if p in image.bad)
+            skipped.append(f"{pair.path0} -> {pair.path1}: {why}")
+            continue
+        try:
+            for b, pipe in bases.items():
+                for path, im in ((pair.path0, im0), (pair.path1, im1)):
+                    if (b, path) not in feats:
+                        feats[b, path], dt = _timed(pipe.extract, im)
+                        extract_s[b].append(dt)
+            for b, oracle in oracles.items():  # per pair: they read its homography
+                feats[b, pair.path0], feats[b, pair.path1] = oracle(pair, im0, im1)
+        except ValueError as e:  # e.g. an image too small for a pipeline: every pipeline skips the pair
+            logger.warning("skipped %s -> %s: %s", pair.path0, pair.path1, e)
+            skipped.append(f"{pair.path0} -> {pair.path1}: {e}")
+            continue
+        scored.append(pair)
+        for name, r in _score_rows(pair, names, bases, oracles, feats, cfg, ransac).items():
+            per_pair[name].append(r)
+    if not any(per_pair.values()):
+        raise ValueError("every image pair was skipped (unreadable, too small or blank images, see the warnings)")
+    first = scored[0]  # timed on the first pair every pipeline processed
+    im0, im1 = (cv2.resize(image(p), (640, 480), interpolation=cv2.INTER_AREA) for p in (first.path0, first.path1))
+    timing = time_pair(bases, im0, im1, cfg.timing_repeats)
+    return _matching_result(roots, cfg, per_pair, skipped, timing, first, extract_s)
 
 
 def format_matching_table(result: dict, group: str = "all", with_repeatability: bool = True) -> str:
@@ -712,6 +554,5 @@ def plot_mma(result: dict, out: str | Path) -> Path:
     axes[0][0].set_ylabel("MMA")
     axes[0][-1].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    from ..viz import save_figure
 
     return save_figure(fig, out, dpi=120)

@@ -1,7 +1,20 @@
-"""Networks."""
+"""Networks, the model registry (:data:`MODEL_KINDS`) and weights files."""
 
+from .descriptor import DescriptorConfig, DescriptorNet
+from .detector import DetectorConfig, OrientedKeypointNet
 from .patch_pose import PatchPoseConfig, PatchPoseNet
+from .registry import MODEL_KINDS, ModelKind
+from .warp import WarpConfig, WarpNet
 
-MODELS = {"patch_pose": PatchPoseNet}
-
-__all__ = ["MODELS", "PatchPoseConfig", "PatchPoseNet"]
+__all__ = [
+    "MODEL_KINDS",
+    "DescriptorConfig",
+    "DescriptorNet",
+    "DetectorConfig",
+    "ModelKind",
+    "OrientedKeypointNet",
+    "PatchPoseConfig",
+    "PatchPoseNet",
+    "WarpConfig",
+    "WarpNet",
+]

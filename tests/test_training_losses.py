@@ -1,6 +1,7 @@
+import pytest
 import torch
 
-from ssfeat.losses import histogram_alignment_loss, shared_bins, shift_histogram
+from ssfeat.training.losses import histogram_alignment_loss, shared_bins, shift_histogram
 
 
 def test_shift_integer_equals_roll_and_full_turn_is_identity():
@@ -47,6 +48,7 @@ def test_loss_is_zero_for_perfectly_shifted_histograms_and_large_otherwise():
     assert histogram_alignment_loss(s0, s1, torch.tensor([-3.0]), circular=False) > 5
 
 
+@pytest.mark.slow
 def test_best_constant_scale_histogram_is_central_with_full_mode():
     """The input-independent optimum of the "full" scale loss is central; of "shared" (paper Eq. 4)
     it sits on the edges (the degenerate solution that training got stuck in)."""

@@ -10,10 +10,8 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,15 +19,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import __version__
-from ..data.images import ImageReadError, load_textured, read_image
-from ..data.sequences import find_sequences
+from ..data.images import load_textured
 from ..data.synthesis import PairConfig, PairSynthesizer
-from ..estimator import PatchPoseEstimator, detect_sift
-from ..geometry import homography_jacobian, inside_image, linear_rotation_scale, warp_points
-from ..patches import extract_patches
+from ..inference.pose import PatchPoseEstimator
+from ..models.patch_pose import decode_pose
 from .baselines import KorniaGradientOrientation, LearnedPose, LoGScale, PoseMethod
-from .metrics import ORI_THRESHOLDS_DEG, SCALE_THRESHOLDS, orientation_definedness, pose_accuracies, topk_recall
+from .metrics import ORI_THRESHOLDS_DEG, SCALE_THRESHOLDS, pose_accuracies, topk_recall
+from .report import meta, render_rows
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +33,7 @@ TOPK = (1, 2, 3, 4)
 
 
 @dataclass
-class BenchmarkConfig:
+class PoseBenchmarkConfig:
     """Settings shared by the patch-pose benchmarks (stored in the JSON output)."""
 
     n_pairs: int = 2000  # pairs per kind (patchpose) / at most per image pair / 10 (sequences)
@@ -49,7 +45,7 @@ class BenchmarkConfig:
     scale_sampling: str = "log_uniform"  # patchpose: scale changes of the scale pairs (PairConfig.scale_sampling)
 
 
-def build_methods(
+def build_pose_methods(
     weights: str | None = None,
     extra_weights: dict[str, str] | None = None,
     patch_size: int = 32,
@@ -152,25 +148,6 @@ def score_methods(methods: list[PoseMethod], ori_pairs: dict, scale_pairs: dict)
     return results, preds
 
 
-def _meta(cfg: BenchmarkConfig, name: str, **extra) -> dict:
-    import cv2
-    import kornia
-
-    return {
-        "benchmark": name,
-        "config": dataclasses.asdict(cfg),
-        "versions": {
-            "ssfeat": __version__,
-            "torch": torch.__version__,
-            "kornia": kornia.__version__,
-            "opencv": cv2.__version__,
-            "python": platform.python_version(),
-        },
-        "torch_threads": torch.get_num_threads(),
-        **extra,
-    }
-
-
 def paper_protocol(pairs: PairConfig, **changes) -> PairConfig:
     """``pairs`` with the paper's evaluation protocol: patches at detected keypoints (SIFT and
     Harris, no random points), orientation pairs at scale 1, scale pairs at rotation 0, no
@@ -182,7 +159,7 @@ def paper_protocol(pairs: PairConfig, **changes) -> PairConfig:
 def run_patchpose(
     images: str | Path,
     methods: list[PoseMethod],
-    cfg: BenchmarkConfig | None = None,
+    cfg: PoseBenchmarkConfig | None = None,
     loaded: tuple[list[Path], list[np.ndarray]] | None = None,
 ) -> dict:
     """Synthetic-pair benchmark on an (image-disjoint) folder of photos.
@@ -190,7 +167,7 @@ def run_patchpose(
     ``loaded``: the folder's ``(paths, images)`` as :func:`~ssfeat.data.images.load_textured`
     returned them, when the caller has already read them (the folder is then not read again).
     """
-    cfg = cfg or BenchmarkConfig()
+    cfg = cfg or PoseBenchmarkConfig()
     pcfg = paper_protocol(
         PairConfig(patch_size=cfg.patch_size, support=cfg.support, seed=cfg.seed, scale_sampling=cfg.scale_sampling),
         max_tilt=cfg.max_tilt,
@@ -199,7 +176,7 @@ def run_patchpose(
     synth = PairSynthesizer(imgs, pcfg, [str(p) for p in paths])
     ori = synth.batch("ori", range(cfg.n_pairs))
     sca = synth.batch("scale", range(cfg.n_pairs))
-    out = _meta(
+    out = meta(
         cfg, "patchpose", images=str(images), n_images=len(synth), n_pairs={"ori": cfg.n_pairs, "scale": cfg.n_pairs}
     )
     out["methods"], preds = score_methods(methods, ori, sca)
@@ -226,90 +203,6 @@ def scale_accuracy_by_range(
     return out
 
 
-def sequence_pairs(root: str | Path, cfg: BenchmarkConfig) -> tuple[dict, list[dict]]:
-    """Patch pairs from every sequence under ``root``; returns all pairs and per-image-pair info."""
-    rng = np.random.default_rng(cfg.seed)
-    P, margin = cfg.patch_size, cfg.support / math.sqrt(2) + 2
-    A = np.eye(2) * (cfg.support / P)
-    p0s, p1s, rots, scales, jacs, info = [], [], [], [], [], []
-    for seq in find_sequences(root):
-        try:
-            img0 = read_image(seq.reference)
-        except ImageReadError as e:
-            logger.warning("sequence %s skipped: %s", seq.name, e)
-            continue
-        kps = detect_sift(img0, 2000)
-        xy0_all = np.array([k.pt for k in kps], np.float64).reshape(-1, 2)
-        for target, H in zip(seq.targets, seq.H):
-            try:
-                img1 = read_image(target)
-            except ImageReadError as e:
-                logger.warning("pair %s skipped: %s", target, e)
-                continue
-            Ht = torch.from_numpy(H)
-            xy1_all = warp_points(torch.from_numpy(xy0_all), Ht).numpy()
-            ok = inside_image(xy0_all, img0.shape, margin) & inside_image(xy1_all, img1.shape, margin)
-            idx = np.flatnonzero(ok)
-            if len(idx) > cfg.max_keypoints:
-                idx = np.sort(rng.choice(idx, cfg.max_keypoints, replace=False))
-            if len(idx) == 0:
-                logger.warning("%s -> %s: no keypoint visible in both images, skipped", seq.reference, target)
-                continue
-            J = homography_jacobian(torch.from_numpy(xy0_all[idx]), Ht)
-            rot, lsc = linear_rotation_scale(J)
-            p0s.append(extract_patches(img0, xy0_all[idx], A, P))
-            p1s.append(extract_patches(img1, xy1_all[idx], A, P))
-            rots.append(rot.float())
-            scales.append(lsc.float())
-            jacs.append(J.float())
-            info.append({"sequence": seq.name, "layout": seq.layout, "target": target.name, "n": len(idx)})
-    if not info:
-        raise ValueError(f"no usable sequences (Oxford, HPatches or EVD layout) under {root}")
-    pairs = {
-        "patch0": torch.from_numpy(np.concatenate(p0s))[:, None],
-        "patch1": torch.from_numpy(np.concatenate(p1s))[:, None],
-        "rotation": torch.cat(rots),
-        "log2_scale": torch.cat(scales),
-        "jacobian": torch.cat(jacs),  # (N, 2, 2) local affine map of the homography at each keypoint
-    }
-    return pairs, info
-
-
-def run_sequences(root: str | Path, methods: list[PoseMethod], cfg: BenchmarkConfig | None = None) -> dict:
-    """Real-pair benchmark: overall and per sequence, every method on the same patches."""
-    cfg = cfg or BenchmarkConfig()
-    pairs, info = sequence_pairs(root, cfg)
-    out = _meta(cfg, "sequences", root=str(root), n_pairs=len(pairs["rotation"]), image_pairs=info)
-    out["methods"], preds = score_methods(methods, pairs, pairs)
-    spans: dict[str, list[torch.Tensor]] = {}
-    start = 0
-    for it in info:
-        spans.setdefault(it["sequence"], []).append(torch.arange(start, start + it["n"]))
-        start += it["n"]
-    seq_idx = {name: torch.cat(parts) for name, parts in spans.items()}
-    per_seq: dict[str, dict] = {}
-    for name, idx in seq_idx.items():
-        per_seq[name] = {
-            m.name: score_predictions(
-                {k: (c0[idx], c1[idx]) for k, (c0, c1) in preds[m.name].items()},
-                pairs["rotation"][idx],
-                pairs["log2_scale"][idx],
-            )
-            for m in methods
-        }
-    out["per_sequence"] = per_seq
-    # reference for orientation on oblique views (metrics.orientation_definedness), in %
-    defined = {t: orientation_definedness(pairs["jacobian"], math.radians(t)) for t in ORI_THRESHOLDS_DEG}
-    out["orientation_defined"] = {
-        "all": {f"{t:g}deg": round(100 * float(d.nanmean()), 2) for t, d in defined.items()},
-        "per_sequence": {
-            name: {f"{t:g}deg": round(100 * float(d[idx].nanmean()), 2) for t, d in defined.items()}
-            for name, idx in seq_idx.items()
-        },
-    }
-    return out
-
-
 def format_orientation_defined(result: dict) -> str:
     """One line per sequence of a sequence benchmark's ``orientation_defined`` reference."""
     od = result["orientation_defined"]
@@ -323,7 +216,7 @@ def format_orientation_defined(result: dict) -> str:
     return "\n".join(lines)
 
 
-def format_table(result: dict) -> str:
+def format_pose_table(result: dict) -> str:
     """Methods side by side: accuracies (%), top-4 recall where available, and patches/s."""
     cols = ["scale_acc@0.167", "scale_acc@0.333", "ori_acc@5deg", "ori_acc@10deg"]
     head = ["method", "sca±1/6", "sca±1/3", "ori±5°", "ori±10°", "top4 sca±1/3", "top4 ori±10°", "patches/s"]
@@ -347,34 +240,6 @@ def format_table(result: dict) -> str:
     return table
 
 
-def render_rows(rows: list[list[str]]) -> str:
-    """Aligned plain-text table: the first row is the header, the first column left-aligned."""
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in rows]
-    lines.insert(1, "-" * len(lines[0]))
-    return "\n".join(lines)
-
-
-def _json_safe(obj):
-    """``obj`` with NaN / Inf floats as ``None`` (strict JSON: e.g. an empty range's accuracy, a pair
-    without a homography)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
-
-
-def write_json(result: dict, path: str | Path) -> Path:
-    """Write a benchmark result as strict JSON (NaN and Inf become ``null``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_json_safe(result), indent=2, allow_nan=False))
-    return path
-
-
 C4_GRID = tuple(round(0.05 * i, 2) for i in range(1, 20))
 
 
@@ -396,8 +261,6 @@ def calibrate_c4_below(
         ``(threshold, rows)``; each row has ``c4_below``, ``ori_acc@10deg`` and ``share_averaged``
         (% of patches that got the four rotations).
     """
-    from ..models.patch_pose import decode_pose
-
     pairs = synth.batch("ori", range(n_pairs))
     x = torch.cat([pairs["patch0"], pairs["patch1"]])
     saved = model.config.c4_symmetric, model.config.c4_below

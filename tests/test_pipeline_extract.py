@@ -8,10 +8,10 @@ import h5py
 import numpy as np
 import pytest
 
-from ssfeat import extract as ex
 from ssfeat.cli import main
-from ssfeat.extract import ExtractConfig, done_images, extract_folder, read_features
 from ssfeat.pipeline import build_pipeline
+from ssfeat.pipeline import extract as ex
+from ssfeat.pipeline.extract import ExtractConfig, done_images, extract_folder, read_features
 
 from .conftest import run_torchrun, textured_image
 
@@ -161,6 +161,7 @@ def test_huge_images_are_shrunk_and_coordinates_mapped_back(tmp_path):
     assert np.allclose(f.scales, ref.scales * 2, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_worker_processes_give_the_same_file(folder, tmp_path):
     a, b = tmp_path / "a.h5", tmp_path / "b.h5"
     extract_folder(folder, a, CFG, progress=False)
@@ -170,6 +171,7 @@ def test_worker_processes_give_the_same_file(folder, tmp_path):
         assert np.array_equal(read_features(a, k).descriptors, read_features(b, k).descriptors), k
 
 
+@pytest.mark.slow
 def test_extract_cli_and_torchrun_sharding(folder, tmp_path, capsys):
     out = tmp_path / "cli.h5"
     args = ["extract", "--images", str(folder), "--out", str(out), "--pipeline", "sift", "--max-keypoints", "50"]

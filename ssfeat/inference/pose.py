@@ -14,12 +14,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data.images import read_image, to_gray_float, to_uint8
-from .features import strongest_distinct
-from .geometry import angle_to_cv2, inside_image, laf_from_pose
-from .models.layers import fuse_batchnorm
-from .models.patch_pose import PatchPoseConfig, PatchPoseNet, decode_pose
-from .patches import sample_patches
+from ..data.images import as_image, to_uint8
+from ..features import strongest_distinct
+from ..geometry import angle_to_cv2, inside_image, laf_from_pose
+from ..models.layers import fuse_batchnorm
+from ..models.patch_pose import PatchPoseConfig, PatchPoseNet, decode_pose
+from ..models.weights import load_pose_model
+from ..patches import sample_patches
 
 # patches are float in [0, 1]; values further than this outside are refused. The margin leaves room
 # for the overshoot of bicubic / Lanczos resampling (up to about 0.15 on real photos) and still
@@ -47,24 +48,6 @@ class TopKPoses:
     log2_scale: torch.Tensor
     ori_score: torch.Tensor
     scale_score: torch.Tensor
-
-
-def _as_image(image) -> np.ndarray:
-    if image is None:
-        raise ValueError("image is None: expected a path, an (H, W[, 3|4]) array or a tensor")
-    if isinstance(image, (str, Path)):
-        return read_image(image)
-    if isinstance(image, torch.Tensor):
-        t = image.detach().cpu()  # uint8 / uint16 keep their dtype so to_gray_float scales them
-        if t.ndim == 4 and t.shape[0] == 1:
-            t = t[0]
-        if t.ndim == 3 and t.shape[0] in (1, 3, 4):
-            t = t.permute(1, 2, 0)
-        a = t.numpy() if t.dtype in (torch.uint8, torch.uint16) else t.float().numpy()
-        if a.ndim == 3 and a.shape[2] >= 3:  # tensors are RGB; to_gray_float expects OpenCV's BGR order
-            a = a[:, :, [2, 1, 0]]
-        return to_gray_float(a)
-    return to_gray_float(np.asarray(image))
 
 
 class PatchPoseEstimator(nn.Module):
@@ -133,14 +116,12 @@ class PatchPoseEstimator(nn.Module):
             ValueError: unknown model or bad file; unknown device or one this machine lacks (e.g.
                 ``"cuda"`` without CUDA); ``c4`` / ``c4_below`` of the wrong type or range.
         """
-        from .hub import load_model
-
-        device = _check_device(device)
+        device = check_device(device)
         if c4 is not None and not isinstance(c4, bool):
             raise ValueError(f"c4 must be True, False or None, got {c4!r}")
         if c4_below is not None and (isinstance(c4_below, bool) or not isinstance(c4_below, numbers.Real)):
             raise ValueError(f"c4_below must be a number in [0, 1] or None, got {c4_below!r}")
-        model = load_model(name_or_path)
+        model = load_pose_model(name_or_path)
         if c4 is not None:
             model.set_c4(c4)
             if not c4:
@@ -220,11 +201,11 @@ class PatchPoseEstimator(nn.Module):
     def extract(self, image, xy: np.ndarray, support: float = 32.0) -> torch.Tensor:
         """Axis-aligned patches ``(N, 1, P, P)`` of side ``support`` pixels centred at ``xy`` ``(N, 2)``
         (reflected at the image border)."""
-        return self._extract(_as_image(image), xy, support)
+        return self._extract(as_image(image), xy, support)
 
     def _extract(self, img: np.ndarray, xy, support: float) -> torch.Tensor:
         """:meth:`extract` from an image already read by :func:`_as_image`."""
-        _check_support(support)
+        check_support(support)
         H, W = img.shape
         if min(H, W) < support:
             raise ValueError(f"the {W}x{H} image is smaller than the {support:g} px window read around keypoints")
@@ -256,8 +237,8 @@ class PatchPoseEstimator(nn.Module):
                 f"keypoints must be a list of cv2.KeyPoint, got {type(keypoints).__name__} "
                 "(estimate_laf takes (N, 2) positions)"
             )
-        img = _as_image(image)  # read and checked even without keypoints
-        _check_support(support)
+        img = as_image(image)  # read and checked even without keypoints
+        check_support(support)
         if len(keypoints) == 0:
             return []
         if not all(isinstance(k, cv2.KeyPoint) for k in keypoints):
@@ -281,12 +262,12 @@ class PatchPoseEstimator(nn.Module):
         return laf_from_pose(torch.as_tensor(xy_np, dtype=torch.float32), size.float(), out.orientation.cpu().float())
 
 
-def _check_support(support) -> None:
+def check_support(support) -> None:
     if isinstance(support, bool) or not isinstance(support, numbers.Real) or not 0 < support < math.inf:
         raise ValueError(f"support must be a positive window side in pixels, got {support!r}")
 
 
-def _check_device(device) -> torch.device:
+def check_device(device) -> torch.device:
     """``device`` as a ``torch.device`` that exists on this machine (clear errors otherwise)."""
     try:
         dev = torch.device(device)
@@ -330,9 +311,9 @@ def detect_sift(image, n: int = 500) -> list[cv2.KeyPoint]:
     """OpenCV SIFT keypoints (positions only matter to ssfeat) on any supported image input."""
     if not 1 <= n <= 1_000_000:
         raise ValueError(f"n must be between 1 and 1,000,000 keypoints, got {n}")
-    img = _as_image(image)
+    img = as_image(image)
     u8 = to_uint8(img)
     return strongest_distinct(cv2.SIFT_create(nfeatures=n).detect(u8, None), n)
 
 
-__all__ = ["PatchPoseEstimator", "PoseOutput", "TopKPoses", "detect_sift"]
+__all__ = ["PatchPoseEstimator", "PoseOutput", "TopKPoses", "check_device", "detect_sift", "image_points"]

@@ -18,6 +18,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..data.geoloc import load_geoloc_split
+from ..data.images import read_image
+from ..models.warp import check_images, warp_to_frame
+from ..models.weights import load_descriptor_model, load_warp_model
+
 
 def gem(x: torch.Tensor, p: float = 3.0, eps: float = 1e-6) -> torch.Tensor:
     """Generalised-mean pooling ``(mean x^p)^(1/p)`` over space: ``(B, C, H, W) -> (B, C)``."""
@@ -34,9 +39,7 @@ class GlobalDescriptor:
     """
 
     def __init__(self, net=None, p: float = 3.0, max_side: int | None = 640) -> None:
-        from .hub import load_descriptor
-
-        self.net = (net if net is not None else load_descriptor()).eval()
+        self.net = (net if net is not None else load_descriptor_model()).eval()
         self.p, self.max_side = p, max_side
 
     @torch.inference_mode()
@@ -57,8 +60,6 @@ class GlobalDescriptor:
 
     def describe_paths(self, paths: Sequence[str | Path], progress: bool = False) -> torch.Tensor:
         """``(N, C)`` descriptors of image files (read as gray)."""
-        from .data.images import read_image
-
         it = paths
         if progress:
             from tqdm import tqdm
@@ -110,8 +111,6 @@ def load_resized(path: str | Path, size: int) -> torch.Tensor:
     """A gray image file as a ``(1, size, size)`` float tensor in ``[0, 1]`` (area-resized)."""
     import cv2
 
-    from .data.images import read_image
-
     img = cv2.resize(read_image(path), (size, size), interpolation=cv2.INTER_AREA)
     return torch.from_numpy(np.ascontiguousarray(img, np.float32))[None]
 
@@ -128,8 +127,6 @@ def mine_query_positives(
     its top-``k`` retrieved gallery images that lie within ``radius`` metres and whose global
     descriptors (unit GeM, frozen ``net``) have cosine similarity ``>= min_similarity`` (GeoWarp's
     squared L2 distance below 1.2 is a similarity above 0.4)."""
-    from .data.geoloc import load_geoloc_split
-
     data = load_geoloc_split(root, split)
     desc = GlobalDescriptor(net)
     idx, sim = retrieve(desc.describe_paths(data.gallery), desc.describe_paths(data.queries), k)
@@ -153,9 +150,7 @@ class WarpReranker:
     """
 
     def __init__(self, net=None, warp: bool = True, flips: bool = False, cache_size: int = 4096) -> None:
-        from .hub import load_warp
-
-        self.net = (net if net is not None else load_warp("warp")).eval()
+        self.net = (net if net is not None else load_warp_model("warp")).eval()
         self.warp, self.flips, self.cache_size = warp, flips, cache_size
 
     @torch.inference_mode()
@@ -166,8 +161,6 @@ class WarpReranker:
         Raises:
             ValueError: other shapes or sizes, non-float or non-finite values.
         """
-        from .models.warp import check_images, warp_to_frame
-
         S = self.net.config.size
         if not (isinstance(query, torch.Tensor) and query.ndim == 3 and query.shape[0] == 1):
             got = tuple(query.shape) if isinstance(query, torch.Tensor) else type(query).__name__

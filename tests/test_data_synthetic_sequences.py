@@ -52,6 +52,7 @@ def test_targets_are_the_reference_seen_through_their_homography():
     assert np.histogram(angles, bins=4, range=(0, 2 * math.pi))[0].min() >= 4
 
 
+@pytest.mark.slow
 def test_make_sequences_layout_bad_photos_and_cli(image_dir, tmp_path, capsys):
     src = tmp_path / "src"
     shutil.copytree(image_dir, src)
@@ -81,11 +82,20 @@ def test_make_sequences_layout_bad_photos_and_cli(image_dir, tmp_path, capsys):
             SyntheticSequenceConfig(**bad)
     # CLI: make, then the sequence benchmark reads the result
     assert main(["data", "make-sequences", "--images", str(image_dir), "--out", str(tmp_path / "c"), "--limit", "2",
-                 "--targets", "2", "--min-zoom", "-0.25", "--max-zoom", "0.25"]) == 0  # fmt: skip
+                 "--n-targets", "2", "--min-log2-zoom", "-0.25", "--max-log2-zoom", "0.25"]) == 0  # fmt: skip
     assert "2 sequences, 4 pairs" in capsys.readouterr().out
     js = tmp_path / "s.json"
     assert main(["benchmark", "sequences", "--root", str(tmp_path / "c"), "--json", str(js)]) == 0
     assert json.loads(js.read_text())["n_pairs"] > 0
-    bad_zoom = ["data", "make-sequences", "--images", str(image_dir), "--out", str(tmp_path / "d"), "--min-zoom", "1"]
+    bad_zoom = [
+        "data",
+        "make-sequences",
+        "--images",
+        str(image_dir),
+        "--out",
+        str(tmp_path / "d"),
+        "--min-log2-zoom",
+        "1",
+    ]
     assert main(bad_zoom) == 2
     assert "min_log2_zoom" in capsys.readouterr().err

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ssfeat import PatchPoseConfig, PatchPoseEstimator, PatchPoseNet
-from ssfeat.hub import load_model, save_weights
+from ssfeat.models.weights import load_pose_model, save_weights
 
 
 @pytest.fixture(scope="module")
@@ -33,10 +33,10 @@ def test_save_weights_to_an_unwritable_place_is_an_oserror(tmp_path):
 
 
 def test_cli_export_to_an_unwritable_place_is_one_error_line(tmp_path, monkeypatch, capsys):
-    import ssfeat.hub
+    import ssfeat.cli.export
     from ssfeat.cli import main
 
-    monkeypatch.setattr(ssfeat.hub, "model_from_checkpoint", lambda run, average=True: PatchPoseNet().eval())
+    monkeypatch.setattr(ssfeat.cli.export, "model_from_checkpoint", lambda run, average=True: PatchPoseNet().eval())
     assert main(["export", str(tmp_path), "--out", "/proc/x.safetensors"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("ssfeat: error: cannot write /proc/x.safetensors") and err.count("\n") == 1
@@ -155,7 +155,7 @@ def test_from_pretrained_name_must_be_a_path(name):
     with pytest.raises(TypeError, match="must be a str or path"):
         PatchPoseEstimator.from_pretrained(name)
     with pytest.raises(TypeError, match="must be a str or path"):
-        load_model(name)
+        load_pose_model(name)
 
 
 def test_from_pretrained_checks_the_device_and_options():

@@ -34,6 +34,7 @@ own parts, and rank 0 merges after a barrier.
 from __future__ import annotations
 
 import logging
+import multiprocessing as mp
 import os
 import time
 from dataclasses import dataclass, replace
@@ -42,9 +43,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__
-from . import distributed as du
-from .features import check_first_octave
+from .. import distributed as du
+from ..data.images import list_images, read_usable
+from ..features import Features, check_first_octave
+from ..version import __version__
+from .build import build_pipeline, check_pipeline_name
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +63,6 @@ class ExtractConfig:
     sift_first_octave: int = 0  # SIFT descriptor pyramid (ssfeat.pipeline.SIFTDescriptor; -1: OpenCV's own)
 
     def __post_init__(self) -> None:
-        from .pipeline import check_pipeline_name
-
         check_pipeline_name(self.pipeline)  # before any output folder is made
         if self.max_keypoints < 1 or self.part_size < 1:
             raise ValueError("max_keypoints and part_size must be >= 1")
@@ -206,16 +207,12 @@ class _Extractor:
     """Runs a named pipeline's extraction on one image path (built once per process)."""
 
     def __init__(self, cfg: ExtractConfig) -> None:
-        from .pipeline import build_pipeline
-
         self.cfg = cfg
         self.pipe = build_pipeline(cfg.pipeline, cfg.max_keypoints, sift_first_octave=cfg.sift_first_octave)
 
     def __call__(self, path: Path):
         """``(features, (H, W), resize)`` or the reason (a string) why ``path`` is skipped."""
         import cv2
-
-        from .data.images import read_usable
 
         try:  # unreadable (ImageReadError is a ValueError), under 16 px a side, or blank: skipped with the reason
             img = read_usable(path)
@@ -251,20 +248,51 @@ def _worker_run(path: Path):
     return _WORKER(path)
 
 
-def extract_folder(
-    images: str | Path, out: str | Path, cfg: ExtractConfig | None = None, workers: int = 0, progress: bool = True
-) -> dict:
-    """Extract features of every image below ``images`` into ``out`` (see the module docstring).
+class _PartWriter:
+    """Collects this process's results and writes them ``cfg.part_size`` at a time as part files
+    ``part-r{rank}-{seq}.h5`` (counting new and skipped images, advancing the progress bar)."""
 
-    Returns statistics: ``n_images`` (found), ``n_done`` (in the output), ``n_new`` (extracted by
-    this call in this process), ``n_skipped``, ``seconds``, ``images_per_s`` (new images per second
-    of this call; under ``torchrun``, of all processes together).
-    """
-    from .data.images import list_images
+    def __init__(self, out: Path, cfg: ExtractConfig, rank: int, world: int, bar) -> None:
+        self.out, self.cfg, self.rank, self.world, self.bar = out, cfg, rank, world, bar
+        self.seq = len(list(_parts_dir(out).glob(f"part-r{rank}-*.h5")))
+        self.pending: list[tuple[str, object]] = []
+        self.n_new = self.n_skip = 0
 
-    cfg = cfg or ExtractConfig()
-    images, out = Path(images), Path(out)
-    world, rank = du.world_size(), du.rank()
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        batch, settings = self.pending, _settings(self.cfg)
+
+        def fill(f):
+            bad = []
+            for key, res in batch:
+                if isinstance(res, str):
+                    bad.append(f"{key}: {res}")
+                else:
+                    _write_group(f, key, *res)
+            _write_skipped(f, bad)
+            f.attrs.update(settings)
+
+        _write_atomic(_parts_dir(self.out) / f"part-r{self.rank}-{self.seq:06d}.h5", fill)
+        self.seq += 1
+        self.pending = []
+
+    def add(self, key: str, res) -> None:
+        if isinstance(res, str):
+            self.n_skip += 1
+            logger.warning("skipped %s: %s", key, res)
+        else:
+            self.n_new += 1
+        self.pending.append((key, res))
+        if len(self.pending) >= self.cfg.part_size:
+            self.flush()
+        if self.bar is not None:
+            self.bar.update(self.world)
+
+
+def _todo(images: Path, out: Path, cfg: ExtractConfig) -> tuple[list[Path], list[tuple[str, Path]]]:
+    """All image paths under ``images`` and the ``(key, path)`` pairs not yet in ``out`` (after
+    clearing the temporary files of a killed run)."""
     paths = list_images(images)
     if not paths:
         raise ValueError(f"no image files under {images}")
@@ -282,69 +310,45 @@ def extract_folder(
     done, skipped = done_images(out)
     done |= {_skipped_key(s) for s in skipped}
     # skipped entries name the image key; files written before that named the path as typed
-    todo = [(k, p) for k, p in zip(keys, paths) if k not in done and str(p) not in done]
+    return paths, [(k, p) for k, p in zip(keys, paths) if k not in done and str(p) not in done]
+
+
+def extract_folder(
+    images: str | Path, out: str | Path, cfg: ExtractConfig | None = None, workers: int = 0, progress: bool = True
+) -> dict:
+    """Extract features of every image below ``images`` into ``out`` (see the module docstring).
+
+    Returns statistics: ``n_images`` (found), ``n_done`` (in the output), ``n_new`` (extracted by
+    this call in this process), ``n_skipped``, ``seconds``, ``images_per_s`` (new images per second
+    of this call; under ``torchrun``, of all processes together).
+    """
+    cfg = cfg or ExtractConfig()
+    images, out = Path(images), Path(out)
+    world, rank = du.world_size(), du.rank()
+    paths, todo = _todo(images, out, cfg)
     mine = todo[rank::world]
-    seq = len(list(_parts_dir(out).glob(f"part-r{rank}-*.h5")))
     t0 = time.perf_counter()
-    n_new = n_skip = 0
     bar = None
     if progress and du.is_main():
         from tqdm import tqdm
 
         bar = tqdm(total=len(todo), desc="extract", unit="img", dynamic_ncols=True)
-
-    pending: list[tuple[str, object]] = []
-
-    def flush() -> None:
-        nonlocal seq, pending
-        if not pending:
-            return
-        batch = pending
-
-        def fill(f):
-            bad = []
-            for key, res in batch:
-                if isinstance(res, str):
-                    bad.append(f"{key}: {res}")
-                else:
-                    _write_group(f, key, *res)
-            _write_skipped(f, bad)
-            f.attrs.update(_settings(cfg))
-
-        _write_atomic(_parts_dir(out) / f"part-r{rank}-{seq:06d}.h5", fill)
-        seq += 1
-        pending = []
-
-    def handle(key: str, res) -> None:
-        nonlocal n_new, n_skip
-        if isinstance(res, str):
-            n_skip += 1
-            logger.warning("skipped %s: %s", key, res)
-        else:
-            n_new += 1
-        pending.append((key, res))
-        if len(pending) >= cfg.part_size:
-            flush()
-        if bar is not None:
-            bar.update(world)
-
+    writer = _PartWriter(out, cfg, rank, world, bar)
     if workers > 1 and world == 1:
-        import multiprocessing as mp
-
         with mp.get_context("spawn").Pool(workers, _worker_init, (cfg,)) as pool:
             for (key, _), res in zip(mine, pool.imap(_worker_run, [p for _, p in mine], chunksize=1)):
-                handle(key, res)
+                writer.add(key, res)
     else:
         run = _Extractor(cfg)
         for key, p in mine:
-            handle(key, run(p))
-    flush()
+            writer.add(key, run(p))
+    writer.flush()
     if bar is not None:
         bar.close()
     du.barrier()
     seconds = time.perf_counter() - t0
-    n_all = round(du.all_reduce_mean(torch.tensor(float(n_new + n_skip))).item() * world)
-    stats = {"n_images": len(paths), "n_new": n_new, "seconds": round(seconds, 3)}
+    n_all = round(du.all_reduce_mean(torch.tensor(float(writer.n_new + writer.n_skip))).item() * world)
+    stats = {"n_images": len(paths), "n_new": writer.n_new, "seconds": round(seconds, 3)}
     stats["images_per_s"] = round(n_all / seconds, 3) if seconds > 0 else None
     if du.is_main():
         merge(out, cfg)
@@ -385,8 +389,6 @@ def merge(out: Path, cfg: ExtractConfig) -> Path:
 
 def read_features(path: str | Path, key: str):
     """The :class:`~ssfeat.features.Features` of image ``key`` stored in an extraction file."""
-    from .features import Features
-
     h5py = _h5()
     with h5py.File(path, "r") as f:
         if key not in f or "keypoints" not in f[key]:

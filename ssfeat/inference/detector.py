@@ -21,9 +21,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .features import Features
-from .models.detector import ExportedKeypointNet, OrientedKeypointNet
-from .models.patch_pose import histogram_peaks
+from ..data.images import as_image
+from ..features import Features
+from ..models.detector import ExportedKeypointNet, OrientedKeypointNet
+from ..models.patch_pose import histogram_peaks
+from ..models.weights import load_detector_model
+from .pose import image_points
 
 
 @dataclass
@@ -96,9 +99,7 @@ class KeypointDetector:
         cls, name_or_path: str | Path = "detector", config: DetectConfig | None = None, device: str = "cpu"
     ) -> KeypointDetector:
         """The bundled detector (default; offline), a weights file of ``ssfeat export`` or a run folder."""
-        from .hub import load_detector
-
-        det = cls(load_detector(name_or_path), config)
+        det = cls(load_detector_model(name_or_path), config)
         det.net.to(device)
         return det
 
@@ -144,9 +145,7 @@ class KeypointDetector:
         each is read (bilinearly) at the pyramid level whose feature size is closest to its size
         ``sizes`` ``(K,)`` (pixels, ``cv2.KeyPoint.size``; default: level 0), plus
         ``config.orientation_levels_up``."""
-        from .estimator import _as_image, image_points
-
-        img = _as_image(image)
+        img = as_image(image)
         kp = image_points(keypoints, img.shape)
         out = np.zeros(len(kp), np.float32)
         if len(kp) == 0:
@@ -168,10 +167,8 @@ class KeypointDetector:
 
     @torch.no_grad()
     def __call__(self, image) -> Features:
-        """Detect in ``image`` (path or array, any depth/channels; see :func:`ssfeat.estimator._as_image`)."""
-        from .estimator import _as_image
-
-        img = _as_image(image)
+        """Detect in ``image`` (path or array, any depth/channels; see :func:`ssfeat.data.images.as_image`)."""
+        img = as_image(image)
         cfg = self.config
         H, W = img.shape
         if min(H, W) < 2 * cfg.border + 3:

@@ -1,0 +1,63 @@
+"""Command-line interface: ``ssfeat {train,export,benchmark,show,match,data,extract,detect,demo}``.
+
+One module per command group, each with ``add_parser(subparsers)``; every (sub)command parser sets
+``command``, the function that runs it, so :func:`main` dispatches by table, not by name. Options that
+set a config field are named as the field (``--ema-decay`` sets ``ema_decay``). Bad input ends with
+a one-line ``ssfeat: error: ...`` message and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from ..data.images import ImageReadError
+from . import benchmark, data, demo, export, extract, figures, train
+from .args import set_threads
+
+logger = logging.getLogger("ssfeat")
+
+# command groups in the order ``ssfeat --help`` lists them
+COMMANDS = (train, export, benchmark, figures, data, extract, demo)
+
+PATH_ARGS = ("--images", "--root", "--out", "--json", "--plot", "run", "image", "image0", "image1")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ssfeat", description="Self-supervised local feature geometry.")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    for group in COMMANDS:
+        group.add_parser(sub)
+    return parser
+
+
+def _refuse_empty_paths(args) -> None:
+    """An empty path would silently mean the current folder (``Path("") == Path(".")``)."""
+    for arg in PATH_ARGS:
+        v = getattr(args, arg.lstrip("-"), None)
+        if any(isinstance(x, str) and not x.strip() for x in (v if isinstance(v, list) else [v])):
+            raise ValueError(f"{arg} is an empty path")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        _refuse_empty_paths(args)
+        set_threads(getattr(args, "threads", 0))
+        return args.command(args)
+    except (ValueError, OSError, ImageReadError, FloatingPointError) as e:
+        print(f"ssfeat: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ssfeat: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

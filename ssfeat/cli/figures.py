@@ -1,0 +1,155 @@
+"""``ssfeat show``, ``ssfeat match`` and ``ssfeat detect``: run a bundled (or given) model on your
+images and draw what it finds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..data.images import read_usable
+from ..inference.detector import DetectConfig, KeypointDetector
+from ..inference.pose import PatchPoseEstimator, detect_sift
+from ..pipeline import PIPELINES, MatchResult, RansacHomography, build_pipeline, pipeline_estimator
+from ..viz import draw_matches, draw_poses
+from .args import positive, positive_float, sift_first_octave
+
+
+def match(
+    image0: str | Path,
+    image1: str | Path,
+    out: str | Path,
+    pipeline: str = "ssfeat*",
+    max_keypoints: int = 1000,
+    weights: str | None = None,
+    sift_first_octave: int = 0,
+) -> dict:
+    """Match two images with a named pipeline, fit a RANSAC homography and draw the matches
+    (inliers green). Returns counts and the homography."""
+    if weights is not None and "ssfeat" not in pipeline:
+        raise ValueError(f"--weights sets the patch-pose model of the ssfeat pipelines; {pipeline!r} has none")
+    est = pipeline_estimator(weights) if "ssfeat" in pipeline else None
+    pipe = build_pipeline(pipeline, max_keypoints, est, sift_first_octave=sift_first_octave)
+    img0, img1 = (read_usable(p) for p in (image0, image1))
+    feats = []
+    for path, img in ((image0, img0), (image1, img1)):
+        try:
+            f = pipe.extract(img)
+        except ValueError as e:  # e.g. an image smaller than the pipeline's windows
+            raise ValueError(f"{path}: {e}") from e
+        if len(f) == 0:
+            raise ValueError(f"{path}: no keypoints found by the {pipeline} pipeline, nothing to match")
+        feats.append(f)
+    res = MatchResult(*feats, pipe.match_features(*feats))
+    xy0 = res.features0.keypoints[res.matches.idx[:, 0]]
+    xy1 = res.features1.keypoints[res.matches.idx[:, 1]]
+    H, inl = RansacHomography().fit(xy0, xy1)
+    title = (
+        f"{pipeline}: {len(res.features0)} / {len(res.features1)} features, {len(res.matches)} matches, "
+        f"{int(inl.sum())} RANSAC inliers (green)"
+    )
+    fig = draw_matches(img0, img1, xy0, xy1, inl, out, title)
+    return {"figure": fig, "matches": len(res.matches), "inliers": int(inl.sum()), "H_0to1": H, "title": title}
+
+
+def show(
+    image: str | Path,
+    out: str | Path,
+    weights: str | None = None,
+    n: int = 60,
+    support: float = 32.0,
+    histograms: bool = False,
+    estimator=None,
+) -> Path:
+    """Estimate poses at the ``n`` strongest SIFT keypoints of ``image`` and draw them."""
+
+    m = support / np.sqrt(2)
+    img = read_usable(image, min_size=2 * int(np.ceil(m)) + 1)
+    est = estimator or PatchPoseEstimator.from_pretrained(weights or "patchpose")
+    H, W = img.shape
+    kps = [k for k in detect_sift(img, 4 * n) if m <= k.pt[0] <= W - 1 - m and m <= k.pt[1] <= H - 1 - m][:n]
+    if not kps:
+        raise ValueError(f"{image}: no SIFT keypoint at least {m:.0f} px from the border, nothing to draw")
+    xy = np.array([k.pt for k in kps]).reshape(-1, 2)
+    out_pose = est(est.extract(img, xy, support))
+    size = support * np.exp2(out_pose.log2_scale.numpy())
+    return draw_poses(
+        img,
+        xy,
+        out_pose.orientation.numpy(),
+        size,
+        out,
+        out_pose.ori_hist.numpy() if histograms else None,
+        out_pose.scale_hist.numpy() if histograms else None,
+        title=f"{Path(image).name}: ssfeat scale (circle) and orientation (arrow) at {len(kps)} SIFT keypoints",
+    )
+
+
+def detect(
+    image: str | Path, out: str | Path, max_keypoints: int = 300, weights: str | None = None, detector=None
+) -> tuple[Path, int]:
+    """Detect oriented keypoints with the equivariant detector and draw them (circle = feature
+    size, line = orientation). Returns the figure path and the number of keypoints."""
+    img = read_usable(image)
+    det = detector or KeypointDetector.from_pretrained(weights or "detector", DetectConfig(max_keypoints=max_keypoints))
+    try:
+        f = det(img)
+    except ValueError as e:  # e.g. an image smaller than the detector's border
+        raise ValueError(f"{image}: {e}") from e
+    title = f"ssfeat detector: {len(f)} keypoints (circle: size, line: orientation)"
+    return draw_poses(img, f.keypoints, f.orientations, f.scales, out, title=title), len(f)
+
+
+def run_show(args) -> int:
+    print(f"figure: {show(args.image, args.out, args.weights, args.n, args.support, args.histograms)}")
+    return 0
+
+
+def run_match(args) -> int:
+    r = match(
+        args.image0, args.image1, args.out, args.pipeline, args.max_keypoints, args.weights, args.sift_first_octave
+    )
+    print(r["title"])
+    if r["H_0to1"] is not None:
+        print("H_0to1 =\n" + "\n".join("  " + " ".join(f"{v: .6g}" for v in row) for row in r["H_0to1"]))
+    print(f"figure: {r['figure']}")
+    return 0
+
+
+def run_detect(args) -> int:
+    fig, n = detect(args.image, args.out, args.max_keypoints, args.weights)
+    print(f"{n} keypoints\nfigure: {fig}")
+    return 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("show", help="draw learned scale and orientation at SIFT keypoints (paper Fig. 1)")
+    p.set_defaults(command=run_show)
+    p.add_argument("image")
+    p.add_argument("--out", required=True, help="PNG path")
+    p.add_argument("--weights", default=None)
+    p.add_argument("--n", type=positive, default=60, help="number of keypoints")
+    p.add_argument("--support", type=positive_float, default=32.0)
+    p.add_argument("--histograms", action="store_true", help="also draw histograms (paper Fig. 4)")
+    p = sub.add_parser("match", help="match two images with a pipeline and draw the matches")
+    p.set_defaults(command=run_match)
+    p.add_argument("image0")
+    p.add_argument("image1")
+    p.add_argument(
+        "--pipeline", default="ssfeat*", help=f"one of {', '.join(PIPELINES)}; '*' adds the orientation filter"
+    )
+    p.add_argument("--max-keypoints", type=positive, default=1000)
+    sift_first_octave(p)
+    p.add_argument(
+        "--weights", default=None, help="patch-pose weights/run, one pass per patch (default: patchpose_tiny)"
+    )
+    p.add_argument("--out", required=True, help="PNG path")
+    p = sub.add_parser("detect", help="detect oriented keypoints with the equivariant detector and draw them")
+    p.set_defaults(command=run_detect)
+    p.add_argument("image")
+    p.add_argument("--out", required=True, help="PNG path")
+    p.add_argument("--max-keypoints", type=positive, default=300)
+    p.add_argument("--weights", default=None, help="detector weights/run (default: bundled)")
+
+
+__all__ = ["add_parser", "detect", "match", "show"]

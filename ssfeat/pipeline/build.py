@@ -1,0 +1,188 @@
+"""Named pipelines (:data:`PIPELINES`) and the :class:`Pipeline` that runs the stages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..data.images import as_image
+from ..features import Features
+from ..inference.descriptor import LearnedDescriptor, SIFTDescriptor
+from ..inference.pose import PatchPoseEstimator
+from .detectors import KorniaHessianDetector, LearnedDetector, SIFTDetector
+from .matchers import Matches, MutualNearestNeighbor, OrientationFilter, RansacHomography, RatioTest
+from .orienters import (
+    DetectorPose,
+    KorniaOrienter,
+    LearnedDetectorOrienter,
+    PatchPoseOrienter,
+    Upright,
+    pipeline_estimator,
+)
+from .views import AffineViews
+
+
+@dataclass
+class MatchResult:
+    """Output of :meth:`Pipeline.__call__`."""
+
+    features0: Features
+    features1: Features
+    matches: Matches
+
+
+class Pipeline:
+    """detector -> orienter -> descriptor -> matcher -> filters, each replaceable.
+
+    Example:
+        >>> pipe = build_pipeline("ssfeat")
+        >>> res = pipe("img1.png", "img2.png")
+        >>> res.matches.idx.shape   # (M, 2)
+    """
+
+    def __init__(
+        self, detector, orienter=None, descriptor=None, matcher=None, filters=(), name: str = "", views=None
+    ) -> None:
+        self.detector = detector
+        self.orienter = orienter or DetectorPose()
+        self.descriptor = descriptor or SIFTDescriptor()
+        self.matcher = matcher or MutualNearestNeighbor()
+        self.filters = list(filters)
+        self.name = name
+        self.views = views
+
+    def extract(self, image) -> Features:
+        """Features of one image (path, array or tensor; any channel layout and bit depth); with
+        ``views`` (:class:`AffineViews`), of all its simulated views."""
+        img = as_image(image)
+        if self.views is not None:
+            return self.views(self._extract_view, img)
+        return self._extract_view(img)
+
+    def _extract_view(self, img: np.ndarray) -> Features:
+        return self.descriptor(img, self.orienter(img, self.detector(img)))
+
+    def match_features(self, f0: Features, f1: Features) -> Matches:
+        m = self.matcher(f0, f1)
+        for f in self.filters:
+            m = f(f0, f1, m)
+        return m
+
+    def __call__(self, image0, image1) -> MatchResult:
+        f0, f1 = self.extract(image0), self.extract(image1)
+        return MatchResult(f0, f1, self.match_features(f0, f1))
+
+
+# Named pipelines use SIFT keypoints (unless "detector" says otherwise), the SIFT descriptor on the
+# oriented, scaled patch and mutual nearest neighbours; most differ only in the orienter.
+PIPELINES: dict[str, dict] = {
+    "sift": {"orienter": "sift"},  # SIFT's own orientation and scale
+    "upright": {"orienter": "upright"},
+    "kornia": {"orienter": "kornia"},  # kornia dominant gradient orientation, SIFT's scale
+    "ssfeat": {"orienter": "ssfeat"},  # ssfeat orientation, SIFT's scale
+    "ssfeat_multi": {"orienter": "ssfeat_multi"},  # + a second orientation where the histogram has one
+    "ssfeat_scale": {"orienter": "ssfeat_scale"},  # ssfeat orientation and scale (32 px windows)
+    "sift_rootsift": {"orienter": "sift", "descriptor": "rootsift"},
+    "ssfeat_rootsift": {"orienter": "ssfeat", "descriptor": "rootsift"},
+    "sift_ratio": {"orienter": "sift", "matcher": "ratio"},
+    "ssfeat_ratio": {"orienter": "ssfeat", "matcher": "ratio"},
+    # other detectors, each with its own orientation
+    "rekd": {"detector": "learned", "orienter": "sift"},  # ssfeat's equivariant detector
+    "rekd_upright": {"detector": "learned", "orienter": "upright"},
+    "hessian": {"detector": "kornia", "orienter": "sift"},  # kornia Hessian blobs + dominant gradient
+    "sift_rekdori": {"orienter": "rekd"},  # SIFT keypoints, orientation from the detector's histogram map
+    # descriptors: same SIFT keypoints, ssfeat's learned descriptor
+    "hndesc": {"orienter": "sift", "descriptor": "hndesc"},  # dense map sampled at the keypoints
+    "hndesc_patch": {"orienter": "sift", "descriptor": "hndesc_patch"},  # SIFT-oriented patches
+    "ssfeat_hndesc_patch": {"orienter": "ssfeat", "descriptor": "hndesc_patch"},  # ssfeat-oriented patches
+    "rekd_hndesc": {"detector": "learned", "orienter": "sift", "descriptor": "hndesc"},
+    # affine view synthesis (ASIFT-style, 16 views, 4x the keypoint budget over all views)
+    "asift": {"orienter": "sift", "views": True},  # SIFT keypoints and orientation in every view
+    "ssfeat_asift": {"orienter": "ssfeat", "views": True},  # same keypoints, ssfeat orientation
+}
+
+
+def _orienter(name: str, estimator: PatchPoseEstimator | None):
+    if name == "sift":
+        return DetectorPose()
+    if name == "upright":
+        return Upright()
+    if name == "kornia":
+        return KorniaOrienter()
+    if name == "rekd":
+        return LearnedDetectorOrienter()
+    est = estimator or pipeline_estimator()
+    if name == "ssfeat":
+        return PatchPoseOrienter(est)
+    if name == "ssfeat_multi":
+        return PatchPoseOrienter(est, k_ori=2)
+    if name == "ssfeat_scale":
+        return PatchPoseOrienter(est, support=32.0, scale=True)
+    raise ValueError(f"unknown orienter {name!r}")
+
+
+def _descriptor(name: str, weights: str, sift_first_octave: int):
+    if name in ("sift", "rootsift"):
+        return SIFTDescriptor(root=name == "rootsift", first_octave=sift_first_octave)
+    if name in ("hndesc", "hndesc_patch"):
+        return LearnedDescriptor(weights, mode="patch" if name == "hndesc_patch" else "dense")
+    raise ValueError(f"unknown descriptor {name!r}")
+
+
+def check_pipeline_name(name: str) -> str:
+    """The base name (``*`` stripped) of a named pipeline.
+
+    Raises:
+        ValueError: not a name of :data:`PIPELINES`, optionally with a trailing ``*``.
+    """
+    base = name.rstrip("*") if isinstance(name, str) else None
+    if base not in PIPELINES:
+        raise ValueError(f"unknown pipeline {name!r}; choose from {', '.join(PIPELINES)} (optionally with a '*')")
+    return base
+
+
+def build_pipeline(
+    name: str = "ssfeat",
+    max_keypoints: int = 1000,
+    estimator: PatchPoseEstimator | None = None,
+    ransac: bool = False,
+    descriptor_weights: str = "descriptor",
+    sift_first_octave: int = 0,
+) -> Pipeline:
+    """A named pipeline (see :data:`PIPELINES`; a trailing ``*`` adds :class:`OrientationFilter`).
+
+    Args:
+        name: pipeline name.
+        max_keypoints: keypoint budget per image (the same for every pipeline).
+        estimator: patch-pose estimator for the ssfeat orienters (default: the bundled model).
+        ransac: append a :class:`RansacHomography` filter.
+        descriptor_weights: weights of the learned descriptor (``hndesc*`` pipelines): bundled
+            name, ``.safetensors`` file or descriptor run folder.
+        sift_first_octave: ``first_octave`` of the SIFT descriptor (see :class:`SIFTDescriptor`;
+            ``-1``: OpenCV's own descriptors, slower).
+    """
+    base = check_pipeline_name(name)
+    conf = PIPELINES[base]
+    filters = [OrientationFilter()] if name.endswith("*") else []
+    if ransac:
+        filters.append(RansacHomography())
+    det = conf.get("detector", "sift")
+    if det == "learned":
+        detector = LearnedDetector(max_keypoints)
+    elif det == "kornia":
+        detector = KorniaHessianDetector(max_keypoints)
+    else:
+        detector = SIFTDetector(max_keypoints)
+    return Pipeline(
+        detector,
+        _orienter(conf["orienter"], estimator),
+        _descriptor(conf.get("descriptor", "sift"), descriptor_weights, sift_first_octave),
+        RatioTest() if conf.get("matcher") == "ratio" else MutualNearestNeighbor(),
+        filters,
+        name=name,
+        views=AffineViews(max_keypoints=4 * max_keypoints) if conf.get("views") else None,
+    )
+
+
+__all__ = ["MatchResult", "PIPELINES", "Pipeline", "build_pipeline", "check_pipeline_name"]
