@@ -1,6 +1,7 @@
 """``ssfeat train {pose,detector,descriptor,warp}``: the options are the fields of the task's
 training config (:mod:`ssfeat.training.configs`) and of its model and pair configs, one table
-(``path -> (help, argparse settings)``) per task; ``aliases`` are earlier flag names, hidden."""
+(``path -> (help, argparse settings)``) per task and one row of :data:`TRAIN_COMMANDS`; ``aliases``
+are earlier flag names, hidden."""
 
 from __future__ import annotations
 
@@ -167,43 +168,58 @@ def run_warp(args) -> int:
     return _train(args, WarpTrainConfig, WARP_FIELDS, model__backbone=backbone, **sizes)
 
 
-def add_parser(sub) -> None:
-    tr = sub.add_parser("train", help="self-supervised training").add_subparsers(dest="model", required=True)
-    pairs, images = "pairs of each kind per step, all processes", "image pairs per step, all processes"
-    p = _add_task(
-        tr, "pose", "train PatchPoseNet on a folder of unlabeled photos", PoseTrainConfig, POSE_FIELDS, run_pose, pairs
-    )
+def _pose_extra(p) -> None:
     p.add_argument("--reference-pose", dest="ref_random_pose", type=_reference_pose, help=argparse.SUPPRESS)
-    p = _add_task(
-        tr,
+
+
+def _detector_extra(p) -> None:
+    fields = ",".join(map(str, DetectorTrainConfig().model.fields))
+    p.add_argument("--fields", default=fields, help="regular fields per trunk layer")
+
+
+def _warp_extra(p) -> None:
+    add_field(p, WarpTrainConfig, "model.size", "side of the views (px, multiple of 8)", type=positive)
+
+
+PAIRS, IMAGE_PAIRS = "pairs of each kind per step, all processes", "image pairs per step, all processes"
+
+# one row per training task: name, help, config, its option table, run, --batch-size help, extra options
+TRAIN_COMMANDS = (
+    ("pose", "train PatchPoseNet on a folder of unlabeled photos", PoseTrainConfig, POSE_FIELDS, run_pose, PAIRS),
+    (
         "detector",
         "train the equivariant keypoint detector on unlabeled photos",
         DetectorTrainConfig,
         DETECTOR_FIELDS,
         run_detector,
-        images,
-    )
-    fields = ",".join(map(str, DetectorTrainConfig().model.fields))
-    p.add_argument("--fields", default=fields, help="regular fields per trunk layer")
-    _add_task(
-        tr,
+        IMAGE_PAIRS,
+    ),
+    (
         "descriptor",
         "train the dense descriptor network (HNDesc) on unlabeled photos",
         DescriptorTrainConfig,
         DESCRIPTOR_FIELDS,
         run_descriptor,
-        images,
-    )
-    p = _add_task(
-        tr,
+        IMAGE_PAIRS,
+    ),
+    (
         "warp",
         "train the homography regressor (GeoWarp) on self-supervised trapezoid pairs",
         WarpTrainConfig,
         WARP_FIELDS,
         run_warp,
-        images,
-    )
-    add_field(p, WarpTrainConfig, "model.size", "side of the views (px, multiple of 8)", type=positive)
+        IMAGE_PAIRS,
+    ),
+)
+EXTRA_OPTIONS = {"pose": _pose_extra, "detector": _detector_extra, "warp": _warp_extra}
+
+
+def add_parser(sub) -> None:
+    tr = sub.add_parser("train", help="self-supervised training").add_subparsers(dest="model", required=True)
+    for row in TRAIN_COMMANDS:
+        p = _add_task(tr, *row)
+        if row[0] in EXTRA_OPTIONS:
+            EXTRA_OPTIONS[row[0]](p)
 
 
 __all__ = ["add_parser"]
