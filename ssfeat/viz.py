@@ -19,10 +19,13 @@ def draw_poses(
     scale_hist: np.ndarray | None = None,
     title: str = "",
     n_hist: int = 4,
+    scale_bins: np.ndarray | None = None,
+    scale_label: str = "log2 scale",
 ) -> Path:
     """Draw keypoints as circles of diameter ``size`` with an arrow along ``orientation`` (radians,
     CCW as displayed) on a gray ``(H, W)`` image; optionally the histograms of the first ``n_hist``
-    keypoints below. Writes a PNG and returns its path."""
+    keypoints below (``scale_bins``: the scale histogram's bin centres, default ``[-2, 2]`` evenly;
+    ``scale_label``: its axis label). Writes a PNG and returns its path."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -59,10 +62,11 @@ def draw_poses(
         ax_o.set_title(f"#{i} orientation", fontsize=8)
         ax_s = fig.add_axes([i * w + 0.02 + w * 0.5, 0.45 / fig_h, w * 0.42, 1.7 / fig_h])
         Ks = len(scale_hist[i])
-        ax_s.bar(np.linspace(-2, 2, Ks), scale_hist[i], width=4 / (Ks - 1) * 0.9, color=colors[i % 10])
+        bins = np.linspace(-2, 2, Ks) if scale_bins is None else np.asarray(scale_bins)
+        ax_s.bar(bins, scale_hist[i], width=(bins[-1] - bins[0]) / (Ks - 1) * 0.9, color=colors[i % 10])
         ax_s.set_yticks([])
         ax_s.tick_params(labelsize=7)
-        ax_s.set_title("log2 scale", fontsize=8)
+        ax_s.set_title(scale_label, fontsize=8)
     return save_figure(fig, out)
 
 

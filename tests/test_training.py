@@ -182,10 +182,12 @@ def test_checkpoint_is_atomic_and_versioned(tmp_path):
 def _tiny_configs(images, steps: int, **kw) -> dict:
     from .test_descriptor import tiny_desc_cfg
     from .test_detector import tiny_det_cfg
+    from .test_keypoint_pose import tiny_scale_cfg
     from .test_warp import tiny_warp_cfg
 
     return {
         "pose": tiny_cfg(images, steps, **kw),
+        "scalepose": tiny_scale_cfg(images, steps, **kw),
         "detector": tiny_det_cfg(images, steps, **kw),
         "descriptor": tiny_desc_cfg(images, steps, **kw),
         "warp": tiny_warp_cfg(images, steps, **kw),
@@ -195,6 +197,7 @@ def _tiny_configs(images, steps: int, **kw) -> dict:
 # small settings of each ``ssfeat train TASK`` command for the 2-process runs
 DDP_ARGS = {
     "pose": ["--batch-size", "8"],
+    "scalepose": ["--batch-size", "2", "--keypoints", "4", "--channels", "4", "--hidden", "8"],
     "detector": ["--batch-size", "4", "--size", "64", "--group-order", "8"],
     "descriptor": ["--batch-size", "2", "--size", "64", "--dim", "16"],
     "warp": ["--batch-size", "4", "--size", "64"],
@@ -202,7 +205,7 @@ DDP_ARGS = {
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("task", ["pose", "detector", "descriptor", "warp"])
+@pytest.mark.parametrize("task", ["pose", "scalepose", "detector", "descriptor", "warp"])
 def test_ddp_ranks_stay_in_sync_on_disjoint_data(task, image_dir, tmp_path):
     """``ssfeat train TASK`` under torchrun with 2 CPU processes (gloo): after training, both
     processes hold the same weights (rank 0's are the checkpoint's), and at every step they drew
@@ -224,7 +227,7 @@ def test_ddp_ranks_stay_in_sync_on_disjoint_data(task, image_dir, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("task", ["detector", "descriptor", "warp"])
+@pytest.mark.parametrize("task", ["scalepose", "detector", "descriptor", "warp"])
 def test_every_task_resumes_exactly(task, image_dir, tmp_path, monkeypatch):
     """Killed right after its step-2 checkpoint and resumed, a run ends with the weights and
     optimizer state of the uninterrupted run (pose: test_resume_equals_uninterrupted)."""
@@ -258,7 +261,7 @@ def test_blank_images_are_skipped_and_a_blank_folder_refused(image_dir, tmp_path
     assert main(["train", "detector", "--images", str(blank), "--out", str(tmp_path / "d"), "--steps", "1"]) == 2
 
 
-@pytest.mark.parametrize("task", ["pose", "detector", "descriptor", "warp"])
+@pytest.mark.parametrize("task", ["pose", "scalepose", "detector", "descriptor", "warp"])
 def test_images_too_small_for_the_task_are_dropped_before_the_split(task, image_dir, tmp_path, caplog):
     """A tiny image never becomes the validation set: it is skipped, by name, before the split; a
     single usable image is both sets, with a warning that validation is then not held out."""

@@ -11,6 +11,7 @@ from ..data.synthesis import SCALE_SAMPLINGS
 from ..evaluation.descriptor import DESCRIPTOR_PIPELINES, format_d2net_table, run_descriptor_benchmark
 from ..evaluation.detector import DETECTOR_PIPELINES, format_detector_table, run_detector_benchmark
 from ..evaluation.geoloc import format_geoloc_table, run_geoloc
+from ..evaluation.keypoints import DETECTORS, KeypointBenchmarkConfig, format_keypoints, run_keypoints
 from ..evaluation.matching import (
     DEFAULT_PIPELINES,
     MatchingConfig,
@@ -29,8 +30,18 @@ from ..evaluation.patchpose import (
 from ..evaluation.report import write_json
 from ..evaluation.sequences import run_sequences
 from ..evaluation.warp import format_warp_table, run_warp_pairs
+from ..inference.pose import PatchPoseEstimator
 from ..pipeline import pipeline_estimator
-from .args import add_field, check_writable, fraction, non_negative, positive, positive_float, sift_first_octave
+from .args import (
+    add_field,
+    check_writable,
+    config_from_args,
+    fraction,
+    non_negative,
+    positive,
+    positive_float,
+    sift_first_octave,
+)
 
 
 @dataclass(frozen=True)
@@ -284,6 +295,38 @@ def cmd_warp(args) -> int:
     return 0
 
 
+KEYPOINT_FIELDS = {
+    "detector": ("keypoints: OpenCV SIFT or ssfeat's detector", {"choices": DETECTORS}),
+    "max_keypoints": ("per image", {"type": positive}),
+    "match_px": ("keypoint pairing distance (px)", {"type": positive_float}),
+    "limit": ("use the first N photos of --images", {"type": positive}),
+    "seed": (None, {"type": non_negative}),
+}
+
+
+def _keypoints_args(p) -> None:
+    p.add_argument(
+        "--root", action="append", default=[], help="folder of HPatches / Oxford / EVD sequences (repeatable)"
+    )
+    p.add_argument("--images", default=None, help="photos: one similarity view (turn, zoom 2**U(-2, 2)) of each")
+    for path, (help, kw) in KEYPOINT_FIELDS.items():
+        add_field(p, KeypointBenchmarkConfig, path, help, **kw)
+    p.add_argument("--weights", default=None, help="orientation weights/run (default: bundled model)")
+    p.add_argument("--scale-model", default="scalepose", help="scale weights/run (default: bundled model)")
+
+
+def cmd_keypoints(args) -> int:
+    if not args.root and not args.images:
+        raise ValueError("give --root folders of sequences and/or --images")
+    cfg = config_from_args(KeypointBenchmarkConfig, args, KEYPOINT_FIELDS)
+    est = PatchPoseEstimator.from_pretrained(args.weights or "patchpose", scale_model=args.scale_model)
+    fixed = PatchPoseEstimator.from_pretrained(args.weights or "patchpose", scale_model=None)
+    result = run_keypoints(args.root, args.images, est, cfg, fixed=fixed, progress=not args.no_progress)
+    print(format_keypoints(result))
+    print(f"results: {write_json(result, args.json)}")
+    return 0
+
+
 BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark(
         "geoloc",
@@ -294,6 +337,12 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark("warp", "corner accuracy of the warping regressor on held-out synthetic pairs", _warp_args, cmd_warp),
     Benchmark("patchpose", "synthetic pairs from a photo folder", _patchpose_args, cmd_patchpose, progress=False),
     Benchmark("sequences", "real pairs with homographies", _sequences_args, cmd_sequences, progress=False),
+    Benchmark(
+        "keypoints",
+        "orientation and size at independently detected keypoints of real and zoomed, turned pairs",
+        _keypoints_args,
+        cmd_keypoints,
+    ),
     Benchmark(
         "matching",
         "detect -> orient -> describe -> match pipelines on real pairs",

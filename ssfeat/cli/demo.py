@@ -1,5 +1,5 @@
-"""``ssfeat demo``: the bundled models on the bundled photos (or yours): the patch-pose accuracy
-table against the baselines, and figures of every model."""
+"""``ssfeat demo``: the bundled models on the bundled photos (or yours): the patch-pose and keypoint
+pose accuracy tables against the baselines, and figures of every model."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import torch
 
 from ..data.images import load_textured, read_image, samples_dir
 from ..data.warp_pairs import WarpPairConfig, WarpPairSynthesizer, draw_pair
+from ..evaluation.keypoints import KeypointBenchmarkConfig, format_keypoints, run_keypoints
 from ..evaluation.patchpose import PoseBenchmarkConfig, build_pose_methods, format_pose_table, run_patchpose
 from ..evaluation.report import write_json
 from ..geometry import warp_points
@@ -43,6 +44,11 @@ def demo(
     result = run_patchpose(images, methods, PoseBenchmarkConfig(n_pairs=n_pairs), loaded=(paths, imgs))
     print(f"\nsynthetic pairs from these photos ({n_pairs} orientation + {n_pairs} scale pairs), accuracy in %:")
     print(format_pose_table(result))
+    if methods[0].estimator.scale_model is not None:
+        kp = run_keypoints([], images, methods[0].estimator, KeypointBenchmarkConfig())
+        print("\nposes at SIFT keypoints of each photo and of a turned, zoomed view of it (zoom 2**U(-2, 2)), in %:")
+        print(format_keypoints(kp))
+        result["keypoints"] = kp
     write_json(result, out / "demo_benchmark.json")
     figs = []
     for p in paths[:4]:

@@ -1,6 +1,7 @@
 """``ssfeat export``: a training run to a ``.safetensors`` weights file, optionally with the
 rotation-averaging settings of a patch-pose model; ``--c4-below auto`` calibrates the adaptive C4
-threshold on the run's own validation photos with the patch-pose benchmark's pair protocol."""
+threshold on the run's own validation photos with the patch-pose benchmark's pair protocol; a
+scale-pose run gets its ``size_factor`` calibrated on its training photos."""
 
 from __future__ import annotations
 
@@ -8,12 +9,16 @@ import argparse
 import logging
 from pathlib import Path
 
+from ..data.images import load_textured
 from ..data.synthesis import PairSynthesizer
+from ..evaluation.keypoints import calibrate_size_factor
 from ..evaluation.patchpose import calibrate_c4_below, paper_protocol
 from ..evaluation.report import render_rows
 from ..models.patch_pose import PatchPoseNet
+from ..models.scale_pose import LogPolarScaleNet
 from ..models.weights import checkpoint_file, model_from_checkpoint, save_weights, weights_target
 from ..training import config_from_checkpoint, load_checkpoint, split_images
+from .args import positive_float
 
 logger = logging.getLogger(__name__)
 
@@ -75,9 +80,29 @@ def _c4_below(text: str) -> float | str:
     return v
 
 
+def export_scale_model(run: str | Path, out: str | Path, ori_window: float | None = None, half: bool = False) -> Path:
+    """Export a scale-pose run with its ``size_factor`` calibrated on (up to 48 of) its training
+    photos, so that its sizes are OpenCV SIFT's in the median (a factor on every size: no relative
+    size changes), and optionally another ``ori_window``."""
+    weights_target(out)
+    model = model_from_checkpoint(run)
+    cfg = config_from_checkpoint(load_checkpoint(checkpoint_file(run)))
+    _, images = load_textured(cfg.images, min_size=64, as_uint8=False)
+    model.config.size_factor = calibrate_size_factor(model, images[:: max(1, len(images) // 48)][:48])
+    logger.info("size_factor = %.4g (sizes as OpenCV SIFT's in the median)", model.config.size_factor)
+    if ori_window is not None:
+        model.config.ori_window = ori_window
+    return save_weights(model, out, half)
+
+
 def run(args) -> int:
     c4_below = args.c4_below
     weights_target(args.out)  # refuse a folder before the calibration
+    if isinstance(model_from_checkpoint(args.run, args.average), LogPolarScaleNet):
+        if args.c4_symmetric is not None or c4_below is not None:
+            raise ValueError("--c4-symmetric/--c4-below apply to patch-pose runs only")
+        print(f"weights: {export_scale_model(args.run, args.out, args.ori_window, args.half)}")
+        return 0
     if c4_below == "auto":
         c4_below, rows = calibrate_run_c4_below(args.run, model_from_checkpoint(args.run, args.average))
         print("adaptive C4 on the run's validation photos (orientation pairs, +-10 degrees):")
@@ -115,6 +140,12 @@ def add_parser(sub) -> None:
         help="adaptive C4 threshold on the orientation peak probability (0: off), or 'auto': the cheapest one "
         "that recovers 90%% of full C4's accuracy gain on the run's validation photos",
     )
+    p.add_argument(
+        "--ori-window",
+        type=positive_float,
+        default=None,
+        help="scale-pose runs: orientation window side as a multiple of the size (default: as stored)",
+    )
 
 
-__all__ = ["add_parser", "calibrate_run_c4_below", "export"]
+__all__ = ["add_parser", "calibrate_run_c4_below", "export", "export_scale_model"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..data.images import read_usable
 from ..inference.detector import DetectConfig, KeypointDetector
@@ -57,13 +58,14 @@ def show(
     out: str | Path,
     weights: str | None = None,
     n: int = 60,
-    support: float = 32.0,
+    support: float | None = None,
     histograms: bool = False,
     estimator=None,
 ) -> Path:
-    """Estimate poses at the ``n`` strongest SIFT keypoints of ``image`` and draw them."""
-
-    m = support / np.sqrt(2)
+    """Estimate poses at the ``n`` strongest SIFT keypoints of ``image`` from their positions and draw
+    them: scale-covariant (:meth:`PatchPoseEstimator.keypoint_poses`), or, with ``support``, from
+    fixed windows of that many pixels (the patch protocol)."""
+    m = 0.0 if support is None else support / np.sqrt(2)
     img = read_usable(image, min_size=2 * int(np.ceil(m)) + 1)
     est = estimator or PatchPoseEstimator.from_pretrained(weights or "patchpose")
     H, W = img.shape
@@ -71,17 +73,29 @@ def show(
     if not kps:
         raise ValueError(f"{image}: no SIFT keypoint at least {m:.0f} px from the border, nothing to draw")
     xy = np.array([k.pt for k in kps]).reshape(-1, 2)
-    out_pose = est(est.extract(img, xy, support))
-    size = support * np.exp2(out_pose.log2_scale.numpy())
+    if support is None and est.scale_model is not None:
+        p = est.keypoint_poses(img, xy)
+        ori, size, ori_hist, scale_hist = p.orientation[:, 0], p.size[:, 0], p.ori_hist, p.size_hist
+        c = est.scale_model.config
+        scale_bins = np.log2(c.size_factor * c.min_radius) + np.arange(c.n_rings) / c.rings_per_octave
+        what, label = "ssfeat size (circle) and orientation (arrow)", "log2 size (px)"
+    else:
+        support = 32.0 if support is None else support
+        o = est(est.extract(img, xy, support))
+        ori, size, ori_hist, scale_hist = o.orientation, support * torch.exp2(o.log2_scale), o.ori_hist, o.scale_hist
+        scale_bins, label = None, "log2 scale"
+        what = f"ssfeat scale (circle) and orientation (arrow) of {support:g} px windows"
     return draw_poses(
         img,
         xy,
-        out_pose.orientation.numpy(),
-        size,
+        ori.numpy(),
+        size.numpy(),
         out,
-        out_pose.ori_hist.numpy() if histograms else None,
-        out_pose.scale_hist.numpy() if histograms else None,
-        title=f"{Path(image).name}: ssfeat scale (circle) and orientation (arrow) at {len(kps)} SIFT keypoints",
+        ori_hist.numpy() if histograms else None,
+        scale_hist.numpy() if histograms else None,
+        title=f"{Path(image).name}: {what} at {len(kps)} SIFT keypoints",
+        scale_bins=scale_bins,
+        scale_label=label,
     )
 
 
@@ -129,7 +143,12 @@ def add_parser(sub) -> None:
     p.add_argument("--out", required=True, help="PNG path")
     p.add_argument("--weights", default=None)
     p.add_argument("--n", type=positive, default=60, help="number of keypoints")
-    p.add_argument("--support", type=positive_float, default=32.0)
+    p.add_argument(
+        "--support",
+        type=positive_float,
+        default=None,
+        help="fixed windows of this many pixels (default: the scale-covariant pose from the positions)",
+    )
     p.add_argument("--histograms", action="store_true", help="also draw histograms (paper Fig. 4)")
     p = sub.add_parser("match", help="match two images with a pipeline and draw the matches")
     p.set_defaults(command=run_match)

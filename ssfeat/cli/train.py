@@ -1,4 +1,4 @@
-"""``ssfeat train {pose,detector,descriptor,warp}``: the options are the fields of the task's
+"""``ssfeat train {pose,scalepose,detector,descriptor,warp}``: the options are the fields of the task's
 training config (:mod:`ssfeat.training.configs`) and of its model and pair configs, one table
 (``path -> (help, argparse settings)``) per task and one row of :data:`TRAIN_COMMANDS`; ``aliases``
 are earlier flag names, hidden."""
@@ -8,7 +8,14 @@ from __future__ import annotations
 import argparse
 
 from ..models.weights import load_descriptor_model
-from ..training import DescriptorTrainConfig, DetectorTrainConfig, PoseTrainConfig, WarpTrainConfig, fit
+from ..training import (
+    DescriptorTrainConfig,
+    DetectorTrainConfig,
+    PoseTrainConfig,
+    ScalePoseTrainConfig,
+    WarpTrainConfig,
+    fit,
+)
 from .args import add_field, config_from_args, fraction, non_negative, positive, positive_float, threads
 
 # training-loop fields every task shares (LoopConfig); --steps and --time-budget-min are added
@@ -62,6 +69,14 @@ POSE_FIELDS = {
         {"metavar": "WEIGHTS"},
     ),
     "distill_weight": ("weight of the --distill term", {}),
+}
+
+SCALEPOSE_FIELDS = {
+    "pairs.keypoints": ("keypoint pairs per view pair", {"type": positive}),
+    "pairs.max_log2_zoom": ("views zoom the photo by 2**U(-max, max)", {}),
+    "pairs.crop": ("cut both images of a pair to random rectangles (--no-crop: whole images)", {}),
+    "model.channels": ("channels of the log-polar convolution", {"type": positive}),
+    "model.hidden": ("channels of the convolutions along the rings", {"type": positive}),
 }
 
 DETECTOR_FIELDS = {
@@ -150,6 +165,10 @@ def run_pose(args) -> int:
     return _train(args, PoseTrainConfig, POSE_FIELDS)
 
 
+def run_scalepose(args) -> int:
+    return _train(args, ScalePoseTrainConfig, SCALEPOSE_FIELDS)
+
+
 def run_detector(args) -> int:
     try:
         fields = tuple(int(f) for f in args.fields.split(","))
@@ -186,6 +205,14 @@ PAIRS, IMAGE_PAIRS = "pairs of each kind per step, all processes", "image pairs 
 # one row per training task: name, help, config, its option table, run, --batch-size help, extra options
 TRAIN_COMMANDS = (
     ("pose", "train PatchPoseNet on a folder of unlabeled photos", PoseTrainConfig, POSE_FIELDS, run_pose, PAIRS),
+    (
+        "scalepose",
+        "train the scale-covariant keypoint scale network (log-polar) on unlabeled photos",
+        ScalePoseTrainConfig,
+        SCALEPOSE_FIELDS,
+        run_scalepose,
+        "view pairs per step, all processes (each with --keypoints keypoint pairs)",
+    ),
     (
         "detector",
         "train the equivariant keypoint detector on unlabeled photos",

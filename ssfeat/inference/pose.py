@@ -17,9 +17,11 @@ from torch import nn
 from ..data.images import as_image, to_uint8
 from ..features import strongest_distinct
 from ..geometry import angle_to_cv2, inside_image, laf_from_pose
+from ..logpolar import sample_logpolar
 from ..models.layers import fuse_batchnorm
 from ..models.patch_pose import PatchPoseConfig, PatchPoseNet, decode_pose
-from ..models.weights import load_pose_model
+from ..models.scale_pose import LogPolarScaleNet
+from ..models.weights import load_pose_model, load_scale_model
 from ..patches import sample_patches
 
 # patches are float in [0, 1]; values further than this outside are refused. The margin leaves room
@@ -50,6 +52,26 @@ class TopKPoses:
     scale_score: torch.Tensor
 
 
+@dataclass
+class KeypointPoses:
+    """The ``k`` strongest poses of each keypoint, strongest first, from its own image:
+    ``orientation`` ``(N, k)`` radians CCW in ``[0, 2pi)``, ``size`` ``(N, k)`` pixels
+    (``cv2.KeyPoint.size``'s meaning), ``ori_score`` and ``size_score`` ``(N, k)`` histogram mass;
+    the histograms ``ori_hist`` ``(N, n_ori_bins)`` (at the strongest size) and ``size_hist``
+    ``(N, n_rings)`` (over the scale network's ring radii)."""
+
+    orientation: torch.Tensor
+    size: torch.Tensor
+    ori_score: torch.Tensor
+    size_score: torch.Tensor
+    ori_hist: torch.Tensor
+    size_hist: torch.Tensor
+
+
+# width (octaves) of the Gaussian prior that ``size_prior`` puts on the log2 size around the given size
+SIZE_PRIOR_OCTAVES = 0.5
+
+
 class PatchPoseEstimator(nn.Module):
     """Estimate the orientation and log2 scale of image patches.
 
@@ -57,9 +79,17 @@ class PatchPoseEstimator(nn.Module):
     counter-clockwise on screen by ``theta``, ``orientation(B) - orientation(A) == theta (mod 2pi)``;
     if B shows A's content magnified by ``s``, ``log2_scale(B) - log2_scale(A) == log2(s)``.
 
+    At keypoints of an image (:meth:`estimate`, :meth:`estimate_laf`, :meth:`keypoint_poses`) the
+    pose is scale-covariant: ``scale_model`` (:class:`~ssfeat.models.scale_pose.LogPolarScaleNet`)
+    reads a log-polar patch around each position and gives its size, then ``model`` reads the
+    orientation from a window of ``scale_model.config.ori_window`` times that size, so a zoom of the
+    image changes neither what the orientation network sees nor the size relative to the content.
+
     Args:
-        model: a trained :class:`PatchPoseNet`.
+        model: a trained :class:`PatchPoseNet` (orientation, and the pose of fixed windows).
         batch_size: patches per forward pass (memory / cache bound only), an int >= 1.
+        scale_model: a trained :class:`~ssfeat.models.scale_pose.LogPolarScaleNet`, or ``None``
+            (keypoint methods then read fixed windows of ``support`` pixels, as for patches).
 
     Patches are float tensors with values in ``[0, 1]`` (values more than ``RANGE_TOLERANCE`` = 0.5
     outside, NaN, Inf and integer dtypes are refused with a ``ValueError``: divide 8-bit data by 255;
@@ -72,8 +102,11 @@ class PatchPoseEstimator(nn.Module):
         (torch.Size([4]), torch.Size([4, 36]))
     """
 
-    def __init__(self, model: PatchPoseNet, batch_size: int = 256) -> None:
+    def __init__(self, model: PatchPoseNet, batch_size: int = 256, scale_model: LogPolarScaleNet | None = None) -> None:
         super().__init__()
+        if scale_model is not None and not isinstance(scale_model, LogPolarScaleNet):
+            raise TypeError(f"scale_model must be a LogPolarScaleNet or None, got {type(scale_model).__name__}")
+        self.scale_model = scale_model.eval() if scale_model is not None else None
         if not isinstance(model, nn.Module) or not isinstance(getattr(model, "config", None), PatchPoseConfig):
             raise TypeError(
                 f"model must be a PatchPoseNet, got {type(model).__name__} "
@@ -100,6 +133,7 @@ class PatchPoseEstimator(nn.Module):
         device: str | torch.device = "cpu",
         c4: bool | None = None,
         c4_below: float | None = None,
+        scale_model: str | Path | None = "scalepose",
     ) -> PatchPoseEstimator:
         """The bundled model (default; no network access), a ``.safetensors`` file written by
         ``ssfeat export``, or a training run folder / checkpoint.
@@ -109,7 +143,8 @@ class PatchPoseEstimator(nn.Module):
         averaging off (``None``: as stored). ``c4_below`` sets the adaptive C4 threshold: patches whose
         orientation histogram peak probability is below it get the four-rotation average, the others
         a single pass (the bundled model stores a threshold calibrated on held-out training photos;
-        0: off).
+        0: off). ``scale_model``: the keypoint scale network (bundled name, weights file or run; ``None``:
+        none, keypoint methods then read fixed windows).
 
         Raises:
             TypeError: ``name_or_path`` is not a str or path.
@@ -128,7 +163,8 @@ class PatchPoseEstimator(nn.Module):
                 model.set_c4_below(0.0)
         if c4_below is not None:
             model.set_c4_below(c4_below)
-        return cls(fuse_batchnorm(model)).to(device)
+        scale = load_scale_model(scale_model).fused() if scale_model is not None else None
+        return cls(fuse_batchnorm(model), scale_model=scale).to(device)
 
     @property
     def device(self) -> torch.device:
@@ -214,22 +250,99 @@ class PatchPoseEstimator(nn.Module):
         A = np.eye(2) * (support / P)
         return sample_patches(img, xy, A, P)[:, None]
 
-    def estimate(self, image, keypoints: list[cv2.KeyPoint], support: float = 32.0) -> list[cv2.KeyPoint]:
+    @torch.inference_mode()
+    def keypoint_poses(self, image, xy, sizes=None, k: int = 1) -> KeypointPoses:
+        """Scale-covariant poses at keypoint positions, each from its own image.
+
+        The scale network reads a log-polar patch around each position (rings from
+        ``min_radius`` to ``max_radius`` pixels) and gives a histogram over sizes; the orientation
+        network then reads a window of ``ori_window`` times the chosen size.
+
+        Args:
+            image: path, ``(H, W[, 3|4])`` array (uint8, uint16 or float in [0, 1]) or tensor.
+            xy: ``(N, 2)`` positions ``(x, y)`` in pixels (also ``(1, N, 2)``; empty: none).
+            sizes: optional ``(N,)`` sizes in pixels (e.g. a detector's) that the estimate refines:
+                a Gaussian prior of ``SIZE_PRIOR_OCTAVES`` octaves around each; ``None``: from the
+                positions alone.
+            k: the ``k`` strongest sizes (with the strongest orientation at each) when ``k`` is
+                not above the number of scale modes wanted; orientations ``1..k`` are the
+                strongest orientation modes at the strongest size.
+
+        Returns:
+            :class:`KeypointPoses` with ``(N, k)`` tensors on the CPU.
+
+        Raises:
+            ValueError: no scale model, bad image, positions or sizes.
+        """
+        if self.scale_model is None:
+            raise ValueError("this estimator has no scale model (from_pretrained(scale_model='scalepose') loads one)")
+        kmax = self.config.n_ori_bins
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 1 <= k <= kmax:
+            raise ValueError(f"k must be an int from 1 to {kmax}, got {k!r}")
+        img = as_image(image)
+        pts = image_points(xy.detach().cpu().numpy() if isinstance(xy, torch.Tensor) else xy, img.shape)
+        n = len(pts)
+        if sizes is not None:
+            sizes = np.asarray(sizes.detach().cpu() if isinstance(sizes, torch.Tensor) else sizes, np.float64)
+            if sizes.shape != (n,) or not (np.isfinite(sizes).all() and (sizes > 0).all()):
+                raise ValueError(f"sizes must be {n} finite positive sizes in pixels, got shape {sizes.shape}")
+        sm, c = self.scale_model, self.scale_model.config
+        if n == 0:
+            z = torch.zeros(0, k)
+            return KeypointPoses(z, z, z, z, torch.zeros(0, self.config.n_ori_bins), torch.zeros(0, c.n_rings))
+        lp = sample_logpolar(img, pts, c.grid).to(self.device)
+        logits = torch.cat([sm(lp[i : i + 4 * self.batch_size]) for i in range(0, n, 4 * self.batch_size)])
+        logp = F.log_softmax(logits.float(), -1)
+        if sizes is not None:  # log-Gaussian prior around the given sizes, in octaves
+            ring = torch.arange(c.n_rings, device=logp.device) / c.rings_per_octave
+            prior = torch.from_numpy(np.log2(sizes / (c.size_factor * c.min_radius))).to(logp)
+            logp = logp - 0.5 * ((ring[None] - prior[:, None]) / SIZE_PRIOR_OCTAVES) ** 2
+        logp = F.log_softmax(logp, -1)
+        size, size_score = sm.sizes(logp, k)
+        P = self.config.patch_size
+        side = (c.ori_window * size[:, 0]).cpu().numpy()
+        patches = sample_patches(img, pts, (side / P)[:, None, None] * np.eye(2), P)[:, None]
+        d = decode_pose(*self._logits(patches), self.config, k=k)
+        if size.shape[1] < k:  # fewer scale modes than asked: repeat the strongest
+            pad = k - size.shape[1]
+            size = torch.cat([size, size[:, :1].expand(-1, pad)], 1)
+            size_score = torch.cat([size_score, size_score[:, :1].expand(-1, pad)], 1)
+        return KeypointPoses(
+            d["orientation"].cpu(),
+            size.cpu(),
+            d["ori_score"].cpu(),
+            size_score.cpu(),
+            d["ori_hist"].cpu(),
+            logp.exp().cpu(),
+        )
+
+    def estimate(
+        self,
+        image,
+        keypoints: list[cv2.KeyPoint],
+        size_prior: bool = False,
+        support: float | None = None,
+    ) -> list[cv2.KeyPoint]:
         """Set ``angle`` and ``size`` of OpenCV keypoints from the learned pose.
 
         Args:
             image: path, ``(H, W[, 3|4])`` array (uint8, uint16 or float in [0, 1]) or tensor.
             keypoints: ``cv2.KeyPoint`` list or tuple (may be empty: ``[]`` once the image is
                 read); positions are kept.
-            support: side in pixels of the window read around each keypoint.
+            size_prior: start from each keypoint's ``size`` and refine it (default: the keypoints'
+                own size and angle are ignored, the pose comes from the positions alone).
+            support: read a fixed axis-aligned window of this many pixels around every keypoint
+                instead (the patch protocol; ``size = support * 2**log2_scale``). Default: the
+                scale-covariant estimate (:meth:`keypoint_poses`), or 32 px windows for an
+                estimator without a scale model.
 
         Raises:
             ValueError: ``keypoints`` not a list of ``cv2.KeyPoint``, bad image or ``support``, keypoint
-                outside the image or window larger than it.
+                outside the image, or (with ``support``) a window larger than the image.
 
         Returns:
             new keypoints with ``angle`` (OpenCV degrees, see :func:`ssfeat.geometry.angle_to_cv2`) and
-            ``size = support * 2**log2_scale``; ``response``, ``octave`` and ``class_id`` are copied.
+            ``size`` in pixels; ``response``, ``octave`` and ``class_id`` are copied.
         """
         numeric = isinstance(keypoints, np.ndarray) and keypoints.dtype != np.dtype(object)
         if numeric or not isinstance(keypoints, (list, tuple, np.ndarray)):
@@ -238,28 +351,43 @@ class PatchPoseEstimator(nn.Module):
                 "(estimate_laf takes (N, 2) positions)"
             )
         img = as_image(image)  # read and checked even without keypoints
-        check_support(support)
+        if support is not None or self.scale_model is None:
+            support = 32.0 if support is None else support
+            check_support(support)
         if len(keypoints) == 0:
             return []
         if not all(isinstance(k, cv2.KeyPoint) for k in keypoints):
             raise ValueError("keypoints must be cv2.KeyPoint objects (estimate_laf takes (N, 2) positions)")
         xy = np.array([k.pt for k in keypoints])
-        out = self(self._extract(img, xy, support))
-        ang = angle_to_cv2(out.orientation.cpu().numpy())
-        size = support * np.exp2(out.log2_scale.cpu().numpy())
+        if support is not None:
+            out = self(self._extract(img, xy, support))
+            ori, size = out.orientation.cpu().numpy(), support * np.exp2(out.log2_scale.cpu().numpy())
+        else:
+            prior = np.array([k.size for k in keypoints]) if size_prior else None
+            poses = self.keypoint_poses(img, xy, prior)
+            ori, size = poses.orientation[:, 0].numpy(), poses.size[:, 0].numpy()
+        ang = angle_to_cv2(ori)
         return [
             cv2.KeyPoint(float(k.pt[0]), float(k.pt[1]), float(s), float(a), k.response, k.octave, k.class_id)
             for k, s, a in zip(keypoints, size, ang)
         ]
 
-    def estimate_laf(self, image, xy: torch.Tensor | np.ndarray, support: float = 32.0) -> torch.Tensor:
+    def estimate_laf(
+        self, image, xy: torch.Tensor | np.ndarray, sizes=None, support: float | None = None
+    ) -> torch.Tensor:
         """kornia LAFs ``(1, N, 2, 3)`` at centres ``xy`` ``(N, 2)`` with the learned orientation and
-        scale (LAF scale = half the feature size, i.e. ``support / 2 * 2**log2_scale``)."""
+        size (LAF scale = half the feature size). ``sizes`` ``(N,)``: sizes in pixels to refine (see
+        :meth:`keypoint_poses`); ``support``: fixed windows instead, as in :meth:`estimate`."""
         xy_np = xy.detach().cpu().numpy() if isinstance(xy, torch.Tensor) else xy
         xy_np = image_points(xy_np)
-        out = self(self.extract(image, xy_np, support))
-        size = 0.5 * support * torch.exp2(out.log2_scale.cpu())
-        return laf_from_pose(torch.as_tensor(xy_np, dtype=torch.float32), size.float(), out.orientation.cpu().float())
+        if support is not None or self.scale_model is None:
+            support = 32.0 if support is None else support
+            out = self(self.extract(image, xy_np, support))
+            size, ori = support * torch.exp2(out.log2_scale.cpu()), out.orientation.cpu()
+        else:
+            poses = self.keypoint_poses(image, xy_np, sizes)
+            size, ori = poses.size[:, 0], poses.orientation[:, 0]
+        return laf_from_pose(torch.as_tensor(xy_np, dtype=torch.float32), 0.5 * size.float(), ori.float())
 
 
 def check_support(support) -> None:
@@ -316,4 +444,12 @@ def detect_sift(image, n: int = 500) -> list[cv2.KeyPoint]:
     return strongest_distinct(cv2.SIFT_create(nfeatures=n).detect(u8, None), n)
 
 
-__all__ = ["PatchPoseEstimator", "PoseOutput", "TopKPoses", "check_device", "detect_sift", "image_points"]
+__all__ = [
+    "KeypointPoses",
+    "PatchPoseEstimator",
+    "PoseOutput",
+    "TopKPoses",
+    "check_device",
+    "detect_sift",
+    "image_points",
+]

@@ -4,6 +4,7 @@ from .descriptor import DescriptorConfig, DescriptorNet
 from .detector import DetectorConfig, OrientedKeypointNet
 from .patch_pose import PatchPoseConfig, PatchPoseNet
 from .registry import MODEL_KINDS, ModelKind
+from .scale_pose import LogPolarScaleNet, ScalePoseConfig
 from .warp import WarpConfig, WarpNet
 
 __all__ = [
@@ -11,10 +12,12 @@ __all__ = [
     "DescriptorConfig",
     "DescriptorNet",
     "DetectorConfig",
+    "LogPolarScaleNet",
     "ModelKind",
     "OrientedKeypointNet",
     "PatchPoseConfig",
     "PatchPoseNet",
+    "ScalePoseConfig",
     "WarpConfig",
     "WarpNet",
 ]

@@ -13,6 +13,7 @@ from torch import nn
 from .descriptor import DescriptorConfig, DescriptorNet
 from .detector import DetectorConfig, OrientedKeypointNet
 from .patch_pose import PatchPoseConfig, PatchPoseNet
+from .scale_pose import LogPolarScaleNet, ScalePoseConfig
 from .warp import WarpConfig, WarpNet
 
 
@@ -45,6 +46,15 @@ MODEL_KINDS: dict[str, ModelKind] = {
                 "patchpose_tiny": "patchpose_tiny.safetensors",
                 "patchpose_fast": "patchpose_fast.safetensors",  # wider backbone, 4x the FLOPs
             },
+        ),
+        ModelKind(
+            "scalepose",
+            "scale-pose",
+            LogPolarScaleNet,
+            ScalePoseConfig,
+            "ssfeat-scalepose-1",
+            # the scale network of the scale-covariant keypoint pose (PatchPoseEstimator.keypoint_poses)
+            {"scalepose": "scalepose.safetensors"},
         ),
         ModelKind(
             "detector",

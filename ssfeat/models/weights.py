@@ -22,6 +22,7 @@ from .descriptor import DescriptorNet
 from .detector import OrientedKeypointNet
 from .patch_pose import PatchPoseNet
 from .registry import MODEL_KINDS, ModelKind, kind_of
+from .scale_pose import LogPolarScaleNet
 from .warp import WarpNet
 
 CHECKPOINT_VERSION = 1  # of the training checkpoints (``ssfeat.training.checkpoint`` writes them)
@@ -122,6 +123,11 @@ def load_network(kind: str, name_or_path: str | Path) -> nn.Module:
 def load_pose_model(name_or_path: str | Path = "patchpose") -> PatchPoseNet:
     """A :class:`PatchPoseNet` (eval mode): bundled name, ``.safetensors`` file or pose run folder."""
     return load_network("pose", name_or_path)
+
+
+def load_scale_model(name_or_path: str | Path = "scalepose") -> LogPolarScaleNet:
+    """A :class:`LogPolarScaleNet` (eval mode): bundled name, ``.safetensors`` file or scale-pose run."""
+    return load_network("scalepose", name_or_path)
 
 
 def load_detector_model(name_or_path: str | Path = "detector") -> OrientedKeypointNet:
@@ -225,6 +231,7 @@ __all__ = [
     "load_detector_model",
     "load_network",
     "load_pose_model",
+    "load_scale_model",
     "load_warp_model",
     "model_from_checkpoint",
     "save_weights",

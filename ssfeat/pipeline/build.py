@@ -82,7 +82,7 @@ PIPELINES: dict[str, dict] = {
     "kornia": {"orienter": "kornia"},  # kornia dominant gradient orientation, SIFT's scale
     "ssfeat": {"orienter": "ssfeat"},  # ssfeat orientation, SIFT's scale
     "ssfeat_multi": {"orienter": "ssfeat_multi"},  # + a second orientation where the histogram has one
-    "ssfeat_scale": {"orienter": "ssfeat_scale"},  # ssfeat orientation and scale (32 px windows)
+    "ssfeat_scale": {"orienter": "ssfeat_scale"},  # ssfeat orientation and size, scale-covariant
     "sift_rootsift": {"orienter": "sift", "descriptor": "rootsift"},
     "ssfeat_rootsift": {"orienter": "ssfeat", "descriptor": "rootsift"},
     "sift_ratio": {"orienter": "sift", "matcher": "ratio"},
@@ -118,7 +118,7 @@ def _orienter(name: str, estimator: PatchPoseEstimator | None):
     if name == "ssfeat_multi":
         return PatchPoseOrienter(est, k_ori=2)
     if name == "ssfeat_scale":
-        return PatchPoseOrienter(est, support=32.0, scale=True)
+        return PatchPoseOrienter(est, scale=True)
     raise ValueError(f"unknown orienter {name!r}")
 
 

@@ -78,22 +78,25 @@ class KorniaOrienter:
 class PatchPoseOrienter:
     """ssfeat patch pose at each keypoint.
 
-    The network reads an axis-aligned window around every keypoint: by default ``support_factor``
-    times the detector's feature size (so the window follows the detector's scale), or, with
-    ``support`` set, a fixed ``support`` x ``support`` pixel window at the image's resolution.
+    Orientation only (default): the orientation network reads an axis-aligned window around every
+    keypoint of ``support_factor`` times the detector's feature size (so the window follows the
+    detector's scale), or, with ``support`` set, a fixed ``support`` x ``support`` pixel window.
+
+    With ``scale=True`` both size and orientation are ssfeat's, scale-covariant
+    (:meth:`PatchPoseEstimator.keypoint_poses`): the scale network gives each keypoint a size from its
+    position alone (or, with ``size_prior``, refines the detector's size) and the orientation network
+    reads a window proportional to that size.
 
     Args:
-        estimator: the patch-pose estimator (default: the bundled model).
+        estimator: the patch-pose estimator (default: the bundled models).
         support_factor: window side as a multiple of the feature size (default 12: about the region
             OpenCV's SIFT descriptor reads).
         support: fixed window side in pixels instead (``None``: use ``support_factor``).
-        scale: also set the feature size from the learned scale, ``size = size_factor *
-            2**log2_scale`` (needs a fixed ``support``; the learned log2 scale is absolute only then).
-            Otherwise the detector's size is kept and only the orientation is set.
-        size_factor: feature size in pixels of a patch with ``log2_scale == 0``; the default makes the
-            median size on the training photos equal to OpenCV SIFT's median size at 1000 keypoints.
+        scale: also set the feature size (see above); ``support`` and ``support_factor`` then do not
+            apply.
+        size_prior: with ``scale``, refine the detector's size instead of ignoring it.
         k_ori, k_scale: multi-pose: one feature per combination of the ``k_ori`` strongest orientation
-            modes and (with ``scale``) the ``k_scale`` strongest scale modes (paper Table 2).
+            modes and (with ``scale``) the ``k_scale`` strongest size modes (paper Table 2).
         min_ratio: a secondary mode is emitted only if its histogram peak is at least this fraction of
             the strongest one (SIFT uses 0.8 for its secondary orientations).
     """
@@ -104,21 +107,21 @@ class PatchPoseOrienter:
         support_factor: float = 12.0,
         support: float | None = None,
         scale: bool = False,
-        size_factor: float = 6.8,
+        size_prior: bool = False,
         k_ori: int = 1,
         k_scale: int = 1,
         min_ratio: float = 0.5,
     ) -> None:
-        if scale and support is None:
-            raise ValueError("scale=True needs a fixed support (the learned scale is relative to the window)")
         if k_ori < 1 or k_scale < 1:
             raise ValueError("k_ori and k_scale must be >= 1")
         self.estimator = estimator or pipeline_estimator()
-        self.support_factor, self.support, self.scale, self.size_factor = support_factor, support, scale, size_factor
+        if scale and self.estimator.scale_model is None:
+            raise ValueError("scale=True needs an estimator with a scale model")
+        self.support_factor, self.support, self.scale, self.size_prior = support_factor, support, scale, size_prior
         self.k_ori, self.k_scale, self.min_ratio = k_ori, k_scale if scale else 1, min_ratio
 
     def patches(self, image: np.ndarray, feats: Features) -> torch.Tensor:
-        """The ``(N, 1, P, P)`` network inputs."""
+        """The ``(N, 1, P, P)`` network inputs of the orientation-only mode."""
         if self.support is not None:
             if min(image.shape) < self.support:
                 h, w = image.shape
@@ -131,18 +134,23 @@ class PatchPoseOrienter:
     def __call__(self, image: np.ndarray, feats: Features) -> Features:
         if len(feats) == 0:
             return feats
-        t = self.estimator.topk(self.patches(image, feats), max(self.k_ori, self.k_scale))
-        ori, ori_s = t.orientation.cpu().numpy(), t.ori_score.cpu().numpy()
-        sca, sca_s = t.log2_scale.cpu().numpy(), t.scale_score.cpu().numpy()
+        k = max(self.k_ori, self.k_scale)
+        if self.scale:
+            p = self.estimator.keypoint_poses(image, feats.keypoints, feats.scales if self.size_prior else None, k)
+            ori, ori_s, size, size_s = (t.numpy() for t in (p.orientation, p.ori_score, p.size, p.size_score))
+        else:
+            t = self.estimator.topk(self.patches(image, feats), k)
+            ori, ori_s = t.orientation.cpu().numpy(), t.ori_score.cpu().numpy()
+            size, size_s = None, np.ones((len(feats), 1))
         parts = []
         for i in range(self.k_ori):
             for j in range(self.k_scale):
-                ok = (ori_s[:, i] >= self.min_ratio * ori_s[:, 0]) & (sca_s[:, j] >= self.min_ratio * sca_s[:, 0])
+                ok = (ori_s[:, i] >= self.min_ratio * ori_s[:, 0]) & (size_s[:, j] >= self.min_ratio * size_s[:, 0])
                 idx = np.flatnonzero(ok) if i or j else np.arange(len(feats))
                 f = feats.subset(idx)
                 f.orientations = ori[idx, i].astype(np.float32)
-                if self.scale:
-                    f.scales = (self.size_factor * np.exp2(sca[idx, j])).astype(np.float32)
+                if size is not None:
+                    f.scales = size[idx, j].astype(np.float32)
                 parts.append(f)
         return concat_features(parts)
 

@@ -3,7 +3,14 @@
 (:data:`~ssfeat.training.tasks.TASKS`)."""
 
 from .checkpoint import config_from_checkpoint, load_checkpoint
-from .configs import DescriptorTrainConfig, DetectorTrainConfig, LoopConfig, PoseTrainConfig, WarpTrainConfig
+from .configs import (
+    DescriptorTrainConfig,
+    DetectorTrainConfig,
+    LoopConfig,
+    PoseTrainConfig,
+    ScalePoseTrainConfig,
+    WarpTrainConfig,
+)
 from .inputs import split_images
 from .loop import fit
 from .tasks import TASKS, TrainingTask, task_for
@@ -14,6 +21,7 @@ __all__ = [
     "DetectorTrainConfig",
     "LoopConfig",
     "PoseTrainConfig",
+    "ScalePoseTrainConfig",
     "TrainingTask",
     "WarpTrainConfig",
     "config_from_checkpoint",

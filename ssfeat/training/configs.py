@@ -10,10 +10,12 @@ from ..data.descriptor_pairs import DescriptorPairConfig
 from ..data.homography_pairs import HomographyPairConfig
 from ..data.synthesis import PairConfig
 from ..data.validate import check_fields
+from ..data.view_pairs import ViewPairConfig
 from ..data.warp_pairs import WarpPairConfig
 from ..models.descriptor import DescriptorConfig
 from ..models.detector import DetectorConfig
 from ..models.patch_pose import PatchPoseConfig
+from ..models.scale_pose import ScalePoseConfig
 from ..models.warp import WarpConfig
 
 
@@ -79,6 +81,27 @@ class PoseTrainConfig(LoopConfig):
         d = dict(d)
         d["model"] = PatchPoseConfig.from_dict(d.get("model", {}))
         d["pairs"] = PairConfig(**d.get("pairs", {}))
+        return cls(**d)
+
+
+@dataclass
+class ScalePoseTrainConfig(LoopConfig):
+    """Scale-covariant keypoint pose training (log-polar scale histograms aligned across zoomed,
+    turned views); stored in every checkpoint. ``batch_size``/``val_pairs`` count view pairs, each
+    with ``pairs.keypoints`` keypoint pairs."""
+
+    batch_size: int = 8
+    val_pairs: int = 64
+    lr: float = 3e-3
+    temperature: float = 1.0  # of the loss softmax (the model already fixes the logit norm)
+    model: ScalePoseConfig = field(default_factory=ScalePoseConfig)
+    pairs: ViewPairConfig = field(default_factory=ViewPairConfig)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ScalePoseTrainConfig:
+        d = dict(d)
+        d["model"] = ScalePoseConfig.from_dict(d.get("model", {}))
+        d["pairs"] = ViewPairConfig(**d.get("pairs", {}))
         return cls(**d)
 
 

@@ -12,6 +12,7 @@ from ..configs import LoopConfig
 from .descriptor import DescriptorTask
 from .detector import DetectorTask
 from .pose import PoseTask
+from .scalepose import ScalePoseTask
 from .warp import WarpTask
 
 
@@ -59,7 +60,9 @@ class TrainingTask(Protocol):
         ...
 
 
-TASKS: dict[str, type[TrainingTask]] = {t.name: t for t in (PoseTask, DetectorTask, DescriptorTask, WarpTask)}
+TASKS: dict[str, type[TrainingTask]] = {
+    t.name: t for t in (PoseTask, ScalePoseTask, DetectorTask, DescriptorTask, WarpTask)
+}
 
 
 def task_name(cfg: LoopConfig) -> str:
@@ -79,4 +82,14 @@ def task_for(cfg: LoopConfig) -> TrainingTask:
     raise TypeError(f"no training task for {type(cfg).__name__}")
 
 
-__all__ = ["TASKS", "DescriptorTask", "DetectorTask", "PoseTask", "TrainingTask", "WarpTask", "task_for", "task_name"]
+__all__ = [
+    "TASKS",
+    "DescriptorTask",
+    "DetectorTask",
+    "PoseTask",
+    "ScalePoseTask",
+    "TrainingTask",
+    "WarpTask",
+    "task_for",
+    "task_name",
+]

@@ -1,0 +1,224 @@
+"""LogPolarScaleNet: a keypoint's characteristic scale from a log-polar patch, equivariant to zoom
+and invariant to rotation by construction.
+
+The input is an antialiased log-polar patch (:mod:`ssfeat.logpolar`): rings at log-spaced radii,
+angles all round. A zoom of the image by ``2**u`` shifts the patch by ``u * rings_per_octave`` rings
+and a rotation shifts it circularly along the angle axis. The network is
+
+* one 2-D convolution over (ring, angle), circular and of stride 2 along the angle axis;
+* per ring, features that do not change under a circular shift along the angle axis: the magnitudes
+  of the first angular Fourier harmonics of the (ring-wise standardised) patch and of every channel,
+  and each channel's maximum;
+* 1-D dilated convolutions along the ring axis, ending in one logit per ring.
+
+Every convolution along the rings is *valid* (no padding): the patch has ``CONTEXT_RINGS`` rings
+more on either side than the histogram, so no output can tell where the ends of the patch are.
+
+So the scale histogram (softmax over rings, an absolute log2 radius) shifts with the zoom and ignores
+the rotation, up to resampling and the ends of the ring range. Sizes are ``size_factor * radius``
+pixels (``cv2.KeyPoint.size``'s meaning, calibrated on SIFT keypoints of the training photos).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from ..logpolar import LogPolarGrid
+from .patch_pose import histogram_peaks
+
+# rings each side of the histogram's rings that the network's valid convolutions along the rings consume
+# (1 for the 2-D convolution, 1 + 2 + 4 for the dilated 1-D ones)
+CONTEXT_RINGS = 8
+NORM_RINGS = 4  # patches are standardised ring by ring with the statistics of the rings within this many
+
+
+@dataclass
+class ScalePoseConfig:
+    """Architecture of :class:`LogPolarScaleNet` (stored in every checkpoint and weights file)."""
+
+    # scale histogram bins: ring radii min_radius * 2**(i / rings_per_octave), 8 octaves from 0.5 to 128 px;
+    # the log-polar patch has CONTEXT_RINGS more rings on either side, which the valid convolutions
+    # along the rings consume, so no output ring sees the ends of the patch
+    n_rings: int = 33
+    rings_per_octave: int = 4
+    n_angles: int = 32
+    min_radius: float = 0.5
+    channels: int = 8  # of the 2-D convolution over (ring, angle)
+    harmonics: int = 4  # angular Fourier magnitudes per channel (harmonic 0: the ring mean)
+    hidden: int = 24  # channels of the 1-D convolutions along the rings
+    logit_norm: float = 12.0  # centre logits and rescale to this L2 norm (0: raw logits)
+    # feature size in pixels (cv2.KeyPoint.size meaning) per unit of characteristic radius; set after
+    # training so that sizes match SIFT's on the training photos (the median ratio)
+    size_factor: float = 1.0
+    # inference: the orientation network reads a window of this many times the size
+    ori_window: float = 8.0
+
+    def __post_init__(self) -> None:
+        for name in ("n_rings", "rings_per_octave", "n_angles", "channels", "harmonics", "hidden"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise TypeError(f"{name} must be an int, got {v!r}")
+        _ = self.grid  # checks the ring layout
+        if self.n_angles % 2 or not 1 <= self.harmonics <= self.n_angles // 4:
+            raise ValueError(
+                f"need an even n_angles and harmonics in [1, n_angles / 4], got {self.n_angles}, {self.harmonics}"
+            )
+        if self.channels < 1 or self.hidden < 1:
+            raise ValueError("channels and hidden must be >= 1")
+        for name in ("logit_norm", "size_factor", "ori_window"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise TypeError(f"{name} must be a finite number, got {v!r}")
+        if self.logit_norm < 0 or self.size_factor <= 0 or self.ori_window <= 0:
+            raise ValueError(
+                f"need logit_norm >= 0, size_factor > 0 and ori_window > 0, got {self.logit_norm}, "
+                f"{self.size_factor}, {self.ori_window}"
+            )
+
+    @property
+    def grid(self) -> LogPolarGrid:
+        """The log-polar patch the network reads: the histogram's rings and ``CONTEXT_RINGS`` more on
+        either side."""
+        m = CONTEXT_RINGS
+        return LogPolarGrid(
+            self.n_rings + 2 * m,
+            self.rings_per_octave,
+            self.n_angles,
+            self.min_radius * 2.0 ** (-m / self.rings_per_octave),
+        )
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> ScalePoseConfig:
+        """A config from a dict of its fields (as stored in weights files and checkpoints).
+
+        Raises:
+            TypeError: ``d`` is not a mapping, or a field has the wrong type.
+            ValueError: unknown keys or values outside a field's domain.
+        """
+        if not isinstance(d, Mapping):
+            raise TypeError(f"a ScalePoseConfig is read from a dict of its fields, got {type(d).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(str(k) for k in d if k not in known)
+        if unknown:
+            raise ValueError(f"unknown ScalePoseConfig field(s) {', '.join(unknown)}")
+        return cls(**d)
+
+
+def _harmonic_basis(n: int, harmonics: int) -> torch.Tensor:
+    """``(n, 2 * harmonics)``: ``cos(k a) / n`` then ``sin(k a) / n`` for ``k < harmonics`` at the ``n``
+    angles ``a = 2 pi j / n``."""
+    a = 2 * math.pi * torch.arange(n) / n
+    k = torch.arange(harmonics)
+    return torch.cat([torch.cos(a[:, None] * k), torch.sin(a[:, None] * k)], 1) / n
+
+
+def local_standardize(x: torch.Tensor, half: int) -> torch.Tensor:
+    """Standardise ``(B, 1, R, T)`` log-polar patches ring by ring with the mean and RMS of the rings
+    within ``half`` rings (replicated at the ends): invariant to brightness and contrast, and, unlike
+    statistics of the whole patch, equivariant to shifts along the rings and blind to what lies far
+    away in radius (the content beyond an image border, say)."""
+    k = 2 * half + 1
+    m = x.mean(3, keepdim=True)  # (B, 1, R, 1)
+    m2 = x.square().mean(3, keepdim=True)
+    pad = (0, 0, half, half)
+    mu = F.avg_pool2d(F.pad(m, pad, mode="replicate"), (k, 1), stride=1)
+    var = F.avg_pool2d(F.pad(m2, pad, mode="replicate"), (k, 1), stride=1) - mu.square()
+    return (x - mu) / (var.clamp_min(0).sqrt() + 1e-3)
+
+
+class _CircularConv(nn.Module):
+    """3x3 convolution over (ring, angle), stride 2 along angles: valid along rings (one ring fewer
+    at either end), circular along angles."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3, padding=0, stride=(1, 2), bias=False)
+        self.bn = nn.BatchNorm2d(cout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.bn(self.conv(F.pad(x, (1, 1, 0, 0), mode="circular"))))
+
+    def fuse(self) -> None:
+        """Fold the batch norm into the convolution (evaluation only; same outputs)."""
+        self.conv, self.bn = fuse_conv_bn_eval(self.conv.eval(), self.bn.eval()), nn.Identity()
+
+
+class LogPolarScaleNet(nn.Module):
+    """Scale logits over the rings of log-polar patches.
+
+    Args:
+        config: architecture; ``self.config``.
+
+    Shape:
+        - Input: ``(B, R, n_angles)`` or ``(B, 1, R, n_angles)`` float log-polar patches of
+          ``config.grid`` (``R = n_rings + 2 * CONTEXT_RINGS``; gray values, each patch is
+          standardised to zero mean and unit RMS here).
+        - Output: ``(B, R - 2 * CONTEXT_RINGS)`` logits (``(B, n_rings)`` for ``config.grid``);
+          ``softmax`` is the histogram over ring radii.
+    """
+
+    def __init__(self, config: ScalePoseConfig | None = None) -> None:
+        super().__init__()
+        if config is not None and not isinstance(config, ScalePoseConfig):
+            raise TypeError(f"config must be a ScalePoseConfig, got {type(config).__name__}")
+        self.config = c = config or ScalePoseConfig()
+        self.conv = _CircularConv(1, c.channels)
+        # (T, 2h) cosines and sines of the first angular harmonics, for the patch (T angles) and the
+        # convolution's output (T / 2 angles): |x @ basis| pairs are Fourier magnitudes
+        self.register_buffer("basis", _harmonic_basis(c.n_angles, c.harmonics))
+        self.register_buffer("basis2", _harmonic_basis(c.n_angles // 2, c.harmonics))
+        n_feat = (1 + c.channels) * c.harmonics + c.channels
+        h = c.hidden
+        layers: list[nn.Module] = [nn.Conv1d(n_feat, h, 3), nn.ReLU()]
+        for d in (2, 4):  # valid: CONTEXT_RINGS = 1 + 1 + 2 + 4
+            layers += [nn.Conv1d(h, h, 3, dilation=d), nn.ReLU()]
+        self.rings = nn.Sequential(*layers, nn.Conv1d(h, 1, 1))
+
+    def fused(self) -> LogPolarScaleNet:
+        """This network in evaluation mode with its batch norm folded into the convolution (same
+        outputs, faster; it cannot be trained afterwards)."""
+        self.eval()
+        if not isinstance(self.conv.bn, nn.Identity):
+            self.conv.fuse()
+        return self
+
+    def sizes(self, logits: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``k`` strongest modes of the scale histograms of ``(B, n_rings)`` logits: sizes
+        ``(B, k)`` in pixels (``size_factor`` times the ring radius, sub-ring refined) and their
+        histogram mass ``(B, k)``."""
+        c = self.config
+        pos, score = histogram_peaks(F.softmax(logits, -1), min(k, c.n_rings), circular=False)
+        return c.size_factor * c.min_radius * torch.exp2(pos / c.rings_per_octave), score
+
+    def features(self, patches: torch.Tensor) -> torch.Tensor:
+        """Rotation-invariant per-ring features ``(B, n_feat, n_rings)``."""
+        c = self.config
+        x = patches if patches.ndim == 4 else patches[:, None]
+        if x.ndim != 4 or x.shape[1] != 1 or x.shape[3] != c.n_angles or x.shape[2] <= 2 * CONTEXT_RINGS:
+            raise ValueError(
+                f"LogPolarScaleNet takes (B, R, {c.n_angles}) log-polar patches with R > {2 * CONTEXT_RINGS} rings "
+                f"(config.grid: R = {c.grid.n_rings}), got {tuple(patches.shape)}"
+            )
+        x = local_standardize(x, NORM_RINGS)
+        y = self.conv(x)  # (B, C, R - 2, T / 2)
+        z = torch.cat([x[:, :, 1:-1] @ self.basis, y @ self.basis2], 1)  # (B, 1 + C, R - 2, 2h)
+        h = self.config.harmonics
+        mags = (z[..., :h].square() + z[..., h:].square() + 1e-12).sqrt()  # (B, 1 + C, R - 2, h)
+        return torch.cat([mags.permute(0, 1, 3, 2).flatten(1, 2), y.amax(-1)], 1)  # (B, n_feat, R - 2)
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        z = self.rings(self.features(patches))[:, 0]
+        if self.config.logit_norm > 0:
+            z = z - z.mean(-1, keepdim=True)
+            z = self.config.logit_norm * F.normalize(z, dim=-1, eps=1e-6)
+        return z
+
+
+__all__ = ["CONTEXT_RINGS", "LogPolarScaleNet", "ScalePoseConfig"]
