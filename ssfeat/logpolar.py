@@ -10,7 +10,8 @@ n_angles)]`` for the rings both views resolve.
 Each ring is read from a Gaussian scale space at the blur its sample spacing needs (the rule of
 :mod:`ssfeat.patches`: ``sigma = 0.5 * sqrt(step**2 - 1)`` for samples ``step`` pixels apart), so a
 ring of radius ``r`` sees the image at a blur proportional to ``r`` and the sampling commutes with
-zoom down to the pixel grid. Borders are reflected, as in :mod:`ssfeat.patches`.
+zoom down to the pixel grid. Samples beyond the image border take their ring's mean (see
+:func:`sample_logpolar`).
 """
 
 from __future__ import annotations
@@ -95,16 +96,18 @@ def ring_levels(grid: LogPolarGrid) -> np.ndarray:
     return np.round(np.log2(np.maximum(grid.steps(), 1.0)) * grid.rings_per_octave).astype(int)
 
 
-def sample_logpolar(
-    image: np.ndarray | ScaleSpace, xy: np.ndarray, grid: LogPolarGrid, radius_scale: np.ndarray | None = None
-) -> torch.Tensor:
+def sample_logpolar(image: np.ndarray | ScaleSpace, xy: np.ndarray, grid: LogPolarGrid) -> torch.Tensor:
     """Log-polar patches of a gray image around keypoints.
+
+    Samples that fall outside the image take the mean of their ring's samples inside it (or, for a
+    ring wholly outside, of the patch's samples inside): what lies beyond the border is unknown, and
+    a constant says so without inventing structure, where a reflection would show a mirrored copy
+    that differs from view to view.
 
     Args:
         image: ``(H, W)`` float image (or a :class:`ScaleSpace` of it, to share it across calls).
         xy: ``(N, 2)`` keypoint positions ``(x, y)`` in pixels.
         grid: the ring and angle layout.
-        radius_scale: optional ``(N,)`` factor applied to every radius of keypoint ``n`` (default 1).
 
     Returns:
         ``(N, n_rings, n_angles)`` float32 tensor.
@@ -117,63 +120,25 @@ def sample_logpolar(
         return out
     a = 2 * math.pi * np.arange(T) / T
     unit = torch.from_numpy(np.stack([np.cos(a), -np.sin(a)], -1).astype(np.float32))  # (T, 2), CCW as displayed
-    radii = torch.from_numpy(grid.radii().astype(np.float32))
-    if radius_scale is None:
-        levels = np.broadcast_to(ring_levels(grid), (N, R))
-        scale = torch.ones(N)
-    else:  # each keypoint's rings go to the level of its own spacing
-        sc = np.asarray(radius_scale, np.float64).reshape(N)
-        levels = np.round(np.log2(np.maximum(grid.steps()[None, :] * sc[:, None], 1.0)) * grid.rings_per_octave)
-        levels = levels.astype(int)
-        scale = torch.from_numpy(sc.astype(np.float32))
+    pos = xy_t[:, None, None, :] + torch.from_numpy(grid.radii().astype(np.float32))[None, :, None, None] * unit
+    levels = ring_levels(grid)
     for k in np.unique(levels):
         img, f = ss.level(int(k))
         h, w = img.shape[-2:]
+        r_idx = torch.from_numpy(np.flatnonzero(levels == k))
         # grid_sample's -1 and 1 are the centres of the level's first and last pixels
-        norm = torch.tensor([2.0 / max(w - 1, 1) / f, 2.0 / max(h - 1, 1) / f])
-        if radius_scale is None:  # every keypoint reads the same rings here
-            r_idx = torch.from_numpy(np.flatnonzero(levels[0] == k))
-            pos = xy_t[:, None, None, :] + radii[r_idx][None, :, None, None] * unit  # (N, r, T, 2)
-            s = F.grid_sample(
-                img,
-                (pos * norm - 1.0).reshape(1, -1, T, 2),
-                mode="bilinear",
-                padding_mode="reflection",
-                align_corners=True,
-            )
-            out[:, r_idx] = s.reshape(N, len(r_idx), T)
-        else:
-            n_np, r_np = np.nonzero(levels == k)
-            n_idx, r_idx = torch.from_numpy(n_np), torch.from_numpy(r_np)
-            pos = xy_t[n_idx, None, :] + (radii[r_idx] * scale[n_idx])[:, None, None] * unit  # (M, T, 2)
-            s = F.grid_sample(
-                img,
-                (pos * norm - 1.0).reshape(1, -1, T, 2),
-                mode="bilinear",
-                padding_mode="reflection",
-                align_corners=True,
-            )
-            out[n_idx, r_idx] = s.reshape(-1, T)
-    return out
-    scale = np.ones(N) if radius_scale is None else np.asarray(radius_scale, np.float64).reshape(N)
-    a = 2 * math.pi * np.arange(T) / T
-    unit = np.stack([np.cos(a), -np.sin(a)], -1)  # (T, 2): counter-clockwise as displayed
-    radii = grid.radii()
-    # every keypoint's radii are scaled by its own factor: its rings go to the level of its own step
-    steps = grid.steps()[None, :] * scale[:, None]  # (N, R)
-    levels = np.round(np.log2(np.maximum(steps, 1.0)) * grid.rings_per_octave).astype(int)
+        g = pos[:, r_idx] * torch.tensor([2.0 / max(w - 1, 1) / f, 2.0 / max(h - 1, 1) / f]) - 1.0
+        s = F.grid_sample(img, g.reshape(1, -1, T, 2), mode="bilinear", padding_mode="border", align_corners=True)
+        out[:, r_idx] = s.reshape(N, len(r_idx), T)
     H, W = ss.shape
-    for k in np.unique(levels):
-        n_idx, r_idx = np.nonzero(levels == k)
-        img, f = ss.level(int(k))
-        h, w = img.shape[-2:]
-        pos = xy[n_idx, None, :] + (radii[r_idx] * scale[n_idx])[:, None, None] * unit[None]  # (M, T, 2)
-        # grid_sample's -1 and 1 are the centres of the level's first and last pixels
-        g = pos / f * np.array([2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1)]) - 1.0
-        g = torch.from_numpy(g.astype(np.float32)).reshape(1, -1, T, 2)
-        s = F.grid_sample(img, g, mode="bilinear", padding_mode="reflection", align_corners=True)
-        out[torch.from_numpy(n_idx), torch.from_numpy(r_idx)] = s.reshape(-1, T)
-    return out
+    inside = (
+        (pos[..., 0] >= -0.5) & (pos[..., 0] <= W - 0.5) & (pos[..., 1] >= -0.5) & (pos[..., 1] <= H - 0.5)
+    ).float()
+    n_in = inside.sum(-1, keepdim=True)  # (N, R, 1)
+    ring_mean = (out * inside).sum(-1, keepdim=True) / n_in.clamp_min(1)
+    patch_mean = (out * inside).sum((1, 2), keepdim=True) / inside.sum((1, 2), keepdim=True).clamp_min(1)
+    fill = torch.where(n_in > 0, ring_mean, patch_mean)
+    return torch.where(inside > 0, out, fill)
 
 
 __all__ = ["LogPolarGrid", "ScaleSpace", "ring_levels", "sample_logpolar"]

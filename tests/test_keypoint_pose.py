@@ -155,8 +155,8 @@ def test_benchmark_keypoints_cli(oxford_dir, image_dir, tmp_path, capsys):
     argv = ["benchmark", "keypoints", "--root", str(oxford_dir), "--images", str(image_dir), "--limit", "2"]
     assert main([*argv, "--max-keypoints", "200", "--json", str(out)]) == 0
     res = json.loads(out.read_text())
-    assert {"toy", "similarity:" + image_dir.name, "all"} <= set(res["datasets"])
-    toy = res["datasets"]["toy"]
+    assert {oxford_dir.name, "similarity:" + image_dir.name, "all"} <= set(res["datasets"])
+    toy = res["datasets"][oxford_dir.name]  # one dataset per --root
     assert toy["pairs"] == 2 and toy["n"] > 20
     assert {"detector", "kornia", "log", "ssfeat_fixed", "ssfeat", "ssfeat_prior"} == set(toy["methods"])
     # the toy pairs are exact rotations (+ a 1.3x zoom): SIFT's own pose is mostly right on them

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ssfeat.logpolar import LogPolarGrid, ScaleSpace, sample_logpolar
-from ssfeat.models.scale_pose import CONTEXT_RINGS, LogPolarScaleNet, ScalePoseConfig
+from ssfeat.models.scale_pose import LogPolarScaleNet, ScalePoseConfig
 
 
 def blobs(size: int, zoom: float = 1.0, angle: float = 0.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -50,19 +50,20 @@ def test_zoom_is_a_shift_along_rings():
     assert err < 0.03 and (lb[4:] - la[4:]).abs().max() > 0.1
 
 
-def test_radius_scale_is_a_zoom_of_the_grid():
-    a, c = blobs(257)
-    ss = ScaleSpace(a, GRID.rings_per_octave)
-    one = sample_logpolar(ss, c, GRID, radius_scale=np.array([2.0]))[0]
-    ref = sample_logpolar(ss, c, GRID)[0]
-    assert torch.allclose(one[:-4], ref[4:], atol=2e-3)
-
-
 def test_sampling_edge_cases():
     a, _ = blobs(65)
     assert sample_logpolar(a, np.zeros((0, 2)), GRID).shape == (0, 20, 32)
-    corner = sample_logpolar(a, np.array([[0.0, 0.0]]), GRID)  # reflected at the border
+    corner = sample_logpolar(a, np.array([[0.0, 0.0]]), GRID)[0]
     assert torch.isfinite(corner).all()
+    # beyond the border: the mean of the ring's samples inside (three quarters of a large ring lie
+    # outside the image around its top-left corner)
+    ang = 2 * np.pi * np.arange(32) / 32
+    r = GRID.radii()[15]  # about 13 px
+    inside = (r * np.cos(ang) >= -0.5) & (-r * np.sin(ang) >= -0.5)
+    assert 6 <= inside.sum() <= 10
+    ring = corner[15]
+    assert torch.allclose(ring[~inside], ring[inside].mean().expand(int((~inside).sum())), atol=1e-5)
+    assert ring[inside].std() > 1e-3  # the inside samples are the image's
     with pytest.raises(ValueError, match="2x2"):
         ScaleSpace(np.zeros((1, 5), np.float32), 4)
     with pytest.raises(ValueError, match="n_angles"):
@@ -85,13 +86,13 @@ def test_scale_net_is_rotation_invariant_and_zoom_equivariant():
         full = net.rings(net.features(x))[:, 0]
     assert torch.allclose(z, zr, atol=1e-5)
     assert torch.allclose(zs, full[:, 4:], atol=5e-3) and not torch.allclose(zs, full[:, :-4], atol=5e-3)
-    assert z.shape == (3, cfg.n_rings) and R == cfg.n_rings + 2 * CONTEXT_RINGS
+    assert z.shape == (3, cfg.n_rings) and R == cfg.n_rings + 2 * cfg.context_rings
 
 
 def test_scale_net_checks_and_fusion():
     net = LogPolarScaleNet(ScalePoseConfig()).eval()
     with pytest.raises(ValueError, match="log-polar patches"):
-        net(torch.rand(2, 10, 32))
+        net(torch.rand(2, 8, 32))  # not more rings than the context needs
     with pytest.raises(ValueError, match="log-polar patches"):
         net(torch.rand(2, 40, 16))
     x = torch.rand(4, net.config.grid.n_rings, 32)

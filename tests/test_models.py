@@ -267,12 +267,15 @@ def test_estimator_api_and_bad_inputs(bundled):
 def test_estimate_with_cv2_keypoints_and_lafs(bundled):
     img = textured_image(200, 240, seed=2)
     kps = detect_sift(img, 40)
-    out = bundled.estimate(img, kps)
+    out = bundled.estimate(img, kps)  # scale-covariant, from the positions
     assert len(out) == len(kps) > 0
     assert all(0 <= k.angle < 360 and k.size > 0 for k in out)
     assert [k.pt for k in out] == [k.pt for k in kps]
+    poses = bundled.keypoint_poses(img, np.array([k.pt for k in kps]))
+    assert np.allclose([k.size for k in out], poses.size[:, 0].numpy(), rtol=1e-5)
+    fixed = bundled.estimate(img, kps, support=32.0)  # the patch protocol: 32 px windows
     ours = bundled(bundled.extract(img, np.array([k.pt for k in kps])))
-    assert np.allclose(angle_from_cv2(np.array([k.angle for k in out])), ours.orientation.numpy(), atol=1e-4)
+    assert np.allclose(angle_from_cv2(np.array([k.angle for k in fixed])), ours.orientation.numpy(), atol=1e-4)
     assert bundled.estimate(img, []) == []
     rgba = np.dstack([img, img, img, np.full_like(img, 255)])
     assert len(bundled.estimate(rgba, kps[:3])) == 3
@@ -281,7 +284,8 @@ def test_estimate_with_cv2_keypoints_and_lafs(bundled):
     with pytest.raises(ValueError, match="outside"):
         bundled.estimate(img, [cv2.KeyPoint(500.0, 10.0, 5.0)])
     with pytest.raises(ValueError, match="smaller than"):
-        bundled.estimate(img[:20, :20], [cv2.KeyPoint(5.0, 5.0, 5.0)])
+        bundled.estimate(img[:20, :20], [cv2.KeyPoint(5.0, 5.0, 5.0)], support=32.0)
+    assert len(bundled.estimate(img[:20, :20], [cv2.KeyPoint(5.0, 5.0, 5.0)])) == 1  # no fixed window
     for support in (0.0, -5.0, float("nan")):
         with pytest.raises(ValueError, match="support must be a positive"):
             bundled.estimate(img, kps[:2], support=support)

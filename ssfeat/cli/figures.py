@@ -66,12 +66,13 @@ def show(
     them: scale-covariant (:meth:`PatchPoseEstimator.keypoint_poses`), or, with ``support``, from
     fixed windows of that many pixels (the patch protocol)."""
     m = 0.0 if support is None else support / np.sqrt(2)
-    img = read_usable(image, min_size=2 * int(np.ceil(m)) + 1)
+    img = read_usable(image, min_size=max(16, 2 * int(np.ceil(m)) + 1))
     est = estimator or PatchPoseEstimator.from_pretrained(weights or "patchpose")
     H, W = img.shape
     kps = [k for k in detect_sift(img, 4 * n) if m <= k.pt[0] <= W - 1 - m and m <= k.pt[1] <= H - 1 - m][:n]
     if not kps:
-        raise ValueError(f"{image}: no SIFT keypoint at least {m:.0f} px from the border, nothing to draw")
+        where = f" at least {m:.0f} px from the border" if m else ""
+        raise ValueError(f"{image}: no SIFT keypoint{where}, nothing to draw")
     xy = np.array([k.pt for k in kps]).reshape(-1, 2)
     if support is None and est.scale_model is not None:
         p = est.keypoint_poses(img, xy)

@@ -6,12 +6,12 @@ angles all round. A zoom of the image by ``2**u`` shifts the patch by ``u * ring
 and a rotation shifts it circularly along the angle axis. The network is
 
 * one 2-D convolution over (ring, angle), circular and of stride 2 along the angle axis;
-* per ring, features that do not change under a circular shift along the angle axis: the magnitudes
-  of the first angular Fourier harmonics of the (ring-wise standardised) patch and of every channel,
-  and each channel's maximum;
+* per ring, features that do not change under a circular shift along the angle axis: the ring mean
+  and the magnitudes of the next angular Fourier harmonics of the (ring-wise standardised) patch and
+  of every channel, and each channel's maximum;
 * 1-D dilated convolutions along the ring axis, ending in one logit per ring.
 
-Every convolution along the rings is *valid* (no padding): the patch has ``CONTEXT_RINGS`` rings
+Every convolution along the rings is *valid* (no padding): the patch has ``context_rings`` rings
 more on either side than the histogram, so no output can tell where the ends of the patch are.
 
 So the scale histogram (softmax over rings, an absolute log2 radius) shifts with the zoom and ignores
@@ -33,9 +33,6 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from ..logpolar import LogPolarGrid
 from .patch_pose import histogram_peaks
 
-# rings each side of the histogram's rings that the network's valid convolutions along the rings consume
-# (1 for the 2-D convolution, 1 + 2 + 4 for the dilated 1-D ones)
-CONTEXT_RINGS = 8
 NORM_RINGS = 4  # patches are standardised ring by ring with the statistics of the rings within this many
 
 
@@ -44,7 +41,7 @@ class ScalePoseConfig:
     """Architecture of :class:`LogPolarScaleNet` (stored in every checkpoint and weights file)."""
 
     # scale histogram bins: ring radii min_radius * 2**(i / rings_per_octave), 8 octaves from 0.5 to 128 px;
-    # the log-polar patch has CONTEXT_RINGS more rings on either side, which the valid convolutions
+    # the log-polar patch has ``context_rings`` more rings on either side, which the valid convolutions
     # along the rings consume, so no output ring sees the ends of the patch
     n_rings: int = 33
     rings_per_octave: int = 4
@@ -53,6 +50,8 @@ class ScalePoseConfig:
     channels: int = 8  # of the 2-D convolution over (ring, angle)
     harmonics: int = 4  # angular Fourier magnitudes per channel (harmonic 0: the ring mean)
     hidden: int = 24  # channels of the 1-D convolutions along the rings
+    ring_layers: int = 2  # dilated 1-D convolutions (dilations 2, 4, ...) after the first
+    signed_mean: bool = True  # harmonic 0 (the ring mean) enters signed, not as a magnitude
     logit_norm: float = 12.0  # centre logits and rescale to this L2 norm (0: raw logits)
     # feature size in pixels (cv2.KeyPoint.size meaning) per unit of characteristic radius; set after
     # training so that sizes match SIFT's on the training photos (the median ratio)
@@ -61,7 +60,7 @@ class ScalePoseConfig:
     ori_window: float = 8.0
 
     def __post_init__(self) -> None:
-        for name in ("n_rings", "rings_per_octave", "n_angles", "channels", "harmonics", "hidden"):
+        for name in ("n_rings", "rings_per_octave", "n_angles", "channels", "harmonics", "hidden", "ring_layers"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int):
                 raise TypeError(f"{name} must be an int, got {v!r}")
@@ -70,8 +69,10 @@ class ScalePoseConfig:
             raise ValueError(
                 f"need an even n_angles and harmonics in [1, n_angles / 4], got {self.n_angles}, {self.harmonics}"
             )
-        if self.channels < 1 or self.hidden < 1:
-            raise ValueError("channels and hidden must be >= 1")
+        if self.channels < 1 or self.hidden < 1 or not 0 <= self.ring_layers <= 4:
+            raise ValueError("channels and hidden must be >= 1, ring_layers in [0, 4]")
+        if not isinstance(self.signed_mean, bool):
+            raise TypeError(f"signed_mean must be True or False, got {self.signed_mean!r}")
         for name in ("logit_norm", "size_factor", "ori_window"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
@@ -83,10 +84,16 @@ class ScalePoseConfig:
             )
 
     @property
+    def context_rings(self) -> int:
+        """Rings each side of the histogram's that the valid convolutions along the rings consume: 1
+        for the 2-D convolution, 1 for the first 1-D one and 2, 4, ... for the dilated ones."""
+        return 2 + sum(2**k for k in range(1, self.ring_layers + 1))
+
+    @property
     def grid(self) -> LogPolarGrid:
-        """The log-polar patch the network reads: the histogram's rings and ``CONTEXT_RINGS`` more on
+        """The log-polar patch the network reads: the histogram's rings and ``context_rings`` more on
         either side."""
-        m = CONTEXT_RINGS
+        m = self.context_rings
         return LogPolarGrid(
             self.n_rings + 2 * m,
             self.rings_per_octave,
@@ -158,9 +165,9 @@ class LogPolarScaleNet(nn.Module):
 
     Shape:
         - Input: ``(B, R, n_angles)`` or ``(B, 1, R, n_angles)`` float log-polar patches of
-          ``config.grid`` (``R = n_rings + 2 * CONTEXT_RINGS``; gray values, each patch is
+          ``config.grid`` (``R = n_rings + 2 * context_rings``; gray values, each patch is
           standardised to zero mean and unit RMS here).
-        - Output: ``(B, R - 2 * CONTEXT_RINGS)`` logits (``(B, n_rings)`` for ``config.grid``);
+        - Output: ``(B, R - 2 * context_rings)`` logits (``(B, n_rings)`` for ``config.grid``);
           ``softmax`` is the histogram over ring radii.
     """
 
@@ -177,8 +184,8 @@ class LogPolarScaleNet(nn.Module):
         n_feat = (1 + c.channels) * c.harmonics + c.channels
         h = c.hidden
         layers: list[nn.Module] = [nn.Conv1d(n_feat, h, 3), nn.ReLU()]
-        for d in (2, 4):  # valid: CONTEXT_RINGS = 1 + 1 + 2 + 4
-            layers += [nn.Conv1d(h, h, 3, dilation=d), nn.ReLU()]
+        for k in range(1, c.ring_layers + 1):  # valid: context_rings = 1 + 1 + 2 + 4 + ...
+            layers += [nn.Conv1d(h, h, 3, dilation=2**k), nn.ReLU()]
         self.rings = nn.Sequential(*layers, nn.Conv1d(h, 1, 1))
 
     def fused(self) -> LogPolarScaleNet:
@@ -201,9 +208,10 @@ class LogPolarScaleNet(nn.Module):
         """Rotation-invariant per-ring features ``(B, n_feat, n_rings)``."""
         c = self.config
         x = patches if patches.ndim == 4 else patches[:, None]
-        if x.ndim != 4 or x.shape[1] != 1 or x.shape[3] != c.n_angles or x.shape[2] <= 2 * CONTEXT_RINGS:
+        m = c.context_rings
+        if x.ndim != 4 or x.shape[1] != 1 or x.shape[3] != c.n_angles or x.shape[2] <= 2 * m:
             raise ValueError(
-                f"LogPolarScaleNet takes (B, R, {c.n_angles}) log-polar patches with R > {2 * CONTEXT_RINGS} rings "
+                f"LogPolarScaleNet takes (B, R, {c.n_angles}) log-polar patches with R > {2 * m} rings "
                 f"(config.grid: R = {c.grid.n_rings}), got {tuple(patches.shape)}"
             )
         x = local_standardize(x, NORM_RINGS)
@@ -211,6 +219,8 @@ class LogPolarScaleNet(nn.Module):
         z = torch.cat([x[:, :, 1:-1] @ self.basis, y @ self.basis2], 1)  # (B, 1 + C, R - 2, 2h)
         h = self.config.harmonics
         mags = (z[..., :h].square() + z[..., h:].square() + 1e-12).sqrt()  # (B, 1 + C, R - 2, h)
+        if c.signed_mean:  # the ring mean keeps its sign (a dark or a bright blob)
+            mags = torch.cat([z[..., :1], mags[..., 1:]], -1)
         return torch.cat([mags.permute(0, 1, 3, 2).flatten(1, 2), y.amax(-1)], 1)  # (B, n_feat, R - 2)
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
@@ -221,4 +231,4 @@ class LogPolarScaleNet(nn.Module):
         return z
 
 
-__all__ = ["CONTEXT_RINGS", "LogPolarScaleNet", "ScalePoseConfig"]
+__all__ = ["LogPolarScaleNet", "ScalePoseConfig"]
