@@ -1,4 +1,5 @@
-"""The README's Python examples run as written (on the bundled sample photos)."""
+"""The Python examples of the README and of the keypoint-pose page run as written (on the bundled
+sample photos)."""
 
 import re
 from pathlib import Path
@@ -8,11 +9,13 @@ import pytest
 from ssfeat.data.geoloc import GeolocMakeConfig, make_geoloc_dataset
 from ssfeat.data.images import samples_dir
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+DOC_PAGES = [ROOT / "docs" / "keypoint_pose.md"]
 
 
-def _python_blocks() -> list[str]:
-    return re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+def _python_blocks(path: Path = README) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", path.read_text(), re.S)
 
 
 def test_readme_has_python_examples():
@@ -29,6 +32,15 @@ def test_readme_example_runs(i, tmp_path, monkeypatch):
         make_geoloc_dataset(samples_dir(), tmp_path / root, cfg)
     namespace: dict = {}
     exec(compile(code, f"README.md python block {i}", "exec"), namespace)  # noqa: S102
+
+
+@pytest.mark.parametrize("page", DOC_PAGES, ids=lambda p: p.name)
+def test_doc_page_examples_run(page, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    blocks = _python_blocks(page)
+    assert blocks
+    for i, code in enumerate(blocks):
+        exec(compile(code, f"{page.name} python block {i}", "exec"), {})  # noqa: S102
 
 
 def test_sample_images_are_bundled_readable_photos():

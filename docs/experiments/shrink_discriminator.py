@@ -48,8 +48,8 @@ def patches(root: str, n: int, side: str, seed: int, synthesis: str) -> tuple[to
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--side", choices=["shrink", "magnify"], required=True)
-    ap.add_argument("--train-images", default="../shared/data/images/train")
-    ap.add_argument("--test-images", default="../shared/data/images/test/bsds500")
+    ap.add_argument("--train-images", required=True, help="folder of training photos")
+    ap.add_argument("--test-images", required=True, help="folder of image-disjoint test photos")
     ap.add_argument("--n-train", type=int, default=12000)
     ap.add_argument("--steps", type=int, default=4000)
     ap.add_argument("--backbone", default="fast", choices=["fast", "resnet18"])

@@ -77,8 +77,8 @@ def augment(x: torch.Tensor) -> torch.Tensor:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", choices=["view", "pair"], default="view")
-    ap.add_argument("--train-images", default="../shared/data/images/train")
-    ap.add_argument("--test-images", default="../shared/data/images/test/bsds500")
+    ap.add_argument("--train-images", required=True, help="folder of training photos")
+    ap.add_argument("--test-images", required=True, help="folder of image-disjoint test photos")
     ap.add_argument("--n-train", type=int, default=20000)
     ap.add_argument("--steps", type=int, default=6000)
     ap.add_argument("--batch", type=int, default=256, help="patches (view) or pairs (pair) per step")

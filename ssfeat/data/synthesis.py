@@ -46,7 +46,7 @@ class PairConfig:
     ref_log2_jitter: float = 0.5  # uniform jitter of the reference scale when ref_random_pose
     photometric: bool = True  # independent brightness/contrast/gamma/noise on both patches
     # with photometric: the fraction of pairs that get those changes; the others are clean crops, which
-    # keep the photo's own pixel-level texture (that a shrink averages away; BENCHMARKS.md)
+    # keep the photo's own pixel-level texture (that a shrink averages away; docs/benchmarks.md)
     photometric_fraction: float = 1.0
     # scale pairs: this fraction of them has both views zoomed out (downsampled from the photo, so both
     # as sharp as a native patch) instead of a reference near the photo's resolution; upsampled

@@ -137,7 +137,7 @@ class MatchingConfig:
     ransac_confidence: float = 0.9995
     # OpenCV's RANSAC draws its samples from a fixed generator, so its answer depends on the order of
     # the matches alone; the homography metrics are averaged over this many orders (the given one,
-    # then fixed shuffles). On the 50 real pairs of BENCHMARKS.md a single fit's H@3 spans 40-48%
+    # then fixed shuffles). On the 50 real pairs of docs/benchmarks.md a single fit's H@3 spans 40-48%
     # over orders; the mean of 50 fits varies by under 0.3 points
     ransac_repeats: int = 50
     timing_repeats: int = 5

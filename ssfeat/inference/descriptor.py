@@ -26,7 +26,7 @@ class SIFTDescriptor:
     sigma 1.6 instead of their layer of an upsampled octave, and ``compute`` runs about 4x faster,
     because the upsampled octave is three quarters of the pyramid. ``-1`` is OpenCV's own choice
     (its ``detectAndCompute`` descriptors). On the matching benchmark's 50 real pairs the two differ
-    by 0.3 points of MMA@3 (see BENCHMARKS.md).
+    by 0.3 points of MMA@3 (see docs/benchmarks.md).
     """
 
     def __init__(self, root: bool = False, first_octave: int = 0) -> None:

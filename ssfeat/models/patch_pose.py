@@ -29,6 +29,25 @@ def _require_real(name: str, value) -> None:
         raise TypeError(f"{name} must be a number, got {value!r}")
 
 
+def config_fields(cls: type, d) -> dict:
+    """``d`` as the keyword arguments of the config dataclass ``cls``, checked to be a mapping of its
+    field names (as stored in weights files and checkpoints).
+
+    Raises:
+        TypeError: ``d`` is not a mapping.
+        ValueError: unknown keys.
+    """
+    if not isinstance(d, Mapping):
+        raise TypeError(f"a {cls.__name__} is read from a dict of its fields, got {type(d).__name__}")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(str(k) for k in d if k not in known)
+    if unknown:
+        raise ValueError(
+            f"unknown {cls.__name__} field(s) {', '.join(unknown)}; expected some of {', '.join(sorted(known))}"
+        )
+    return dict(d)
+
+
 @dataclass
 class PatchPoseConfig:
     """Architecture of :class:`PatchPoseNet` (stored in every checkpoint and weights file)."""
@@ -96,15 +115,7 @@ class PatchPoseConfig:
             TypeError: ``d`` is not a dict, or a field has the wrong type.
             ValueError: unknown keys or values outside a field's domain.
         """
-        if not isinstance(d, Mapping):
-            raise TypeError(f"a PatchPoseConfig is read from a dict of its fields, got {type(d).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(str(k) for k in d if k not in known)
-        if unknown:
-            raise ValueError(
-                f"unknown PatchPoseConfig field(s) {', '.join(unknown)}; expected some of {', '.join(sorted(known))}"
-            )
-        return cls(**{"window": 0.0, **d})  # files written before the window existed had none
+        return cls(**{"window": 0.0, **config_fields(cls, d)})  # files written before the window existed had none
 
     @property
     def ori_bin_width(self) -> float:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +31,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from ..logpolar import LogPolarGrid
-from .patch_pose import histogram_peaks
+from .patch_pose import config_fields, histogram_peaks
 
 NORM_RINGS = 4  # patches are standardised ring by ring with the statistics of the rings within this many
 
@@ -109,13 +109,7 @@ class ScalePoseConfig:
             TypeError: ``d`` is not a mapping, or a field has the wrong type.
             ValueError: unknown keys or values outside a field's domain.
         """
-        if not isinstance(d, Mapping):
-            raise TypeError(f"a ScalePoseConfig is read from a dict of its fields, got {type(d).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(str(k) for k in d if k not in known)
-        if unknown:
-            raise ValueError(f"unknown ScalePoseConfig field(s) {', '.join(unknown)}")
-        return cls(**d)
+        return cls(**config_fields(cls, d))
 
 
 def _harmonic_basis(n: int, harmonics: int) -> torch.Tensor:

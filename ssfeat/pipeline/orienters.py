@@ -15,7 +15,7 @@ from ..inference.pose import PatchPoseEstimator
 from ..patches import sample_patches
 
 # Bundled model the ssfeat orienters use by default, in a single pass (no adaptive C4): on SIFT
-# keypoints it matches as well as the larger "patchpose_fast" model (BENCHMARKS.md) at about half the
+# keypoints it matches as well as the larger "patchpose_fast" model (docs/benchmarks.md) at about half the
 # network time, and the matching time budget holds.
 PIPELINE_MODEL = "patchpose_tiny"
 
