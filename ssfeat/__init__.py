@@ -10,7 +10,8 @@ Public API::
 
 The four model kinds and their inference APIs:
 
-- patch pose (scale and orientation of a patch): ``PatchPoseEstimator`` over ``PatchPoseNet``
+- patch pose (scale and orientation of a patch, or scale-covariant at keypoints):
+  ``PatchPoseEstimator`` over ``PatchPoseNet`` and ``LogPolarScaleNet``
 - oriented keypoints: ``KeypointDetector`` (``DetectConfig``)
 - local descriptors: ``LearnedDescriptor``
 - homography regression (warp): ``WarpReranker``, used with ``GlobalDescriptor`` for retrieval
@@ -22,13 +23,14 @@ from .inference import (
     DetectConfig,
     GlobalDescriptor,
     KeypointDetector,
+    KeypointPoses,
     LearnedDescriptor,
     PatchPoseEstimator,
     PoseOutput,
     TopKPoses,
     WarpReranker,
 )
-from .models import PatchPoseConfig, PatchPoseNet
+from .models import LogPolarScaleNet, PatchPoseConfig, PatchPoseNet, ScalePoseConfig
 from .pipeline import Pipeline, build_pipeline
 from .version import __version__
 
@@ -37,12 +39,15 @@ __all__ = [
     "Features",
     "GlobalDescriptor",
     "KeypointDetector",
+    "KeypointPoses",
     "LearnedDescriptor",
+    "LogPolarScaleNet",
     "PatchPoseConfig",
     "PatchPoseEstimator",
     "PatchPoseNet",
     "Pipeline",
     "PoseOutput",
+    "ScalePoseConfig",
     "TopKPoses",
     "WarpReranker",
     "__version__",

@@ -158,7 +158,9 @@ def test_benchmark_keypoints_cli(oxford_dir, image_dir, tmp_path, capsys):
     assert {oxford_dir.name, "similarity:" + image_dir.name, "all"} <= set(res["datasets"])
     toy = res["datasets"][oxford_dir.name]  # one dataset per --root
     assert toy["pairs"] == 2 and toy["n"] > 20
-    assert {"detector", "kornia", "log", "ssfeat_fixed", "ssfeat", "ssfeat_prior"} == set(toy["methods"])
+    assert {"detector", "kornia", "log", "ssfeat_fixed", "ssfeat_orienter", "ssfeat", "ssfeat_prior"} == set(
+        toy["methods"]
+    )
     # the toy pairs are exact rotations (+ a 1.3x zoom): SIFT's own pose is mostly right on them
     assert toy["methods"]["detector"]["ori@10"] > 50
     assert "sift_detect_and_compute" in res["timing"]["seconds"]

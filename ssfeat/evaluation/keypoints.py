@@ -29,7 +29,10 @@ from ..geometry import angle_diff, local_rotation_scale, warp_points
 from ..inference.detector import DetectConfig, KeypointDetector
 from ..inference.pose import PatchPoseEstimator
 from ..logpolar import sample_logpolar
+from ..patches import sample_patches
 
+# the ``ssfeat`` pipeline's orienter reads this many times the detector's size (PatchPoseOrienter)
+ORIENTER_WINDOW = 12.0
 ZOOM_BINS = (-2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0)
 DETECTORS = ("sift", "rekd")
 
@@ -192,6 +195,13 @@ def build_methods(estimator: PatchPoseEstimator, fixed: PatchPoseEstimator | Non
             return out.orientation.cpu().numpy(), 32.0 * np.exp2(out.log2_scale.cpu().numpy())
 
         methods["ssfeat_fixed"] = fixed_window
+
+        def at_detector_size(image, feats):
+            P = fixed.config.patch_size
+            A = (ORIENTER_WINDOW * feats.scales / P)[:, None, None] * np.eye(2)
+            return fixed(sample_patches(image, feats.keypoints, A, P)[:, None]).orientation.cpu().numpy(), feats.scales
+
+        methods["ssfeat_orienter"] = at_detector_size
     methods["ssfeat"] = ssfeat_positions
     methods["ssfeat_prior"] = ssfeat_prior
     return methods
@@ -290,7 +300,9 @@ def run_keypoints(
 
     Methods: ``detector`` (the detector's own orientation and size: SIFT's, or ssfeat's detector's),
     ``kornia`` (dominant gradient on 6x the detector's size; its size), ``log`` (LoG scale selection,
-    size only), ``ssfeat_fixed`` (``fixed``, the patch estimator on 32 px windows), ``ssfeat``
+    size only), ``ssfeat_fixed`` (``fixed``, the patch estimator on 32 px windows),
+    ``ssfeat_orienter`` (``fixed``'s orientation on 12x the detector's size, the size the detector's,
+    the window of the ``ssfeat`` pipeline), ``ssfeat``
     (scale-covariant pose from the positions alone), ``ssfeat_prior`` (refining the detector's size).
 
     Returns:

@@ -4,13 +4,14 @@ retrieval with homography re-ranking (:class:`GlobalDescriptor`, :class:`WarpRer
 
 from .descriptor import LearnedDescriptor, SIFTDescriptor
 from .detector import DetectConfig, KeypointDetector
-from .pose import PatchPoseEstimator, PoseOutput, TopKPoses
+from .pose import KeypointPoses, PatchPoseEstimator, PoseOutput, TopKPoses
 from .retrieval import GlobalDescriptor, WarpReranker
 
 __all__ = [
     "DetectConfig",
     "GlobalDescriptor",
     "KeypointDetector",
+    "KeypointPoses",
     "LearnedDescriptor",
     "PatchPoseEstimator",
     "PoseOutput",
