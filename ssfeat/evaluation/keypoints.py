@@ -273,7 +273,8 @@ def timing(methods: dict, source: KeypointSource, image: np.ndarray, rounds: int
     OpenCV SIFT ``detectAndCompute`` on it: the best of ``rounds`` interleaved repeats."""
     u8 = to_uint8(image)
     sift = cv2.SIFT_create(nfeatures=1000)
-    feats = source(image).subset(np.arange(min(1000, len(source(image)))))
+    detected = source(image)
+    feats = detected.subset(np.arange(min(1000, len(detected))))
     best: dict[str, float] = {}
     for _ in range(rounds):
         t = time.perf_counter()

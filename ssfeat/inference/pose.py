@@ -292,12 +292,12 @@ class PatchPoseEstimator(nn.Module):
             return KeypointPoses(z, z, z, z, torch.zeros(0, self.config.n_ori_bins), torch.zeros(0, c.n_rings))
         lp = sample_logpolar(img, pts, c.grid).to(self.device)
         logits = torch.cat([sm(lp[i : i + 4 * self.batch_size]) for i in range(0, n, 4 * self.batch_size)])
-        logp = F.log_softmax(logits.float(), -1)
+        logp = logits.float()
         if sizes is not None:  # log-Gaussian prior around the given sizes, in octaves
             ring = torch.arange(c.n_rings, device=logp.device) / c.rings_per_octave
             prior = torch.from_numpy(np.log2(sizes / (c.size_factor * c.min_radius))).to(logp)
             logp = logp - 0.5 * ((ring[None] - prior[:, None]) / SIZE_PRIOR_OCTAVES) ** 2
-        logp = F.log_softmax(logp, -1)
+        logp = F.log_softmax(logp, -1)  # the histogram (with the prior, if any)
         size, size_score = sm.sizes(logp, k)
         P = self.config.patch_size
         side = (c.ori_window * size[:, 0]).cpu().numpy()
