@@ -77,6 +77,8 @@ SCALEPOSE_FIELDS = {
     "pairs.crop": ("cut both images of a pair to random rectangles (--no-crop: whole images)", {}),
     "model.channels": ("channels of the log-polar convolution", {"type": positive}),
     "model.hidden": ("channels of the convolutions along the rings", {"type": positive}),
+    "model.ring_layers": ("dilated convolutions along the rings after the first", {}),
+    "pairs.jitter": ("std (px) of a random offset of each keypoint in both images", {}),
 }
 
 DETECTOR_FIELDS = {
