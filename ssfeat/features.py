@@ -144,6 +144,52 @@ class Features:
         scores = np.zeros(n, np.float32) if scores is None else scores
         return cls(xy.numpy(), scale.numpy() * (2.0 / mr_size), ang.numpy(), scores, image_size, descriptors)
 
+    # hloc ----------------------------------------------------------------------------------------
+    def to_hloc(self) -> dict[str, np.ndarray]:
+        """The datasets of one image group in hloc's feature-file layout (what its ``extract_features``
+        writes and its ``match_features`` and COLMAP import read):
+
+        * ``keypoints`` ``(N, 2)`` float32 ``(x, y)``, pixel centres at integers (ssfeat's convention);
+        * ``descriptors`` ``(D, N)`` float32, one **column** per feature (left out before description);
+        * ``scores`` ``(N,)`` float32;
+        * ``image_size`` ``(2,)`` int64 **``(W, H)``** (``Features.image_size`` is ``(H, W)``);
+        * ``scales`` ``(N,)`` float32 COLMAP's SIFT scale, **half** ``cv2.KeyPoint.size`` (pycolmap's
+          SIFT, which hloc's ``dog`` extractor runs, gives half OpenCV's size on the same keypoints);
+        * ``oris`` ``(N,)`` float32 **degrees, clockwise as displayed** in ``[0, 360)``, the unit of
+          hloc's ``dog`` extractor (COLMAP's SIFT angle in degrees, which turns the way OpenCV's
+          ``KeyPoint.angle`` does), read by hloc's AdaLAM matcher.
+
+        :meth:`from_hloc` inverts it; these two methods are the one place the units are converted.
+        """
+        out = {
+            "keypoints": self.keypoints.astype(np.float32),
+            "scores": self.scores.astype(np.float32),
+            "scales": (self.scales / 2.0).astype(np.float32),
+            "oris": np.asarray(angle_to_cv2(self.orientations), np.float32).reshape(len(self)),
+            "image_size": np.array([self.image_size[1], self.image_size[0]], np.int64),
+        }
+        if self.descriptors is not None:
+            out["descriptors"] = np.ascontiguousarray(self.descriptors.T, np.float32)
+        return out
+
+    @classmethod
+    def from_hloc(cls, group) -> Features:
+        """Inverse of :meth:`to_hloc`, from a mapping of arrays (an hloc HDF5 group or a dict). Files
+        of other hloc extractors may lack ``scales`` / ``oris`` / ``scores``: sizes and angles are then
+        0 and scores 1."""
+        kp = np.asarray(group["keypoints"][()], np.float32).reshape(-1, 2)
+        n = len(kp)
+        W, H = (int(v) for v in np.asarray(group["image_size"][()]).reshape(2))
+        d = np.asarray(group["descriptors"][()], np.float32) if "descriptors" in group else None
+        if d is not None and (d.ndim != 2 or d.shape[1] != n):
+            raise ValueError(f"hloc descriptors must have shape (D, {n}), got {d.shape}")
+
+        def get(name: str, default: float) -> np.ndarray:
+            return np.asarray(group[name][()], np.float64).reshape(n) if name in group else np.full(n, default)
+
+        ori = angle_from_cv2(get("oris", 0.0))  # any degrees, e.g. COLMAP's (-180, 180]
+        return cls(kp, get("scales", 0.0) * 2.0, ori, get("scores", 1.0), (H, W), None if d is None else d.T)
+
 
 def strongest_distinct(keypoints: list[cv2.KeyPoint], n: int) -> list[cv2.KeyPoint]:
     """The ``n`` strongest keypoints at distinct locations (OpenCV's SIFT repeats a location once per

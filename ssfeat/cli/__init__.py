@@ -1,4 +1,5 @@
-"""Command-line interface: ``ssfeat {train,export,benchmark,show,match,data,extract,detect,demo}``.
+"""Command-line interface: ``ssfeat {train,export,benchmark,show,match,data,extract,pairs,match-pairs,colmap,
+detect,demo}``.
 
 One module per command group, each with ``add_parser(subparsers)``; every (sub)command parser sets
 ``command``, the function that runs it, so :func:`main` dispatches by table, not by name. Options that
@@ -13,15 +14,16 @@ import logging
 import sys
 
 from ..data.images import ImageReadError
-from . import benchmark, data, demo, export, extract, figures, train
+from . import benchmark, data, demo, export, extract, figures, sfm, train
 from .args import set_threads
 
 logger = logging.getLogger("ssfeat")
 
 # command groups in the order ``ssfeat --help`` lists them
-COMMANDS = (train, export, benchmark, figures, data, extract, demo)
+COMMANDS = (train, export, benchmark, figures, data, extract, sfm, demo)
 
 PATH_ARGS = ("--images", "--root", "--out", "--json", "--plot", "run", "image", "image0", "image1")
+PATH_ARGS += ("--features", "--pairs", "--matches", "--database")
 
 
 def build_parser() -> argparse.ArgumentParser:

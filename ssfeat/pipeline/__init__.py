@@ -19,7 +19,7 @@ differ only in the stage being compared; a trailing ``*`` adds the orientation-c
 
 from ..features import concat_features
 from ..inference.descriptor import LearnedDescriptor, SIFTDescriptor
-from .build import PIPELINES, MatchResult, Pipeline, build_pipeline, check_pipeline_name
+from .build import PIPELINES, MatchResult, Pipeline, build_pipeline, check_pipeline_name, matching_stages
 from .detectors import KorniaHessianDetector, LearnedDetector, SIFTDetector
 from .matchers import Matches, MutualNearestNeighbor, OrientationFilter, RansacHomography, RatioTest
 from .orienters import (
@@ -57,5 +57,6 @@ __all__ = [
     "build_pipeline",
     "check_pipeline_name",
     "concat_features",
+    "matching_stages",
     "pipeline_estimator",
 ]

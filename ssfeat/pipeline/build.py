@@ -142,6 +142,16 @@ def check_pipeline_name(name: str) -> str:
     return base
 
 
+def matching_stages(name: str = "ssfeat", ransac: bool = False) -> tuple[MutualNearestNeighbor | RatioTest, list]:
+    """The matcher and filters of a named pipeline (see :func:`build_pipeline`), without building its
+    detector, orienter or descriptor: ``(matcher, [filters])``."""
+    conf = PIPELINES[check_pipeline_name(name)]
+    filters: list = [OrientationFilter()] if name.endswith("*") else []
+    if ransac:
+        filters.append(RansacHomography())
+    return (RatioTest() if conf.get("matcher") == "ratio" else MutualNearestNeighbor()), filters
+
+
 def build_pipeline(
     name: str = "ssfeat",
     max_keypoints: int = 1000,
@@ -162,11 +172,8 @@ def build_pipeline(
         sift_first_octave: ``first_octave`` of the SIFT descriptor (see :class:`SIFTDescriptor`;
             ``-1``: OpenCV's own descriptors, slower).
     """
-    base = check_pipeline_name(name)
-    conf = PIPELINES[base]
-    filters = [OrientationFilter()] if name.endswith("*") else []
-    if ransac:
-        filters.append(RansacHomography())
+    conf = PIPELINES[check_pipeline_name(name)]
+    matcher, filters = matching_stages(name, ransac)
     det = conf.get("detector", "sift")
     if det == "learned":
         detector = LearnedDetector(max_keypoints)
@@ -178,11 +185,11 @@ def build_pipeline(
         detector,
         _orienter(conf["orienter"], estimator),
         _descriptor(conf.get("descriptor", "sift"), descriptor_weights, sift_first_octave),
-        RatioTest() if conf.get("matcher") == "ratio" else MutualNearestNeighbor(),
+        matcher,
         filters,
         name=name,
         views=AffineViews(max_keypoints=4 * max_keypoints) if conf.get("views") else None,
     )
 
 
-__all__ = ["MatchResult", "PIPELINES", "Pipeline", "build_pipeline", "check_pipeline_name"]
+__all__ = ["MatchResult", "PIPELINES", "Pipeline", "build_pipeline", "check_pipeline_name", "matching_stages"]

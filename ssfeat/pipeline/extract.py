@@ -12,10 +12,17 @@ Output (``FEATURES.h5``): one group per image, named by its path relative to the
   extraction when its longer side exceeded ``max_side``; coordinates and sizes are given back in
   original pixels).
 
-Root attributes: ``pipeline``, ``max_keypoints``, ``max_side``, ``sift_first_octave``,
+With ``format="hloc"`` the image groups follow hloc's layout instead
+(:meth:`~ssfeat.features.Features.to_hloc`): ``keypoints`` ``(N, 2)``, ``descriptors`` ``(D, N)``,
+``scores`` ``(N,)``, a **dataset** ``image_size`` ``(W, H)``, ``scales`` (half the size in pixels,
+COLMAP's SIFT scale) and ``oris`` (degrees, clockwise as displayed), plus the ``resize`` attribute;
+hloc's ``match_features`` and COLMAP import read such a file unchanged.
+
+Root attributes: ``pipeline``, ``max_keypoints``, ``max_side``, ``sift_first_octave``, ``format``,
 ``ssfeat_version``, and ``skipped_dataset``, the name of a string dataset of ``"key: reason"`` for
 files that could not be read or described (``key`` as for the image groups): ``skipped``, with
-underscores appended if a top-level image folder has that name.
+underscores appended if a top-level image folder has that name. In hloc's layout the list is the
+root attribute ``skipped`` instead (hloc takes the parent group of every dataset for an image).
 
 How the work is kept safe: extracted images are written in *part* files
 (``FEATURES.h5.parts/part-r{rank}-{n}.h5``, ``part_size`` images each), every part written to a
@@ -35,7 +42,6 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
-import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -48,10 +54,12 @@ from ..data.images import list_images, read_usable
 from ..features import Features, check_first_octave
 from ..version import __version__
 from .build import build_pipeline, check_pipeline_name
+from .h5io import write_h5_atomic
 
 logger = logging.getLogger(__name__)
 
 FIELDS = ("keypoints", "scales", "orientations", "scores", "descriptors")
+FORMATS = ("ssfeat", "hloc")
 
 
 @dataclass
@@ -61,12 +69,15 @@ class ExtractConfig:
     max_side: int = 4096  # longer sides are shrunk to this before extraction (0: never)
     part_size: int = 64  # images per part file
     sift_first_octave: int = 0  # SIFT descriptor pyramid (ssfeat.pipeline.SIFTDescriptor; -1: OpenCV's own)
+    format: str = "ssfeat"  # layout of the image groups: "ssfeat" (lossless, ssfeat's units) or "hloc"
 
     def __post_init__(self) -> None:
         check_pipeline_name(self.pipeline)  # before any output folder is made
         if self.max_keypoints < 1 or self.part_size < 1:
             raise ValueError("max_keypoints and part_size must be >= 1")
         check_first_octave(self.sift_first_octave, "sift_first_octave")
+        if self.format not in FORMATS:
+            raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {self.format!r}")
         if self.max_side != 0 and self.max_side < 32:
             raise ValueError(f"max_side must be 0 (never shrink) or at least 32 px, got {self.max_side}")
 
@@ -102,16 +113,24 @@ def _keys_in(path: Path) -> tuple[set[str], list[str]]:
                 keys.add(name)
 
         f.visititems(visit)
-        name = f.attrs.get("skipped_dataset", "skipped")  # files without the attribute use "skipped"
-        name = name.decode() if isinstance(name, bytes) else str(name)
-        found = isinstance(f.get(name), h5py.Dataset)
-        skipped = [s.decode() if isinstance(s, bytes) else str(s) for s in f[name][()]] if found else []
+        if "skipped_dataset" not in f.attrs and "skipped" in f.attrs:  # hloc layout: a root attribute
+            stored = f.attrs["skipped"]
+        else:
+            name = f.attrs.get("skipped_dataset", "skipped")  # files without the attribute use "skipped"
+            name = name.decode() if isinstance(name, bytes) else str(name)
+            stored = f[name][()] if isinstance(f.get(name), h5py.Dataset) else []
+        skipped = [s.decode() if isinstance(s, bytes) else str(s) for s in stored]
     return keys, skipped
 
 
-def _write_skipped(f, entries: list[str]) -> None:
+def _write_skipped(f, entries: list[str], fmt: str = "ssfeat") -> None:
     """The skipped list of an output or part file ``f``, written after its image groups: named
-    ``skipped`` unless a top-level image group already is (then ``skipped_``, ``skipped__``, ...)."""
+    ``skipped`` unless a top-level image group already is (then ``skipped_``, ``skipped__``, ...).
+    In hloc's layout it is the root attribute ``skipped`` instead: hloc takes the parent group of
+    every dataset for an image name."""
+    if fmt == "hloc":
+        f.attrs.create("skipped", data=np.array(entries, dtype=object), dtype=_h5().string_dtype())
+        return
     name = "skipped"
     while name in f:
         name += "_"
@@ -143,6 +162,7 @@ def _settings(cfg: ExtractConfig) -> dict:
         "max_keypoints": cfg.max_keypoints,
         "max_side": cfg.max_side,
         "sift_first_octave": cfg.sift_first_octave,
+        "format": cfg.format,
     }
 
 
@@ -168,39 +188,36 @@ def check_existing(out: Path, cfg: ExtractConfig) -> None:
             raise ValueError(f"{out} exists and is not an ssfeat feature file; choose another output")
         if have["pipeline"] is not None and have["sift_first_octave"] is None:
             have["sift_first_octave"] = -1  # written before the setting existed: OpenCV's own descriptors
+        if have["pipeline"] is not None and have["format"] is None:
+            have["format"] = "ssfeat"  # written before the hloc layout existed
         diff = [f"{k}={have[k]!r} (now {want[k]!r})" for k in want if have[k] is not None and have[k] != want[k]]
         if diff:
             raise ValueError(f"{p} was extracted with {', '.join(diff)}; use the same settings or another output")
+
+
+def _libver(cfg: ExtractConfig) -> str | None:
+    """hloc's layout keeps the skipped list in an attribute, which may exceed 64 kB: HDF5 stores such
+    attributes only in files of its newer format (read by HDF5 >= 1.10)."""
+    return "latest" if cfg.format == "hloc" else None
 
 
 def _skipped_key(entry: str) -> str:
     return entry.split(": ", 1)[0]
 
 
-def _write_group(f, key: str, feats, image_size: tuple[int, int], resize: float) -> None:
+def _write_group(f, key: str, feats, image_size: tuple[int, int], resize: float, fmt: str = "ssfeat") -> None:
     g = f.create_group(key)
+    g.attrs["resize"] = float(resize)
+    if fmt == "hloc":
+        for name, a in replace(feats, image_size=image_size).to_hloc().items():
+            g.create_dataset(name, data=a)
+        return
     for name in FIELDS:
         a = getattr(feats, name)
         if a is not None:
             g.create_dataset(name, data=np.asarray(a, np.float32))
     g.create_dataset("parents", data=np.asarray(feats.parents, np.int64))
     g.attrs["image_size"] = np.asarray(image_size, np.int64)
-    g.attrs["resize"] = float(resize)
-
-
-def _write_atomic(path: Path, fill) -> None:
-    """Create an HDF5 file by ``fill(h5file)`` under a temporary name, then rename it to ``path``."""
-    h5py = _h5()
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with h5py.File(tmp, "w") as f:
-            fill(f)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 class _Extractor:
@@ -269,11 +286,11 @@ class _PartWriter:
                 if isinstance(res, str):
                     bad.append(f"{key}: {res}")
                 else:
-                    _write_group(f, key, *res)
-            _write_skipped(f, bad)
+                    _write_group(f, key, *res, fmt=self.cfg.format)
+            _write_skipped(f, bad, self.cfg.format)
             f.attrs.update(settings)
 
-        _write_atomic(_parts_dir(self.out) / f"part-r{self.rank}-{self.seq:06d}.h5", fill)
+        write_h5_atomic(_parts_dir(self.out) / f"part-r{self.rank}-{self.seq:06d}.h5", fill, _libver(self.cfg))
         self.seq += 1
         self.pending = []
 
@@ -373,11 +390,11 @@ def merge(out: Path, cfg: ExtractConfig) -> Path:
                     if k not in f:
                         src.copy(src[k], f, name=k)
                 skipped += sk
-        _write_skipped(f, sorted(set(skipped)))
+        _write_skipped(f, sorted(set(skipped)), cfg.format)
         f.attrs.update(_settings(cfg))
         f.attrs["ssfeat_version"] = __version__
 
-    _write_atomic(out, fill)
+    write_h5_atomic(out, fill, _libver(cfg))
     for p in parts:
         p.unlink()
     try:
@@ -388,12 +405,15 @@ def merge(out: Path, cfg: ExtractConfig) -> Path:
 
 
 def read_features(path: str | Path, key: str):
-    """The :class:`~ssfeat.features.Features` of image ``key`` stored in an extraction file."""
+    """The :class:`~ssfeat.features.Features` of image ``key`` stored in a feature file: ssfeat's
+    layout, or hloc's (``ssfeat extract --format hloc``, or a file hloc's ``extract_features`` wrote)."""
     h5py = _h5()
     with h5py.File(path, "r") as f:
         if key not in f or "keypoints" not in f[key]:
             raise KeyError(f"{path}: no features for {key!r}")
         g = f[key]
+        if isinstance(g.get("image_size"), h5py.Dataset):  # hloc layout
+            return Features.from_hloc(g)
         H, W = (int(v) for v in g.attrs["image_size"])
         return Features(
             g["keypoints"][()],

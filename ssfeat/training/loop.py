@@ -204,7 +204,8 @@ def _train_step(run: _Run, net, batch: dict) -> tuple[float, float]:
     run.opt.zero_grad(set_to_none=True)
     loss.backward()
     grads = [p.grad for p in net.parameters() if p.grad is not None]
-    if grads and not torch.isfinite(torch.nn.utils.get_total_norm(grads)):
+    norms = [torch.linalg.vector_norm(g) for g in grads]  # torch.nn.utils.get_total_norm, which needs torch 2.6
+    if grads and not torch.isfinite(torch.linalg.vector_norm(torch.stack(norms))):
         raise FloatingPointError(f"non-finite gradient at step {run.step} (loss {parts}); weights left unchanged")
     run.opt.step()
     if run.ema is not None:
