@@ -102,35 +102,41 @@ def test_a_folder_named_skipped_and_other_spellings_of_the_folder(tmp_path, monk
     assert st["n_new"] == 0 and st["n_skipped"] == 1 and st["n_done"] == 2
 
 
-def test_extract_resumes_after_a_kill_without_loss_or_duplicates(folder, tmp_path, monkeypatch):
+@pytest.mark.parametrize("fmt", ["ssfeat", "hloc"])
+def test_extract_resumes_after_a_kill_without_loss_or_duplicates(folder, tmp_path, monkeypatch, fmt):
     out = tmp_path / "f.h5"
-    real = ex._write_atomic
+    cfg = dataclasses.replace(CFG, format=fmt)
+    real = ex.write_h5_atomic
     calls = {"n": 0}
 
-    def die_on_third_part(path, fill):
+    def die_on_third_part(path, fill, libver=None):
         calls["n"] += 1
         if calls["n"] == 3:  # killed while writing the third part: its temporary file is left behind
             (Path(path).parent / f".{Path(path).name}.tmp999").write_bytes(b"partial")
             raise KeyboardInterrupt
-        real(path, fill)
+        real(path, fill, libver)
 
-    monkeypatch.setattr(ex, "_write_atomic", die_on_third_part)
+    monkeypatch.setattr(ex, "write_h5_atomic", die_on_third_part)
     with pytest.raises(KeyboardInterrupt):
-        extract_folder(folder, out, CFG, progress=False)
-    monkeypatch.setattr(ex, "_write_atomic", real)
+        extract_folder(folder, out, cfg, progress=False)
+    monkeypatch.setattr(ex, "write_h5_atomic", real)
     assert not out.exists()  # the output appears only when complete
     assert _keys(out) == {"im0.png", "im1.png", "im2.png", "im3.png"}  # the two finished parts
-    st = extract_folder(folder, out, CFG, progress=False)
+    st = extract_folder(folder, out, cfg, progress=False)
     assert st["n_new"] == 2 and st["n_done"] == 6 and st["n_skipped"] == 4  # nothing lost (tiny.png: skipped)
     assert not list(tmp_path.glob("**/.*tmp*"))  # the killed run's temporary part is cleaned up
     ref = tmp_path / "ref.h5"
-    extract_folder(folder, ref, CFG, progress=False)
+    extract_folder(folder, ref, cfg, progress=False)
     assert _keys(out) == _keys(ref)
     for k in _keys(ref):
         a, b = read_features(out, k), read_features(ref, k)
         assert np.array_equal(a.keypoints, b.keypoints) and np.array_equal(a.descriptors, b.descriptors), k
-    again = extract_folder(folder, out, CFG, progress=False)  # nothing left to do: no duplicates
+    again = extract_folder(folder, out, cfg, progress=False)  # nothing left to do: no duplicates
     assert again["n_new"] == 0 and _keys(out) == _keys(ref)
+    with h5py.File(out, "r") as f:  # hloc's layout: only image groups hold datasets (hloc lists those)
+        holders = set()
+        f.visititems(lambda _, o: holders.add(o.parent.name.strip("/")) if isinstance(o, h5py.Dataset) else None)
+        assert (holders == _keys(ref)) == (fmt == "hloc")
 
 
 def test_readers_keep_a_consistent_view_while_new_images_are_added(folder, tmp_path):
