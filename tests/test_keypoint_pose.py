@@ -1,6 +1,7 @@
 """Scale-covariant keypoint pose: view-pair synthesis, the scale and orientation training tasks,
 the estimator's keypoint API and the keypoint benchmark."""
 
+import copy
 import json
 import math
 
@@ -8,13 +9,22 @@ import cv2
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from ssfeat.cli import main
 from ssfeat.data.images import load_textured
 from ssfeat.data.view_pairs import ViewPairConfig, ViewPairSynthesizer, similarity_view
-from ssfeat.evaluation.keypoints import LoGScaleSelection, pair_keypoints, score_pairs
+from ssfeat.evaluation.baselines import KeypointPoseOnPatches
+from ssfeat.evaluation.keypoints import (
+    SMALLEST_SIZE,
+    LoGScaleSelection,
+    calibrate_size_range,
+    pair_keypoints,
+    score_pairs,
+)
 from ssfeat.features import Features
 from ssfeat.inference.pose import PatchPoseEstimator
+from ssfeat.logpolar import sample_logpolar
 from ssfeat.models import PatchPoseConfig, PatchPoseNet
 from ssfeat.models.scale_pose import LogPolarScaleNet, ScalePoseConfig
 from ssfeat.training import ScalePoseTrainConfig
@@ -166,3 +176,45 @@ def test_benchmark_keypoints_cli(oxford_dir, image_dir, tmp_path, capsys):
     assert "sift_detect_and_compute" in res["timing"]["seconds"]
     assert "ssfeat" in capsys.readouterr().out
     assert main(["benchmark", "keypoints", "--json", str(out)]) == 2
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    return PatchPoseEstimator.from_pretrained()
+
+
+def test_keypoint_pose_on_patches_turns_with_an_exact_quarter_turn(bundled, photos):
+    """The patch benchmark's keypoint-pose method: photo patches turned by exactly 90 degrees (no
+    resampling) get the same sizes and orientations 90 degrees further, counter-clockwise."""
+    im = torch.from_numpy(photos[0]).float()
+    h, w = im.shape
+    corners = ((0, 0), (h - 65, w - 65), (h // 3, w // 2))
+    patches = torch.stack([im[y : y + 65, x : x + 65] for y, x in corners])[:, None]
+    turned = torch.rot90(patches, 1, (2, 3))  # counter-clockwise as displayed
+    out = KeypointPoseOnPatches(bundled)(torch.cat([patches, turned]), k=2)
+    assert out["orientation"].shape == (6, 2) and out["log2_scale"].shape == (6, 2)
+    assert (out["log2_scale"][3:, 0] - out["log2_scale"][:3, 0]).abs().max() < 0.1
+    d = out["orientation"][3:, 0] - out["orientation"][:3, 0] - math.pi / 2
+    assert (torch.remainder(d + math.pi, 2 * math.pi) - math.pi).abs().max() < math.radians(12)
+    with pytest.raises(ValueError, match="scale model"):
+        KeypointPoseOnPatches(PatchPoseEstimator(bundled.model))
+
+
+def test_moving_the_ring_range_shifts_the_histogram_and_calibration_places_it(bundled, photos):
+    """The scale network is convolutional along the rings: rings k steps further out give the same
+    logits k rings earlier. Calibration sets the smallest reported size to SMALLEST_SIZE."""
+    model = copy.deepcopy(bundled.scale_model)
+    c = model.config
+    img = photos[0].astype(np.float32)
+    xy = np.array([[img.shape[1] / 2, img.shape[0] / 2], [40.0, 50.0]])
+    with torch.inference_mode():
+        z0 = model(sample_logpolar(img, xy, c.grid))
+        c.min_radius *= 2.0 ** (3 / c.rings_per_octave)
+        z1 = model(sample_logpolar(img, xy, c.grid))
+    # the logits are centred and rescaled over the whole range: compare the shapes of the overlap
+    a, b = z0[:, 3:], z1[:, :-3]
+    a, b = a - a.mean(-1, keepdim=True), b - b.mean(-1, keepdim=True)
+    assert (F.cosine_similarity(a, b, -1) > 0.995).all()
+    assert torch.equal(a.argmax(-1), b.argmax(-1))
+    factor, radius = calibrate_size_range(model, photos[:2])
+    assert factor > 0 and math.isclose(factor * radius, SMALLEST_SIZE) and c.min_radius == radius

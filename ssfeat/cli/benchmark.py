@@ -94,6 +94,12 @@ def _patchpose_args(p) -> None:
         "scale changes of the scale pairs: log2 uniform in [-2, 2], or the paper's PatchPoseA+B test mix",
         choices=SCALE_SAMPLINGS,
     )
+    p.add_argument(
+        "--scale-model",
+        default="none",
+        help="also the keypoint pose with these scale weights (e.g. scalepose, the bundled model) at each "
+        "patch centre, one patch at a time (slow: about 30 patches/s)",
+    )
     _pose_args(p)
 
 
@@ -113,7 +119,8 @@ def _print_pose_result(name: str, result: dict, json_path: str) -> int:
 
 
 def cmd_patchpose(args) -> int:
-    methods = build_pose_methods(args.weights, _extra(args.extra))
+    scale_model = None if args.scale_model.lower() == "none" else args.scale_model
+    methods = build_pose_methods(args.weights, _extra(args.extra), scale_model=scale_model)
     fields = ("n_pairs", "support", "seed", "max_tilt", "scale_sampling")
     cfg = PoseBenchmarkConfig(**{f: getattr(args, f) for f in fields})
     return _print_pose_result("patchpose", run_patchpose(args.images, methods, cfg), args.json)

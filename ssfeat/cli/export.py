@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..data.images import load_textured
 from ..data.synthesis import PairSynthesizer
-from ..evaluation.keypoints import calibrate_size_factor
+from ..evaluation.keypoints import calibrate_size_range
 from ..evaluation.patchpose import calibrate_c4_below, paper_protocol
 from ..evaluation.report import render_rows
 from ..models.patch_pose import PatchPoseNet
@@ -83,13 +83,14 @@ def _c4_below(text: str) -> float | str:
 def export_scale_model(run: str | Path, out: str | Path, ori_window: float | None = None, half: bool = False) -> Path:
     """Export a scale-pose run with its ``size_factor`` calibrated on (up to 48 of) its training
     photos, so that its sizes are OpenCV SIFT's in the median (a factor on every size: no relative
-    size changes), and optionally another ``ori_window``."""
+    size changes), its rings placed to cover sizes from ``SMALLEST_SIZE`` up
+    (:func:`~ssfeat.evaluation.keypoints.calibrate_size_range`), and optionally another ``ori_window``."""
     weights_target(out)
     model = model_from_checkpoint(run)
     cfg = config_from_checkpoint(load_checkpoint(checkpoint_file(run)))
     _, images = load_textured(cfg.images, min_size=64, as_uint8=False)
-    model.config.size_factor = calibrate_size_factor(model, images[:: max(1, len(images) // 48)][:48])
-    logger.info("size_factor = %.4g (sizes as OpenCV SIFT's in the median)", model.config.size_factor)
+    factor, radius = calibrate_size_range(model, images[:: max(1, len(images) // 48)][:48])
+    logger.info("size_factor = %.4g (sizes as OpenCV SIFT's in the median), rings from %.3g px", factor, radius)
     if ori_window is not None:
         model.config.ori_window = ori_window
     return save_weights(model, out, half)

@@ -78,6 +78,7 @@ SCALEPOSE_FIELDS = {
     "model.channels": ("channels of the log-polar convolution", {"type": positive}),
     "model.hidden": ("channels of the convolutions along the rings", {"type": positive}),
     "model.ring_layers": ("dilated convolutions along the rings after the first", {}),
+    "model.min_radius": ("radius (px) of the histogram's first ring", {}),
     "pairs.jitter": ("std (px) of a random offset of each keypoint in both images", {}),
 }
 

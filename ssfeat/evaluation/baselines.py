@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from ..inference.pose import PatchPoseEstimator
@@ -36,6 +37,32 @@ class LearnedPose(PoseMethod):
     def __call__(self, patches, k=1):
         t = self.estimator.topk(patches, k)
         return {"orientation": t.orientation, "log2_scale": t.log2_scale}
+
+
+class KeypointPoseOnPatches(PoseMethod):
+    """The scale-covariant keypoint pose (:meth:`PatchPoseEstimator.keypoint_poses`) at the centre of
+    each patch, the patch taken as the whole image: sizes and orientations from the log-polar scale
+    network and the orientation network at the size found (``log2_scale = log2(size)``). Samples of
+    the log-polar patch beyond the patch's border take their ring's mean, so it sees far less context
+    than at a keypoint of a photo."""
+
+    predicts = ("orientation", "log2_scale")
+    max_k = 4
+
+    def __init__(self, estimator: PatchPoseEstimator, name: str = "ssfeat_keypoint") -> None:
+        if estimator.scale_model is None:
+            raise ValueError("KeypointPoseOnPatches needs an estimator with a scale model")
+        self.estimator, self.name = estimator, name
+
+    def __call__(self, patches, k=1):
+        P = patches.shape[-1]
+        centre = np.full((1, 2), (P - 1) / 2)
+        ori, size = [], []
+        for patch in patches.float().mean(1).cpu().numpy():  # (P, P) gray
+            p = self.estimator.keypoint_poses(patch, centre, k=k)
+            ori.append(p.orientation)
+            size.append(p.size)
+        return {"orientation": torch.cat(ori), "log2_scale": torch.log2(torch.cat(size))}
 
 
 class KorniaGradientOrientation(PoseMethod):

@@ -364,7 +364,14 @@ __all__ = [
     "pair_keypoints",
     "run_keypoints",
     "score_pairs",
+    "SMALLEST_SIZE",
+    "calibrate_size_range",
 ]
+
+
+# the smallest size the scale histogram covers after calibration (pixels, cv2.KeyPoint.size meaning);
+# with 33 rings at 4 per octave it spans 0.35 to 90 px
+SMALLEST_SIZE = 0.35
 
 
 def calibrate_size_factor(scale_model, images: list[np.ndarray], max_keypoints: int = 500) -> float:
@@ -386,3 +393,18 @@ def calibrate_size_factor(scale_model, images: list[np.ndarray], max_keypoints: 
     if not ratios:
         raise ValueError("no SIFT keypoints in the calibration photos")
     return float(2.0 ** np.median(np.concatenate(ratios)))
+
+
+def calibrate_size_range(scale_model, images: list[np.ndarray], rounds: int = 2) -> tuple[float, float]:
+    """Set the scale network's ``size_factor`` (:func:`calibrate_size_factor`) and place its rings
+    so that the histogram's smallest size is :data:`SMALLEST_SIZE`: ``min_radius = SMALLEST_SIZE /
+    size_factor``. The network is convolutional along the rings, so moving the ring range changes
+    which sizes it can report, not what it computes at a given radius; training leaves the offset
+    between a feature's size and its histogram ring free, and a range left where training put it can
+    cut off the large sizes of zoomed-in views. Repeated ``rounds`` times (a cut-off range biases
+    the first calibration). Returns ``(size_factor, min_radius)``."""
+    c = scale_model.config
+    for _ in range(rounds):
+        c.size_factor = calibrate_size_factor(scale_model, images)
+        c.min_radius = SMALLEST_SIZE / c.size_factor
+    return c.size_factor, c.min_radius

@@ -23,7 +23,7 @@ from ..data.images import load_textured
 from ..data.synthesis import PairConfig, PairSynthesizer
 from ..inference.pose import PatchPoseEstimator
 from ..models.patch_pose import decode_pose
-from .baselines import KorniaGradientOrientation, LearnedPose, LoGScale, PoseMethod
+from .baselines import KeypointPoseOnPatches, KorniaGradientOrientation, LearnedPose, LoGScale, PoseMethod
 from .metrics import ORI_THRESHOLDS_DEG, SCALE_THRESHOLDS, pose_accuracies, topk_recall
 from .report import meta, render_rows
 
@@ -50,10 +50,16 @@ def build_pose_methods(
     extra_weights: dict[str, str] | None = None,
     patch_size: int = 32,
     c4_variant: bool = True,
+    scale_model: str | None = None,
 ) -> list[PoseMethod]:
-    """ssfeat (bundled or ``weights``), any extra learned models by name, and the hand-made baselines."""
+    """ssfeat (bundled or ``weights``), any extra learned models by name, and the hand-made baselines.
+    ``scale_model``: also the scale-covariant keypoint pose with these scale weights
+    (``ssfeat_keypoint``, :class:`~ssfeat.evaluation.baselines.KeypointPoseOnPatches`)."""
     name = weights or "patchpose"
     methods: list[PoseMethod] = [LearnedPose(PatchPoseEstimator.from_pretrained(name), "ssfeat")]
+    if scale_model is not None:
+        est = PatchPoseEstimator.from_pretrained(name, scale_model=scale_model)
+        methods.append(KeypointPoseOnPatches(est))
     if c4_variant:  # the same weights: one pass only, and always averaged over 90-degree rotations
         methods.append(LearnedPose(PatchPoseEstimator.from_pretrained(name, c4=False), "ssfeat_single"))
         methods.append(LearnedPose(PatchPoseEstimator.from_pretrained(name, c4=True), "ssfeat_c4"))
