@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from ssfeat.cli import build_parser, main
+from ssfeat.cli import build_parser, figures, main
 from ssfeat.models.weights import load_pose_model, model_from_checkpoint
 from ssfeat.training import load_checkpoint
 
@@ -228,6 +228,24 @@ def test_blank_and_tiny_images_are_refused_by_the_single_image_commands(tmp_path
     assert not (tmp_path / "f.png").exists()
     # the scale-covariant pose reads no fixed window: a 17x17 image is matched (no match, not an error)
     assert main(["match", str(good), str(tiny), "--pipeline", "ssfeat_scale", "--out", fig]) == 0
+
+
+def test_match_reports_a_weak_homography_as_failed(tmp_path, capsys):
+    a, b = tmp_path / "a.png", tmp_path / "b.png"  # two unrelated images: any homography is chance
+    cv2.imwrite(str(a), textured_image(240, 240, seed=1))
+    cv2.imwrite(str(b), textured_image(240, 240, seed=2))
+    fig = tmp_path / "m.png"
+    assert main(["match", str(a), str(b), "--pipeline", "sift", "--out", str(fig)]) == 0
+    out = capsys.readouterr().out
+    assert "homography failed (" in out.splitlines()[0] and "H_0to1" not in out and fig.is_file()
+    r = figures.match(a, b, fig, "sift")
+    assert r["H_0to1"] is None and r["failure"].startswith(f"{r['inliers']} RANSAC inliers of {r['matches']} matches")
+    # the same image twice: every match an inlier, the homography is printed
+    assert main(["match", str(a), str(a), "--pipeline", "sift", "--min-inliers", "20", "--out", str(fig)]) == 0
+    out = capsys.readouterr().out
+    assert "failed" not in out and "H_0to1 =" in out
+    assert main(["match", str(a), str(a), "--min-inliers", "3", "--out", str(fig)]) == 2
+    assert "min_inliers must be >= 4" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -71,6 +71,46 @@ def test_unreadable_files_are_reported_and_skipped(tmp_path):
         read_image(tmp_path)
 
 
+def _png_header_only(path, w: int, h: int) -> None:
+    """A PNG whose header says ``w x h`` followed by a few rows of data (kilobytes on disk)."""
+    import struct
+    import zlib
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    rows = zlib.compress(b"".join(b"\0" + bytes(w) for _ in range(4)))
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+
+
+def test_images_over_the_pixel_budget_are_refused_from_their_header(tmp_path, monkeypatch, capsys):
+    from ssfeat.cli import main
+
+    big, huge = tmp_path / "big.png", tmp_path / "huge.png"
+    _png_header_only(big, 12000, 9000)  # 108 MP, over the default budget of 100 MP
+    _png_header_only(huge, 20000, 20000)  # also over Pillow's own limit
+    decoded = []
+    monkeypatch.setattr(cv2, "imdecode", lambda *a: decoded.append(a))  # nothing may be decoded
+    with pytest.raises(ImageReadError, match=r"big\.png: 12000x9000 px, over the pixel budget of 100 MP"):
+        read_image(big)
+    with pytest.raises(ImageReadError, match=r"huge\.png: more than \d+ MP, over the pixel budget"):
+        read_image(huge)
+    assert main(["show", str(huge), "--out", str(tmp_path / "f.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "over the pixel budget" in err and not decoded
+    monkeypatch.undo()
+    cv2.imwrite(str(big), textured_image(60, 80))
+    monkeypatch.setenv("SSFEAT_MAX_PIXELS", "4000")
+    with pytest.raises(ImageReadError, match="80x60 px, over the pixel budget of 0.004 MP"):
+        read_image(big)
+    monkeypatch.setenv("SSFEAT_MAX_PIXELS", "1e4")
+    assert read_image(big).shape == (60, 80)
+    monkeypatch.setenv("SSFEAT_MAX_PIXELS", "lots")
+    with pytest.raises(ValueError, match="SSFEAT_MAX_PIXELS must be a positive number of pixels, got 'lots'"):
+        read_image(big)
+
+
 def test_to_gray_float_rejects_nan_and_bad_shapes():
     with pytest.raises(ValueError, match="NaN"):
         to_gray_float(np.full((4, 4), np.nan, np.float32))

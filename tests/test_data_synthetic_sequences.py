@@ -99,3 +99,33 @@ def test_make_sequences_layout_bad_photos_and_cli(image_dir, tmp_path, capsys):
     ]
     assert main(bad_zoom) == 2
     assert "min_log2_zoom" in capsys.readouterr().err
+
+
+def _tree(root) -> dict:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_full_disk_leaves_no_half_sequence_and_a_rerun_completes_the_folder(image_dir, tmp_path, monkeypatch, capsys):
+    from .test_files import full_disk
+
+    ref = tmp_path / "ref"
+    args = ["data", "make-sequences", "--images", str(image_dir), "--n-targets", "2", "--max-side", "96"]
+    assert main([*args, "--out", str(ref)]) == 0
+    out = tmp_path / "seq"
+    two = sum(len(v) for k, v in _tree(ref).items() if k.startswith(("v_00000", "v_00001")))
+    full_disk(monkeypatch, after=two + 2000)  # the disk fills up in the third sequence
+    capsys.readouterr()
+    assert main([*args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ssfeat: error: cannot write ") and err.count("\n") == 1
+    made = sorted(p.name for p in out.iterdir() if p.name.startswith("v_"))
+    assert len(made) == 2 and not (out / "sequences.json").exists()
+    files = ["1.png", "2.png", "3.png", "H_1_2", "H_1_3"]
+    assert all(sorted(q.name for q in (out / d).iterdir()) == files for d in made)
+    assert not [p for p in out.iterdir() if p.name.startswith(".v_")]  # the unfinished sequence is removed
+    monkeypatch.undo()
+    assert main([*args, "--out", str(out), "--seed", "1"]) == 2  # other settings: refused
+    assert "unfinished dataset made with other settings (config)" in capsys.readouterr().err
+    assert main([*args, "--out", str(out)]) == 0  # the same command completes it
+    assert _tree(out) == _tree(ref)
+    assert main([*args, "--out", str(out)]) == 2 and "exists and is not empty" in capsys.readouterr().err

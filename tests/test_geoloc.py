@@ -352,3 +352,23 @@ def test_warp_pair_figure_with_prediction(image_dir, warp_run, tmp_path, capsys)
     frames = corner_err(FRAME, FRAME, sample)
     assert frames > 0.1 and printed_err() < 0.4 * frames
     assert main(["data", "warp-pair", str(img), "--out", str(fig), "--weights", str(tmp_path / "none")]) == 2
+
+
+def test_a_full_disk_is_an_error_and_a_rerun_completes_the_dataset(image_dir, tmp_path, monkeypatch, capsys):
+    from .test_files import full_disk
+
+    args = ["data", "make-geoloc", "--images", str(image_dir), "--n-gallery", "2", "--n-queries", "1"]
+    full_disk(monkeypatch, after=60_000)  # some views fit
+    assert main([*args, "--out", str(tmp_path / "geo")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ssfeat: error: cannot write ") and err.count("\n") == 1
+    assert not (tmp_path / "geo" / "dataset.json").exists()
+    assert not [p for p in (tmp_path / "geo").rglob(".*") if p.name != ".ssfeat-progress.json"]
+    monkeypatch.undo()
+    assert main([*args, "--out", str(tmp_path / "geo")]) == 0  # the same command completes it
+    assert main([*args, "--out", str(tmp_path / "ref")]) == 0
+    meta = json.loads((tmp_path / "geo" / "dataset.json").read_text())
+    views = lambda root: sorted(p.relative_to(root) for p in root.rglob("*.jpg"))  # noqa: E731
+    assert views(tmp_path / "geo") == views(tmp_path / "ref")
+    n = sum(c["gallery"] + c["queries"] for c in meta["counts"].values())
+    assert n == len(views(tmp_path / "geo")) == 6 * 3 and not (tmp_path / "geo" / ".ssfeat-progress.json").exists()

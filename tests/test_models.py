@@ -209,6 +209,49 @@ def test_weights_roundtrip(tmp_path):
         load_pose_model(save_weights(nan, tmp_path / "nan.safetensors"))
 
 
+def test_weights_metadata_is_checked_against_the_tensors_before_a_network_is_built(tmp_path, monkeypatch):
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from ssfeat.models.weights import model_from_checkpoint
+    from ssfeat.training.checkpoint import save_atomic
+
+    src = save_weights(PatchPoseNet(PatchPoseConfig()), tmp_path / "w.safetensors")
+    with safe_open(str(src), "pt") as f:
+        meta = f.metadata()
+    config = {**json.loads(meta["config"]), "n_ori_bins": 20_000_000}  # a 5 GB head
+    bad = tmp_path / "bad.safetensors"
+    save_file(load_file(str(src)), str(bad), metadata={**meta, "config": json.dumps(config)})
+    real_init = PatchPoseNet.__init__
+
+    def init(self, cfg):  # building the crafted network for real would take 5 GB
+        assert torch.get_default_device().type == "meta" or cfg.n_ori_bins < 1000, "built before validation"
+        real_init(self, cfg)
+
+    monkeypatch.setattr(PatchPoseNet, "__init__", init)
+    with pytest.raises(ValueError, match=r"bad\.safetensors: weights do not match their stored config \(ori_head"):
+        load_pose_model(bad)
+    ckpt = {"checkpoint_version": 1, "task": "pose", "config": {"model": config}, "model": load_file(str(src))}
+    save_atomic(ckpt, tmp_path / "last.pt")
+    with pytest.raises(ValueError, match=r"last\.pt: weights do not match their stored config \(ori_head"):
+        model_from_checkpoint(tmp_path / "last.pt")
+    ckpt["model"].pop("ori_head.3.bias")
+    ckpt["config"]["model"]["n_ori_bins"] = 36
+    save_atomic(ckpt, tmp_path / "last.pt")
+    with pytest.raises(ValueError, match=r"stored config \(missing ori_head\.3\.bias\)"):
+        model_from_checkpoint(tmp_path / "last.pt")
+
+
+def test_every_network_can_be_laid_out_without_memory():
+    from ssfeat.models.weights import check_state_shapes
+
+    for kind in MODEL_KINDS.values():
+        net = kind.network(kind.config())
+        check_state_shapes(kind, kind.config(), net.state_dict(), kind.name)  # no error: the shapes agree
+
+
 def test_histogram_peaks_subbin():
     K = 36
     centre = 10.3

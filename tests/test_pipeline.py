@@ -169,6 +169,33 @@ def test_ransac_recovers_homography():
     assert corner_error(None, H, (300, 300)) == math.inf
 
 
+def test_ransac_fits_with_few_inliers_are_failures():
+    rng = np.random.default_rng(2)
+    H = np.array([[0.9, -0.2, 30.0], [0.25, 1.1, -10.0], [1e-4, 2e-4, 1.0]])
+    x0 = rng.uniform(0, 300, (400, 2))
+    x1 = cv2.perspectiveTransform(x0[None], H)[0]
+    x1[12:] = rng.uniform(0, 300, (388, 2))  # 12 true matches among 400: RANSAC finds them, too few to trust
+    ransac = RansacHomography()
+    Hest, inl = ransac.fit(x0, x1)
+    assert Hest is not None and ransac.failure(Hest, inl) == (
+        f"{int(inl.sum())} RANSAC inliers of 400 matches, fewer than min_inliers=15"
+    )
+    x1[:40] = cv2.perspectiveTransform(x0[None, :40], H)[0]  # 40 of 400 (10%): a fit to trust ...
+    Hest, inl = ransac.fit(x0, x1)
+    assert ransac.failure(Hest, inl) is None and corner_error(Hest, H, (300, 300)) < 1e-3
+    strict = RansacHomography(min_inlier_ratio=0.2)  # ... unless a fifth of the matches must agree
+    assert "under min_inlier_ratio=0.2" in strict.failure(Hest, inl)
+    # as a pipeline filter: the inliers are kept, the failed homography is not stored
+    f0 = Features(x0.astype(np.float32), np.ones(400), np.zeros(400), np.ones(400), (300, 300))
+    f1 = Features(x1.astype(np.float32), np.ones(400), np.zeros(400), np.ones(400), (300, 300))
+    m = Matches(np.stack([np.arange(400)] * 2, 1), np.zeros(400, np.float32))
+    assert ransac(f0, f1, m).H_0to1 is not None and strict(f0, f1, m).H_0to1 is None
+    assert len(strict(f0, f1, m)) == len(ransac(f0, f1, m)) >= 40
+    assert ransac.failure(None, np.zeros(3, bool)) == "3 matches, a homography needs 4"
+    with pytest.raises(ValueError, match="min_inliers must be >= 4"):
+        RansacHomography(min_inliers=3)
+
+
 def test_mnn_and_empty_matching():
     d = np.eye(5, dtype=np.float32)
     f = Features(np.zeros((5, 2)), np.ones(5), np.zeros(5), np.zeros(5), (10, 10), descriptors=d)

@@ -1,6 +1,7 @@
 """ssfeat extract: one HDF5 file per folder, resumable after a kill, sharded, readable throughout."""
 
 import dataclasses
+import os
 from pathlib import Path
 
 import cv2
@@ -14,6 +15,7 @@ from ssfeat.pipeline import extract as ex
 from ssfeat.pipeline.extract import ExtractConfig, done_images, extract_folder, read_features
 
 from .conftest import run_torchrun, textured_image
+from .test_files import dead_pid, full_disk
 
 CFG = ExtractConfig(pipeline="sift", max_keypoints=50, part_size=2)
 
@@ -47,10 +49,10 @@ def test_extract_writes_one_group_per_image_and_reports_skips(folder, tmp_path):
     keys = _keys(out)
     assert {"im0.png", "sub/im4.png", "rgba16.png"} <= keys
     with h5py.File(out, "r") as f:
-        skipped = [s.decode() for s in f["skipped"][()]]
+        skipped = {k.decode(): r.decode() for k, r in f["skipped"][()]}
         assert f.attrs["pipeline"] == "sift"
-    assert any(s.startswith("zero.jpg: ") for s in skipped) and any(s.startswith("notes.png: ") for s in skipped)
-    assert "tiny.png" not in keys and any(s.startswith("tiny.png: 3x3 px is too small") for s in skipped)
+    assert {"zero.jpg", "notes.png", "trunc.jpg"} <= set(skipped)
+    assert "tiny.png" not in keys and skipped["tiny.png"].startswith("3x3 px is too small")
     assert st["n_done"] + st["n_skipped"] == st["n_images"] == 10
     assert not (tmp_path / "f.h5.parts").exists()
     # stored features equal the pipeline's
@@ -93,8 +95,8 @@ def test_a_folder_named_skipped_and_other_spellings_of_the_folder(tmp_path, monk
     st = extract_folder(d, out, CFG, progress=False)
     assert _keys(out) == {"skipped/a.png", "b.png"} and st["n_skipped"] == 1
     with h5py.File(out, "r") as f:
-        assert f.attrs["skipped_dataset"] == "skipped_" and list(f["skipped_"].asstr()) == [
-            "bad.png: not a readable image (empty, truncated or unknown format)"
+        assert f.attrs["skipped_dataset"] == "skipped_" and f["skipped_"][()].tolist() == [
+            (b"bad.png", b"not a readable image (empty, truncated or unknown format)")
         ]
     # the same folder spelled another way: nothing is retried or counted twice
     monkeypatch.chdir(tmp_path)
@@ -112,7 +114,7 @@ def test_extract_resumes_after_a_kill_without_loss_or_duplicates(folder, tmp_pat
     def die_on_third_part(path, fill, libver=None):
         calls["n"] += 1
         if calls["n"] == 3:  # killed while writing the third part: its temporary file is left behind
-            (Path(path).parent / f".{Path(path).name}.tmp999").write_bytes(b"partial")
+            (Path(path).parent / f".{Path(path).name}.{dead_pid()}.x.tmp").write_bytes(b"partial")
             raise KeyboardInterrupt
         real(path, fill, libver)
 
@@ -195,3 +197,72 @@ def test_extract_cli_and_torchrun_sharding(folder, tmp_path, capsys):
     assert _keys(dd) == _keys(out)
     for k in _keys(out):
         assert np.array_equal(read_features(dd, k).keypoints, read_features(out, k).keypoints), k
+
+
+def test_a_skipped_name_holding_colons_hides_no_image_and_old_lists_are_read(tmp_path):
+    d = tmp_path / "c"
+    d.mkdir()
+    (d / "x.jpg: y.jpg").write_bytes(b"")  # skipped: its name reads like "key: reason"
+    cv2.imwrite(str(d / "a.png"), textured_image(120, 160, seed=1))
+    out = tmp_path / "c.h5"
+    extract_folder(d, out, CFG, progress=False)
+    cv2.imwrite(str(d / "x.jpg"), textured_image(120, 160, seed=2))
+    st = extract_folder(d, out, CFG, progress=False)
+    assert st["n_new"] == 1 and _keys(out) == {"a.png", "x.jpg"} and st["n_skipped"] == 1
+    # a file of an earlier version: "key: reason" strings, read with the image keys
+    old = tmp_path / "old.h5"
+    with h5py.File(out, "r") as f, h5py.File(old, "w") as g:
+        for k in ("a.png",):
+            f.copy(f[k], g, name=k)
+        g.attrs.update({k: f.attrs[k] for k in ("pipeline", "max_keypoints", "max_side", "sift_first_octave")})
+        g.create_dataset("skipped", data=["x.jpg: y.jpg: not a readable image"], dtype=h5py.string_dtype())
+    st = extract_folder(d, old, CFG, progress=False)
+    assert st["n_new"] == 1 and _keys(old) == {"a.png", "x.jpg"}
+    assert done_images(old)[1] == [("x.jpg: y.jpg", "not a readable image")]
+
+
+def test_a_file_name_that_is_not_utf8_is_skipped_and_named(tmp_path, capsys):
+    d = tmp_path / "u"
+    d.mkdir()
+    cv2.imwrite(str(d / "a.png"), textured_image(120, 160, seed=1))
+    (Path(os.fsdecode(bytes(d) + b"/b\xff.png"))).write_bytes((d / "a.png").read_bytes())
+    out = tmp_path / "u.h5"
+    argv = ["extract", "--images", str(d), "--out", str(out), "--pipeline", "sift", "--max-keypoints", "50"]
+    assert main([*argv, "--part-size", "2", "--no-progress"]) == 0
+    assert "1 of 2 images" in capsys.readouterr().out
+    assert done_images(out)[1] == [("b\\xff.png", ex.NOT_UTF8)]
+    st = extract_folder(d, out, CFG, progress=False)  # a rerun does not retry it
+    assert st["n_new"] == 0 and st["n_skipped"] == 1
+
+
+def test_images_over_the_pixel_budget_are_skipped_undecoded(folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("SSFEAT_MAX_PIXELS", str(150 * 150))  # the 120x160 images fit, rgba16.png too
+    cv2.imwrite(str(folder / "big.png"), textured_image(200, 200, seed=5))
+    out = tmp_path / "f.h5"
+    st = extract_folder(folder, out, CFG, progress=False)
+    skipped = dict(done_images(out)[1])
+    assert skipped["big.png"].startswith("200x200 px, over the pixel budget of 0.0225 MP")
+    assert "im0.png" in _keys(out) and st["n_done"] == 6
+
+
+def test_a_full_disk_in_the_merge_is_one_error_and_leaves_no_temporary_file(folder, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "f.h5"
+    extract_folder(folder, out, dataclasses.replace(CFG, part_size=100), progress=False)
+    before = out.read_bytes()
+    cv2.imwrite(str(folder / "new.png"), textured_image(120, 160, seed=7))
+    real = ex._write_atomic
+
+    def full_in_merge(path, fill):
+        if Path(path) == out:
+            full_disk(monkeypatch, after=4096)
+        real(path, fill)
+
+    monkeypatch.setattr(ex, "_write_atomic", full_in_merge)
+    argv = ["extract", "--images", str(folder), "--out", str(out), "--pipeline", "sift", "--max-keypoints", "50"]
+    assert main([*argv, "--part-size", "100", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ssfeat: error: cannot write ") and err.endswith("f.h5: No space left on device")
+    assert out.read_bytes() == before and not list(tmp_path.glob(".f.h5.*"))
+    monkeypatch.undo()
+    st = extract_folder(folder, out, dataclasses.replace(CFG, part_size=100), progress=False)  # the parts are kept
+    assert st["n_new"] == 0 and "new.png" in _keys(out)

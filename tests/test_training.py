@@ -340,3 +340,49 @@ def test_distillation_matches_the_teachers_scale_histograms(image_dir, tmp_path)
         PoseTask(dataclasses.replace(cfg, model=other))
     with pytest.raises(ValueError, match="distill_weight"):
         tiny_cfg(image_dir, distill_weight=float("nan"))
+
+
+def test_a_resumed_run_cuts_its_log_back_to_the_checkpoint(image_dir, tmp_path, monkeypatch):
+    """A run killed after logging steps its checkpoint does not hold logs them again on resume:
+    each step once."""
+    cfg = tiny_cfg(image_dir, steps=5, ckpt_every=2, val_every=1)
+    real = training._validate
+
+    def validate_then_die(run, *a, **kw):
+        metrics = real(run, *a, **kw)
+        if run.step == 3:  # logged step 3, the checkpoint holds step 2
+            raise KeyboardInterrupt
+        return metrics
+
+    monkeypatch.setattr(training, "_validate", validate_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        fit(cfg, tmp_path / "run", progress=False)
+    monkeypatch.setattr(training, "_validate", real)
+    log = tmp_path / "run" / "log.jsonl"
+    log.write_text(log.read_text() + '{"step": 4, "lo')  # a row cut short by the kill
+    fit(cfg, tmp_path / "run", resume=True, progress=False)
+    assert [json.loads(x)["step"] for x in log.read_text().splitlines()] == [1, 2, 3, 4, 5]
+    assert training.cut_log(tmp_path / "missing.jsonl", 3) is None
+
+
+def test_checkpoints_follow_no_planted_link_and_a_full_disk_is_one_error(image_dir, tmp_path, monkeypatch):
+    import os
+
+    from .test_files import full_disk
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep")
+    run = tmp_path / "run"
+    run.mkdir()
+    for pid in range(os.getpid() - 2, os.getpid() + 3):  # the predictable names of earlier versions
+        (run / f".last.pt.tmp{pid}").symlink_to(victim)
+    save_atomic({"checkpoint_version": 1, "model": {}, "config": {}}, run / "last.pt")
+    assert victim.read_text() == "keep" and load_checkpoint(run / "last.pt")["checkpoint_version"] == 1
+    # a stale temporary file of a killed run is removed when training (re)starts in the folder
+    (run / ".best.pt.999999999.abcd.tmp").write_bytes(b"partial")
+    full_disk(monkeypatch, after=0)
+    # torch turns the failed write into a RuntimeError of its own: the CLI's one line needs an OSError
+    with pytest.raises(OSError, match=r"^cannot write .*best\.pt: No space left on device$"):
+        fit(tiny_cfg(image_dir, steps=2), run, progress=False)
+    assert [p.name for p in run.iterdir() if p.name.startswith(".") and not p.is_symlink()] == []
+    assert victim.read_text() == "keep"

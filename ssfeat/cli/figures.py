@@ -13,7 +13,7 @@ from ..inference.detector import DetectConfig, KeypointDetector
 from ..inference.pose import PatchPoseEstimator, detect_sift
 from ..pipeline import PIPELINES, MatchResult, RansacHomography, build_pipeline, pipeline_estimator
 from ..viz import draw_matches, draw_poses
-from .args import positive, positive_float, sift_first_octave
+from .args import fraction, positive, positive_float, sift_first_octave
 
 
 def match(
@@ -24,9 +24,11 @@ def match(
     max_keypoints: int = 1000,
     weights: str | None = None,
     sift_first_octave: int = 0,
+    ransac: RansacHomography | None = None,
 ) -> dict:
     """Match two images with a named pipeline, fit a RANSAC homography and draw the matches
-    (inliers green). Returns counts and the homography."""
+    (inliers green). Returns counts, the homography ``H_0to1`` (None when the fit failed: too few
+    inliers, see :meth:`RansacHomography.failure`) and ``failure``, the reason (else None)."""
     if weights is not None and "ssfeat" not in pipeline:
         raise ValueError(f"--weights sets the patch-pose model of the ssfeat pipelines; {pipeline!r} has none")
     est = pipeline_estimator(weights) if "ssfeat" in pipeline else None
@@ -44,13 +46,24 @@ def match(
     res = MatchResult(*feats, pipe.match_features(*feats))
     xy0 = res.features0.keypoints[res.matches.idx[:, 0]]
     xy1 = res.features1.keypoints[res.matches.idx[:, 1]]
-    H, inl = RansacHomography().fit(xy0, xy1)
+    ransac = ransac or RansacHomography()
+    H, inl = ransac.fit(xy0, xy1)
+    failure = ransac.failure(H, inl)
     title = (
         f"{pipeline}: {len(res.features0)} / {len(res.features1)} features, {len(res.matches)} matches, "
         f"{int(inl.sum())} RANSAC inliers (green)"
     )
+    if failure:
+        title += f"; homography failed ({failure})"
     fig = draw_matches(img0, img1, xy0, xy1, inl, out, title)
-    return {"figure": fig, "matches": len(res.matches), "inliers": int(inl.sum()), "H_0to1": H, "title": title}
+    return {
+        "figure": fig,
+        "matches": len(res.matches),
+        "inliers": int(inl.sum()),
+        "H_0to1": None if failure else H,
+        "failure": failure,
+        "title": title,
+    }
 
 
 def show(
@@ -121,8 +134,16 @@ def run_show(args) -> int:
 
 
 def run_match(args) -> int:
+    ransac = RansacHomography(min_inliers=args.min_inliers, min_inlier_ratio=args.min_inlier_ratio)
     r = match(
-        args.image0, args.image1, args.out, args.pipeline, args.max_keypoints, args.weights, args.sift_first_octave
+        args.image0,
+        args.image1,
+        args.out,
+        args.pipeline,
+        args.max_keypoints,
+        args.weights,
+        args.sift_first_octave,
+        ransac,
     )
     print(r["title"])
     if r["H_0to1"] is not None:
@@ -162,6 +183,18 @@ def add_parser(sub) -> None:
     sift_first_octave(p)
     p.add_argument(
         "--weights", default=None, help="patch-pose weights/run, one pass per patch (default: patchpose_tiny)"
+    )
+    p.add_argument(
+        "--min-inliers",
+        type=positive,
+        default=RansacHomography().min_inliers,
+        help="fewer RANSAC inliers: the homography failed",
+    )
+    p.add_argument(
+        "--min-inlier-ratio",
+        type=fraction,
+        default=RansacHomography().min_inlier_ratio,
+        help="a smaller share of the matches as inliers: the homography failed",
     )
     p.add_argument("--out", required=True, help="PNG path")
     p = sub.add_parser("detect", help="detect oriented keypoints with the equivariant detector and draw them")

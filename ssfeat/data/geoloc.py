@@ -17,7 +17,6 @@ train/val/test **by photo**.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import asdict, dataclass
@@ -27,6 +26,7 @@ import cv2
 import numpy as np
 
 from .images import list_images, photometric_change, read_usable
+from .outputs import finish_output, start_output, write_image
 
 SPLITS = ("train", "val", "test")
 logger = logging.getLogger(__name__)
@@ -135,17 +135,21 @@ def _utm_name(east: float, north: float, place: int, tag: str) -> str:
 def make_geoloc_dataset(images: str | Path, out: str | Path, cfg: GeolocMakeConfig | None = None) -> dict:
     """Build a synthetic geolocalization dataset from the photos below ``images`` (see the module
     docstring). Unreadable, tiny (under 16 px a side) and blank photos are skipped and listed.
-    Returns (and writes to ``OUT/dataset.json``) the configuration and per-split counts.
+    Returns (and writes to ``OUT/dataset.json``, last) the configuration and per-split counts.
+    Every view is written atomically and checked; a run that failed or was killed is completed by
+    running it again with the same arguments (:mod:`ssfeat.data.outputs`).
 
     Raises:
-        ValueError: no readable photo, an existing non-empty ``out``, or bad split fractions.
+        ValueError: no readable photo, an existing non-empty ``out`` (other than an unfinished run
+            with the same settings), or bad split fractions.
+        OSError: a view or ``dataset.json`` could not be written (e.g. a full disk).
     """
     cfg = cfg or GeolocMakeConfig()
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise ValueError(f"{out}: exists and is not empty")
     if len(cfg.splits) != 3 or min(cfg.splits) < 0 or not math.isclose(sum(cfg.splits), 1.0, abs_tol=1e-6):
         raise ValueError(f"splits must be three non-negative fractions summing to 1, got {cfg.splits}")
+    settings = {"command": "make-geoloc", "source": str(images), "config": asdict(cfg)}
+    start_output(out, settings, check_only=True)  # a folder it cannot write: refused before any work
     photos, skipped = [], []
     for p in list_images(images):
         try:
@@ -156,6 +160,7 @@ def make_geoloc_dataset(images: str | Path, out: str | Path, cfg: GeolocMakeConf
         logger.warning("skipped %d photos: %s", len(skipped), "; ".join(skipped[:5]))
     if not photos:
         raise ValueError(f"no usable photos under {images} (readable, at least 16 px a side, not blank)")
+    start_output(out, settings)
     w, h = cfg.size
     small = [str(p) for p, img in photos if img.shape[1] < w / 2 or img.shape[0] < h / 2]
     if small:
@@ -193,7 +198,7 @@ def make_geoloc_dataset(images: str | Path, out: str | Path, cfg: GeolocMakeConf
                 e, nn = east + r * math.cos(a), north + r * math.sin(a)
                 view = random_view(img, cfg, prng)
                 name = _utm_name(e, nn, idx, f"{kind[0]}{v}")
-                cv2.imwrite(str(out / "images" / split / kind / name), view, [cv2.IMWRITE_JPEG_QUALITY, 92])
+                write_image(out / "images" / split / kind / name, view, (cv2.IMWRITE_JPEG_QUALITY, 92))
                 counts[split][kind] += 1
     meta = {
         "synthetic": True,
@@ -204,5 +209,5 @@ def make_geoloc_dataset(images: str | Path, out: str | Path, cfg: GeolocMakeConf
         "places": places,
         "skipped": skipped,
     }
-    (out / "dataset.json").write_text(json.dumps(meta, indent=1))
+    finish_output(out, "dataset.json", meta)
     return meta

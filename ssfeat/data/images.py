@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import math
+import os
+import warnings
 from pathlib import Path
 
 import cv2
@@ -11,6 +14,11 @@ import numpy as np
 import torch
 
 logger = logging.getLogger(__name__)
+
+# the pixel budget: larger images are refused before they are decoded (a 100 MP photo takes about
+# 6 GB in the matching pipelines; 400 MP took 24 GB). Environment variable SSFEAT_MAX_PIXELS sets
+# another budget.
+MAX_PIXELS = 100_000_000
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".pbm", ".tif", ".tiff", ".bmp", ".webp")
 
@@ -72,11 +80,63 @@ def photometric_change(image: np.ndarray, rng: np.random.Generator, noise: float
     return to_uint8(v)
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Read an image file as a ``(H, W)`` float32 gray image in ``[0, 1]``.
+def max_pixels() -> int:
+    """The pixel budget of :func:`read_image`: ``SSFEAT_MAX_PIXELS`` if set, else :data:`MAX_PIXELS`.
 
     Raises:
-        ImageReadError: the file is missing or cannot be decoded as an image.
+        ValueError: ``SSFEAT_MAX_PIXELS`` is not a positive integer.
+    """
+    value = os.environ.get("SSFEAT_MAX_PIXELS", "").strip()
+    if not value:
+        return MAX_PIXELS
+    try:
+        n = float(value.replace("_", ""))  # 100_000_000 and 1e8 both read
+    except ValueError:
+        n = 0.0
+    if not (1 <= n < float("inf")):
+        raise ValueError(f"SSFEAT_MAX_PIXELS must be a positive number of pixels, got {value!r}")
+    return int(n)
+
+
+def header_pixels(data: bytes | np.ndarray) -> tuple[int, str] | None:
+    """The number of pixels of an encoded image from its header alone (nothing is decoded) and its
+    size as text (``"W x H px"``), or None when the format is not recognised (Pillow reads the
+    headers; it comes with matplotlib). Over Pillow's own decompression-bomb limit the number is
+    that limit (a lower bound) and the text says so."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow's own decompression-bomb warning
+        try:
+            with Image.open(io.BytesIO(memoryview(data))) as im:
+                return im.size[0] * im.size[1], f"{im.size[0]}x{im.size[1]} px"
+        except Image.DecompressionBombError:
+            n = 2 * (Image.MAX_IMAGE_PIXELS or 0) + 1
+            return n, f"more than {n / 1e6:.0f} MP"
+        except Exception:  # not a format Pillow knows (or a broken header): OpenCV decides
+            return None
+
+
+def check_pixels(data: bytes | np.ndarray, name: str | Path) -> None:
+    """Refuse an encoded image over the pixel budget (:func:`max_pixels`) before it is decoded.
+
+    Raises:
+        ImageReadError: naming ``name``, the image's size and the budget.
+    """
+    size = header_pixels(data)
+    budget = max_pixels()
+    if size is not None and size[0] > budget:
+        raise ImageReadError(
+            f"{name}: {size[1]}, over the pixel budget of {budget / 1e6:g} MP (shrink it, or set SSFEAT_MAX_PIXELS)"
+        )
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image file as a ``(H, W)`` float32 gray image in ``[0, 1]``. Images over the pixel
+    budget (:func:`max_pixels`) are refused from their header, before they are decoded.
+
+    Raises:
+        ImageReadError: the file is missing, cannot be decoded as an image, or is over the budget.
     """
     path = Path(path)
     if path.is_dir():
@@ -84,8 +144,12 @@ def read_image(path: str | Path) -> np.ndarray:
     if not path.is_file():
         raise ImageReadError(f"{path}: no such file")
     data = np.fromfile(str(path), dtype=np.uint8)
-    # ANYDEPTH|ANYCOLOR keeps 16-bit data and applies the EXIF orientation (alpha is dropped anyway)
-    image = cv2.imdecode(data, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR) if data.size else None
+    if data.size:
+        check_pixels(data, path)
+    try:  # ANYDEPTH|ANYCOLOR keeps 16-bit data and applies the EXIF orientation (alpha is dropped anyway)
+        image = cv2.imdecode(data, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR) if data.size else None
+    except (MemoryError, cv2.error) as e:
+        raise ImageReadError(f"{path}: cannot be decoded in the memory available ({type(e).__name__})") from e
     if image is None:
         raise ImageReadError(f"{path}: not a readable image (empty, truncated or unknown format)")
     if image.dtype == np.uint16 and 0 < int(image.max()) < 4096:
@@ -99,6 +163,9 @@ def read_image(path: str | Path) -> np.ndarray:
         return to_gray_float(image)
     except ValueError as e:
         raise ImageReadError(f"{path}: {e}") from e
+    except MemoryError as e:
+        size = f"{image.shape[1]}x{image.shape[0]} px"
+        raise ImageReadError(f"{path}: {size} does not fit in the memory available") from e
 
 
 def as_image(image) -> np.ndarray:

@@ -21,16 +21,20 @@ function of ``(seed, photo index)``.
 
 from __future__ import annotations
 
-import json
 import math
+import os
 import re
+import shutil
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from ..files import write_text_atomic
 from .images import ImageReadError, list_images, photometric_change, read_image, to_uint8
+from .outputs import finish_output, start_output, write_image
 
 
 @dataclass
@@ -119,32 +123,60 @@ def make_synthetic_sequences(
 ) -> dict:
     """Write one HPatches-layout sequence per photo below ``images`` into ``out`` (see the module
     docstring); unreadable and too-small photos are skipped and listed. Returns (and writes to
-    ``OUT/sequences.json``) the configuration, the sequences made and the skipped files.
+    ``OUT/sequences.json``, last) the configuration, the sequences made and the skipped files.
+
+    Each sequence is written into a temporary folder renamed when complete, every file checked: a
+    run that failed (e.g. on a full disk) or was killed is completed by running it again with the
+    same arguments, which keeps the finished sequences (:mod:`ssfeat.data.outputs`).
 
     Raises:
-        ValueError: ``out`` exists and is not empty, or no photo gave a sequence.
+        ValueError: ``out`` exists and is not empty (other than an unfinished run with the same
+            settings), or no photo gave a sequence.
+        OSError: a file could not be written.
     """
     cfg = cfg or SyntheticSequenceConfig()
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise ValueError(f"{out}: exists and is not empty")
+    settings = {"command": "make-sequences", "source": str(images), "limit": limit, "config": asdict(cfg)}
+    start_output(out, settings, check_only=True)
     paths = list_images(images)[:limit]
-    made, skipped = [], []
+    made, skipped, started = [], [], False
     for idx, path in enumerate(paths):
         try:
             ref, targets, Hs = make_sequence(read_image(path), cfg, np.random.default_rng([cfg.seed, idx]))
         except (ImageReadError, ValueError) as e:
             skipped.append(f"{path}: {e}" if not isinstance(e, ImageReadError) else str(e))
             continue
+        if not started:  # the folder is made once a photo gave a sequence
+            _remove_unfinished(out, start_output(out, settings))
+            started = True
         d = out / f"v_{idx:05d}_{re.sub(r'[^A-Za-z0-9]+', '-', path.stem)}"
-        d.mkdir(parents=True)
-        cv2.imwrite(str(d / "1.png"), ref)
-        for k, (view, M) in enumerate(zip(targets, Hs), start=2):
-            cv2.imwrite(str(d / f"{k}.png"), view)
-            np.savetxt(d / f"H_1_{k}", M, fmt="%.10g")
+        if not d.is_dir():  # a sequence finished before an interruption is kept
+            _write_sequence(d, ref, targets, Hs)
         made.append({"sequence": d.name, "source": str(path)})
     if not made:
         raise ValueError(f"no usable photos under {images} ({len(skipped)} skipped)")
     meta = {"synthetic": True, "source": str(images), "config": asdict(cfg), "sequences": made, "skipped": skipped}
-    (out / "sequences.json").write_text(json.dumps(meta, indent=1))
+    finish_output(out, "sequences.json", meta)
     return meta
+
+
+def _remove_unfinished(out: Path, resumed: bool) -> None:
+    """Remove the sequences an interrupted run was writing (temporary folders) when resuming."""
+    if resumed:
+        for d in out.glob(".v_*.tmp"):
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def _write_sequence(d: Path, ref: np.ndarray, targets: list[np.ndarray], Hs: list[np.ndarray]) -> None:
+    """Write one sequence folder ``d`` complete or not at all: its files go to a temporary folder
+    that is renamed to ``d`` at the end (removed on failure)."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{d.name}.", suffix=".tmp", dir=d.parent))
+    try:
+        write_image(tmp / "1.png", ref)
+        for k, (view, M) in enumerate(zip(targets, Hs), start=2):
+            write_image(tmp / f"{k}.png", view)
+            write_text_atomic(tmp / f"H_1_{k}", "".join(" ".join(f"{v:.10g}" for v in row) + "\n" for row in M))
+        os.rename(tmp, d)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -12,6 +12,7 @@ import cv2
 import kornia
 import torch
 
+from ..files import write_text_atomic
 from ..version import __version__
 
 
@@ -54,11 +55,10 @@ def json_safe(obj):
 
 
 def write_json(result: dict, path: str | Path) -> Path:
-    """Write a benchmark result as strict JSON (NaN and Inf become ``null``)."""
+    """Write a benchmark result as strict JSON (NaN and Inf become ``null``), atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(json_safe(result), indent=2, allow_nan=False))
-    return path
+    return write_text_atomic(path, json.dumps(json_safe(result), indent=2, allow_nan=False))
 
 
 def format_grouped_table(result: dict, group: str, head: list[str], row) -> str:

@@ -25,6 +25,9 @@ import torch.nn.functional as F
 
 from .equivariant import GroupBatchNorm, GroupConv, LiftingConv, fold_conv_bn, group_pool
 
+MAX_GROUP_ORDER = 64
+MAX_KERNEL_SIZE = 31
+
 
 @dataclass(frozen=True)
 class DetectorConfig:
@@ -37,6 +40,11 @@ class DetectorConfig:
     def __post_init__(self) -> None:
         if not self.fields or min(self.fields) < 1:
             raise ValueError(f"fields must be one or more positive counts, got {self.fields}")
+        # sane bounds: the network computes (group_order / 4) resampling matrices of kernel_size**4 values
+        if not 4 <= self.group_order <= MAX_GROUP_ORDER:
+            raise ValueError(f"group_order must lie in [4, {MAX_GROUP_ORDER}], got {self.group_order}")
+        if not 1 <= self.kernel_size <= MAX_KERNEL_SIZE:
+            raise ValueError(f"kernel_size must lie in [1, {MAX_KERNEL_SIZE}], got {self.kernel_size}")
 
     @classmethod
     def from_dict(cls, d: dict) -> DetectorConfig:

@@ -63,9 +63,11 @@ class _Rotator(nn.Module):
         if k % 2 == 0:
             raise ValueError(f"kernel size must be odd, got {k}")
         self.k, self.N = k, N
-        M = torch.stack([rotation_resampler(k, 2 * math.pi * r / N) for r in range(N // 4)])
+        with torch.device("cpu"):  # computed values, also when the network is laid out on the meta device
+            M = torch.stack([rotation_resampler(k, 2 * math.pi * r / N) for r in range(N // 4)])
+            mask = disc_mask(k)
         self.register_buffer("M", M, persistent=False)  # (N/4, k*k, k*k)
-        self.register_buffer("mask", disc_mask(k), persistent=False)
+        self.register_buffer("mask", mask, persistent=False)
 
     def rotate(self, w: torch.Tensor, i: int) -> torch.Tensor:
         """``w`` ``(..., k, k)`` rotated by group element ``i``."""
@@ -86,7 +88,7 @@ class LiftingConv(nn.Module):
         super().__init__()
         self.c_in, self.c_out, self.N, self.k = c_in, c_out, N, k
         self.rot = _Rotator(k, N)
-        fan_in = c_in * float(disc_mask(k).sum())
+        fan_in = c_in * float(self.rot.mask.sum())
         self.weight = nn.Parameter(torch.randn(c_out, c_in, k, k) * math.sqrt(2.0 / fan_in))
 
     def expanded_weight(self) -> torch.Tensor:
@@ -108,7 +110,7 @@ class GroupConv(nn.Module):
         super().__init__()
         self.c_in, self.c_out, self.N, self.k = c_in, c_out, N, k
         self.rot = _Rotator(k, N)
-        fan_in = c_in * N * float(disc_mask(k).sum())
+        fan_in = c_in * N * float(self.rot.mask.sum())
         self.weight = nn.Parameter(torch.randn(c_out, c_in, N, k, k) * math.sqrt(2.0 / fan_in))
 
     def expanded_weight(self) -> torch.Tensor:

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..files import write_bytes_atomic
 from ..version import __version__
 from .descriptor import DescriptorNet
 from .detector import OrientedKeypointNet
@@ -60,7 +61,7 @@ def save_weights(model: nn.Module, path: str | Path, half: bool = False) -> Path
         OSError: the file cannot be written (the path is named).
     """
     from safetensors import SafetensorError
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     fmt = kind_of(model).weights_format
     path = weights_target(path)
@@ -73,10 +74,38 @@ def save_weights(model: nn.Module, path: str | Path, half: bool = False) -> Path
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     meta = {"format": fmt, "config": json.dumps(dataclasses.asdict(model.config)), "ssfeat_version": __version__}
     try:
-        save_file(state, str(path), metadata=meta)
-    except (SafetensorError, OSError) as e:  # SafetensorError (e.g. an unwritable folder) is no OSError
+        data = save(state, metadata=meta)
+    except SafetensorError as e:
         raise OSError(f"cannot write {path}: {first_line(e)}") from e
-    return path
+    return write_bytes_atomic(path, data)  # atomic, with the umask's mode; errors name the path
+
+
+def check_state_shapes(kind: ModelKind, config, state: dict, where: str | Path) -> None:
+    """Check a network's stored ``config`` against its stored tensors ``state`` before anything
+    is allocated for it: the network is laid out on the meta device (no memory) and its parameter
+    and buffer names and shapes compared. A config that asks for a huge network (from a damaged or
+    crafted file) is refused here instead of exhausting memory.
+
+    Raises:
+        ValueError: ``"WHERE: weights do not match ..."`` naming the first mismatch.
+    """
+    try:
+        with torch.device("meta"):
+            want = {k: tuple(v.shape) for k, v in kind.network(config).state_dict().items()}
+    except (TypeError, ValueError, RuntimeError, NotImplementedError) as e:
+        raise ValueError(f"{where}: weights do not match this ssfeat version ({first_line(e)})") from e
+    have = {k: tuple(v.shape) if isinstance(v, torch.Tensor) else None for k, v in state.items()}
+    missing, unexpected = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+    wrong = [k for k in want if k in have and have[k] != want[k]]
+    if missing or unexpected or wrong:
+        what = (
+            f"{wrong[0]} is {have[wrong[0]]}, the stored config needs {want[wrong[0]]}"
+            if wrong
+            else f"missing {', '.join(missing[:3])}"
+            if missing
+            else f"unexpected {', '.join(unexpected[:3])}"
+        )
+        raise ValueError(f"{where}: weights do not match their stored config ({what})")
 
 
 def bundled_path(name: str = "patchpose") -> Path:
@@ -113,9 +142,14 @@ def load_network(kind: str, name_or_path: str | Path) -> nn.Module:
         return model
     meta, state = _read_weights(path, k)
     try:
-        net = k.network(k.config.from_dict(json.loads(meta["config"])))
+        config = k.config.from_dict(json.loads(meta["config"]))
+    except (KeyError, TypeError, ValueError) as e:  # ValueError includes json.JSONDecodeError
+        raise ValueError(f"{path}: weights do not match this ssfeat version ({first_line(e)})") from e
+    check_state_shapes(k, config, state, path)  # before the network takes any memory
+    try:
+        net = k.network(config)
         net.load_state_dict(state, strict=True)
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:  # ValueError includes json.JSONDecodeError
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise ValueError(f"{path}: weights do not match this ssfeat version ({first_line(e)})") from e
     return net.eval()
 
@@ -213,8 +247,16 @@ def model_from_checkpoint(run: str | Path, average: bool = True) -> nn.Module:
         raise ValueError(f"unknown training task {task!r} in the checkpoint")
     k = MODEL_KINDS[task]
     try:
-        model = k.network(k.config.from_dict(ckpt["config"].get("model", {})))
-        model.load_state_dict(ckpt["ema"] if average and "ema" in ckpt else ckpt["model"], strict=True)
+        config = k.config.from_dict(ckpt["config"].get("model", {}))
+        state = ckpt["ema"] if average and "ema" in ckpt else ckpt["model"]
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{path}: checkpoint does not match this ssfeat version ({first_line(e)})") from e
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: not an ssfeat checkpoint (no weights)")
+    check_state_shapes(k, config, state, path)  # before the network takes any memory
+    try:
+        model = k.network(config)
+        model.load_state_dict(state, strict=True)
     except (KeyError, TypeError, RuntimeError, ValueError) as e:
         raise ValueError(f"{path}: checkpoint does not match this ssfeat version ({first_line(e)})") from e
     return model.eval()
@@ -224,6 +266,7 @@ __all__ = [
     "CHECKPOINT_VERSION",
     "bundled_path",
     "check_path",
+    "check_state_shapes",
     "checkpoint_file",
     "first_line",
     "load_checkpoint",

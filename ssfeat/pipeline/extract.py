@@ -19,15 +19,20 @@ COLMAP's SIFT scale) and ``oris`` (degrees, clockwise as displayed), plus the ``
 hloc's ``match_features`` and COLMAP import read such a file unchanged.
 
 Root attributes: ``pipeline``, ``max_keypoints``, ``max_side``, ``sift_first_octave``, ``format``,
-``ssfeat_version``, and ``skipped_dataset``, the name of a string dataset of ``"key: reason"`` for
-files that could not be read or described (``key`` as for the image groups): ``skipped``, with
-underscores appended if a top-level image folder has that name. In hloc's layout the list is the
-root attribute ``skipped`` instead (hloc takes the parent group of every dataset for an image).
+``ssfeat_version``, and ``skipped_dataset``, the name of the list of files that could not be read or
+described: ``skipped``, with underscores appended if a top-level image folder has that name. It is
+a table of two string columns, ``key`` (as for the image groups) and ``reason`` (files written by
+earlier versions hold strings ``"key: reason"`` instead; they are still read). In hloc's layout the
+list is the root attribute ``skipped`` instead, a JSON list of ``[key, reason]`` pairs (hloc takes
+the parent group of every dataset for an image). A file name that is not valid UTF-8 cannot name an
+HDF5 group: it is skipped, its key written with the invalid bytes as ``\\xNN`` escapes. Images over
+the pixel budget (:data:`ssfeat.data.images.MAX_PIXELS`) are skipped without being decoded.
 
 How the work is kept safe: extracted images are written in *part* files
 (``FEATURES.h5.parts/part-r{rank}-{n}.h5``, ``part_size`` images each), every part written to a
-temporary name and renamed when complete. A killed run loses at most the part being written; run the
-same command again and it skips every image found in complete parts (and in an existing
+temporary name and renamed when complete (:func:`ssfeat.files.atomic_write`; a full disk ends
+the run with one error naming the file, leaving no temporary file). A killed run loses at most
+the part being written; run the same command again and it skips every image found in complete parts (and in an existing
 ``FEATURES.h5``), so no image is lost or duplicated. When all images are done, the parts and the
 previous output are merged into a temporary file that atomically replaces ``FEATURES.h5``, and the
 parts are deleted. ``FEATURES.h5`` is therefore always either absent or a complete, readable file,
@@ -40,6 +45,7 @@ own parts, and rank 0 merges after a barrier.
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing as mp
 import time
@@ -52,6 +58,7 @@ import torch
 from .. import distributed as du
 from ..data.images import list_images, read_usable
 from ..features import Features, check_first_octave
+from ..files import remove_stale_temps
 from ..version import __version__
 from .build import build_pipeline, check_pipeline_name
 from .h5io import write_h5_atomic
@@ -83,11 +90,19 @@ class ExtractConfig:
 
 
 def image_key(path: Path, root: Path) -> str:
-    """The HDF5 group name of an image: its POSIX path relative to ``root`` (or its file name)."""
-    root = Path(root)
-    if root.is_file():
-        return path.name
-    return path.relative_to(root).as_posix()
+    """The HDF5 group name of an image: its POSIX path relative to ``root`` (or its file name).
+    Bytes of a file name that are not valid UTF-8 (which no HDF5 name can hold) are written as
+    ``\\xNN`` escapes: such a file is skipped under this key."""
+    return _relative(path, root).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _relative(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` as Python holds it (the invalid bytes of a name that is not
+    valid UTF-8 as surrogates)."""
+    return path.name if Path(root).is_file() else path.relative_to(root).as_posix()
+
+
+NOT_UTF8 = "the file name is not valid UTF-8 (rename the file to extract it)"
 
 
 def _parts_dir(out: Path) -> Path:
@@ -102,8 +117,24 @@ def _h5():
     return h5py
 
 
-def _keys_in(path: Path) -> tuple[set[str], list[str]]:
-    """Image keys and skipped entries stored in a complete output or part file."""
+def _text(v) -> str:
+    return v.decode("utf-8", "backslashreplace") if isinstance(v, bytes) else str(v)
+
+
+def _legacy_entry(entry: str, known: set[str]) -> tuple[str, str]:
+    """``(key, reason)`` of a ``"key: reason"`` string of an earlier version: the longest known key
+    it starts with (a file name may hold ``": "`` too), else the text before the first ``": "``."""
+    cuts = [i for i in range(len(entry)) if entry.startswith(": ", i)]
+    for i in reversed(cuts):
+        if entry[:i] in known:
+            return entry[:i], entry[i + 2 :]
+    key, _, reason = entry.partition(": ")
+    return key, reason
+
+
+def _keys_in(path: Path, known: set[str] = frozenset()) -> tuple[set[str], list[tuple[str, str]]]:
+    """Image keys and skipped ``(key, reason)`` entries stored in a complete output or part file
+    (``known``: the image keys, to read the skipped strings of earlier versions)."""
     h5py = _h5()
     keys: set[str] = set()
     with h5py.File(path, "r") as f:
@@ -114,38 +145,41 @@ def _keys_in(path: Path) -> tuple[set[str], list[str]]:
 
         f.visititems(visit)
         if "skipped_dataset" not in f.attrs and "skipped" in f.attrs:  # hloc layout: a root attribute
-            stored = f.attrs["skipped"]
-        else:
-            name = f.attrs.get("skipped_dataset", "skipped")  # files without the attribute use "skipped"
-            name = name.decode() if isinstance(name, bytes) else str(name)
-            stored = f[name][()] if isinstance(f.get(name), h5py.Dataset) else []
-        skipped = [s.decode() if isinstance(s, bytes) else str(s) for s in stored]
-    return keys, skipped
+            return keys, [(str(k), str(r)) for k, r in json.loads(_text(f.attrs["skipped"]))]
+        name = _text(f.attrs.get("skipped_dataset", "skipped"))  # files without the attribute use "skipped"
+        d = f.get(name)
+        if not isinstance(d, h5py.Dataset):
+            return keys, []
+        if d.dtype.names is not None:
+            return keys, [(_text(k), _text(r)) for k, r in d[()]]
+        return keys, [_legacy_entry(_text(s), known) for s in d[()]]
 
 
-def _write_skipped(f, entries: list[str], fmt: str = "ssfeat") -> None:
-    """The skipped list of an output or part file ``f``, written after its image groups: named
-    ``skipped`` unless a top-level image group already is (then ``skipped_``, ``skipped__``, ...).
-    In hloc's layout it is the root attribute ``skipped`` instead: hloc takes the parent group of
-    every dataset for an image name."""
+def _write_skipped(f, entries: list[tuple[str, str]], fmt: str = "ssfeat") -> None:
+    """The skipped ``(key, reason)`` table of an output or part file ``f``, written after its image
+    groups: named ``skipped`` unless a top-level image group already is (then ``skipped_``, ...).
+    In hloc's layout it is the root attribute ``skipped`` instead (a JSON list of ``[key, reason]``):
+    hloc takes the parent group of every dataset for an image."""
     if fmt == "hloc":
-        f.attrs.create("skipped", data=np.array(entries, dtype=object), dtype=_h5().string_dtype())
+        f.attrs["skipped"] = json.dumps([list(e) for e in entries])
         return
     name = "skipped"
     while name in f:
         name += "_"
-    f.create_dataset(name, data=np.array(entries, dtype=object), dtype=_h5().string_dtype())
+    dt = np.dtype([("key", _h5().string_dtype()), ("reason", _h5().string_dtype())])
+    f.create_dataset(name, data=np.array([tuple(e) for e in entries], dtype=dt))
     f.attrs["skipped_dataset"] = name
 
 
-def done_images(out: Path) -> tuple[set[str], list[str]]:
-    """Keys already extracted (in ``out`` and its complete parts) and the skipped entries so far."""
+def done_images(out: Path, known: set[str] = frozenset()) -> tuple[set[str], list[tuple[str, str]]]:
+    """Keys already extracted (in ``out`` and its complete parts) and the skipped ``(key, reason)``
+    entries so far (``known``: the image keys, to read the skipped lists of earlier versions)."""
     done: set[str] = set()
-    skipped: list[str] = []
+    skipped: list[tuple[str, str]] = []
     files = ([out] if out.is_file() else []) + sorted(_parts_dir(out).glob("part-*.h5"))
     for p in files:
         try:
-            k, s = _keys_in(p)
+            k, s = _keys_in(p, known)
         except OSError as e:  # a damaged part (should not happen: parts are renamed when complete)
             logger.warning("ignoring unreadable part %s (%s); its images are extracted again", p, e)
             p.unlink()
@@ -199,10 +233,6 @@ def _libver(cfg: ExtractConfig) -> str | None:
     """hloc's layout keeps the skipped list in an attribute, which may exceed 64 kB: HDF5 stores such
     attributes only in files of its newer format (read by HDF5 >= 1.10)."""
     return "latest" if cfg.format == "hloc" else None
-
-
-def _skipped_key(entry: str) -> str:
-    return entry.split(": ", 1)[0]
 
 
 def _write_group(f, key: str, feats, image_size: tuple[int, int], resize: float, fmt: str = "ssfeat") -> None:
@@ -284,7 +314,7 @@ class _PartWriter:
             bad = []
             for key, res in batch:
                 if isinstance(res, str):
-                    bad.append(f"{key}: {res}")
+                    bad.append((key, res))
                 else:
                     _write_group(f, key, *res, fmt=self.cfg.format)
             _write_skipped(f, bad, self.cfg.format)
@@ -319,13 +349,11 @@ def _todo(images: Path, out: Path, cfg: ExtractConfig) -> tuple[list[Path], list
     check_existing(out, cfg)
     if du.is_main():
         _parts_dir(out).mkdir(parents=True, exist_ok=True)
-        for stale in _parts_dir(out).glob(".*.tmp*"):  # a part a killed run was writing
-            stale.unlink()
-        for stale in out.parent.glob(f".{out.name}.tmp*"):
-            stale.unlink()
+        remove_stale_temps(_parts_dir(out))  # parts a killed run was writing
+        remove_stale_temps(out.parent, out.name)
     du.barrier()
-    done, skipped = done_images(out)
-    done |= {_skipped_key(s) for s in skipped}
+    done, skipped = done_images(out, set(keys))
+    done |= {k for k, _ in skipped}
     # skipped entries name the image key; files written before that named the path as typed
     return paths, [(k, p) for k, p in zip(keys, paths) if k not in done and str(p) not in done]
 
@@ -351,6 +379,10 @@ def extract_folder(
 
         bar = tqdm(total=len(todo), desc="extract", unit="img", dynamic_ncols=True)
     writer = _PartWriter(out, cfg, rank, world, bar)
+    for key, p in mine:
+        if key != _relative(p, images):  # image_key escaped bytes that are not UTF-8
+            writer.add(key, NOT_UTF8)
+    mine = [(k, p) for k, p in mine if k == _relative(p, images)]
     if workers > 1 and world == 1:
         with mp.get_context("spawn").Pool(workers, _worker_init, (cfg,)) as pool:
             for (key, _), res in zip(mine, pool.imap(_worker_run, [p for _, p in mine], chunksize=1)):
@@ -368,24 +400,25 @@ def extract_folder(
     stats = {"n_images": len(paths), "n_new": writer.n_new, "seconds": round(seconds, 3)}
     stats["images_per_s"] = round(n_all / seconds, 3) if seconds > 0 else None
     if du.is_main():
-        merge(out, cfg)
+        merge(out, cfg, set(image_key(p, images) for p in paths))
     du.barrier()
     done, skipped = done_images(out)
     stats.update(n_done=len(done), n_skipped=len(skipped))
     return stats
 
 
-def merge(out: Path, cfg: ExtractConfig) -> Path:
-    """Merge ``out`` (if any) and its complete parts into a new ``out`` (atomic), then delete the parts."""
+def merge(out: Path, cfg: ExtractConfig, known: set[str] = frozenset()) -> Path:
+    """Merge ``out`` (if any) and its complete parts into a new ``out`` (atomic), then delete the
+    parts (``known``: the image keys, to read the skipped lists of earlier versions)."""
     h5py = _h5()
     parts = sorted(_parts_dir(out).glob("part-*.h5"))
     sources = ([out] if out.is_file() else []) + parts
 
     def fill(f):
-        skipped: list[str] = []
+        skipped: list[tuple[str, str]] = []
         for src_path in sources:
             with h5py.File(src_path, "r") as src:
-                keys, sk = _keys_in(src_path)
+                keys, sk = _keys_in(src_path, known)
                 for k in sorted(keys):
                     if k not in f:
                         src.copy(src[k], f, name=k)

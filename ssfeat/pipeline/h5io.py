@@ -12,28 +12,24 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from ..files import atomic_write, write_text_atomic
+
 
 def write_h5_atomic(path: Path, fill: Callable[[h5py.File], None], libver: str | None = None) -> None:
-    """Create an HDF5 file by ``fill(h5file)`` under a temporary name, then rename it to ``path``: the
-    file at ``path`` is always absent or complete (``libver``: as for ``h5py.File``)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with h5py.File(tmp, "w", libver=libver) as f:
-            fill(f)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    """Create an HDF5 file by ``fill(h5file)`` with :func:`ssfeat.files.atomic_write`: the file at
+    ``path`` is always absent or complete (``libver``: as for ``h5py.File``).
+
+    Raises:
+        OSError: ``"cannot write PATH: REASON"`` (e.g. a full disk); no temporary file is left.
+    """
+    with atomic_write(path) as fh, h5py.File(fh, "w", libver=libver) as f:
+        fill(f)
 
 
 def names_to_pair(name0: str, name1: str, separator: str = "/") -> str:
@@ -83,14 +79,7 @@ def write_pairs(path: str | Path, pairs: Iterable[tuple[str, str]]) -> Path:
         if any(c.isspace() for c in a + b):
             raise ValueError(f"image names with white space cannot be written to a pairs file: {a!r}, {b!r}")
         lines.append(f"{a} {b}\n")
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text("".join(lines))
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return write_text_atomic(path, "".join(lines))
 
 
 def write_match_group(f: h5py.File, name0: str, name1: str, matches0: np.ndarray, scores0: np.ndarray) -> None:

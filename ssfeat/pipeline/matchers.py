@@ -99,10 +99,38 @@ class OrientationFilter:
 
 class RansacHomography:
     """OpenCV RANSAC homography; keeps the inliers and stores the fitted ``H_0to1`` (fewer than 4
-    matches or no model found: no matches, ``H_0to1 = None``)."""
+    matches or no model found: no matches, ``H_0to1 = None``).
 
-    def __init__(self, threshold: float = 3.0, max_iters: int = 5000, confidence: float = 0.9995) -> None:
+    A fit supported by fewer than ``min_inliers`` inliers, or by fewer than ``min_inlier_ratio`` of
+    the matches, is a failure (:meth:`failure`): RANSAC finds a handful of chance inliers among any
+    few hundred wrong matches. The filter then keeps its inliers but stores ``H_0to1 = None``.
+    """
+
+    def __init__(
+        self,
+        threshold: float = 3.0,
+        max_iters: int = 5000,
+        confidence: float = 0.9995,
+        min_inliers: int = 15,
+        min_inlier_ratio: float = 0.05,
+    ) -> None:
+        if min_inliers < 4:
+            raise ValueError(f"min_inliers must be >= 4 (a homography has 4 point pairs), got {min_inliers}")
+        if not 0.0 <= min_inlier_ratio <= 1.0:
+            raise ValueError(f"min_inlier_ratio must be a fraction in [0, 1], got {min_inlier_ratio}")
         self.threshold, self.max_iters, self.confidence = threshold, max_iters, confidence
+        self.min_inliers, self.min_inlier_ratio = min_inliers, min_inlier_ratio
+
+    def failure(self, H: np.ndarray | None, inliers: np.ndarray) -> str | None:
+        """Why the fit ``(H, inliers)`` of :meth:`fit` is not a homography to trust, or None."""
+        n, m = int(inliers.sum()), len(inliers)
+        if H is None:
+            return f"no homography fits the {m} matches" if m >= 4 else f"{m} matches, a homography needs 4"
+        if n < self.min_inliers:
+            return f"{n} RANSAC inliers of {m} matches, fewer than min_inliers={self.min_inliers}"
+        if n < self.min_inlier_ratio * m:
+            return f"{n} RANSAC inliers of {m} matches ({n / m:.1%}), under min_inlier_ratio={self.min_inlier_ratio:g}"
+        return None
 
     def fit(self, pts0: np.ndarray, pts1: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
         """``(H_0to1 or None, inlier mask (M,))`` for ``(M, 2)`` point arrays."""
@@ -123,7 +151,7 @@ class RansacHomography:
     def __call__(self, f0: Features, f1: Features, m: Matches) -> Matches:
         H, inl = self.fit(f0.keypoints[m.idx[:, 0]], f1.keypoints[m.idx[:, 1]])
         out = m.subset(inl)
-        out.H_0to1 = H
+        out.H_0to1 = None if self.failure(H, inl) else H
         return out
 
 

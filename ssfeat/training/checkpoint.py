@@ -4,11 +4,11 @@ config and the ssfeat version. Reading one back (and the model in it) is
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 
+from ..files import atomic_write
 from ..models.weights import CHECKPOINT_VERSION, checkpoint_file, load_checkpoint
 from .configs import LoopConfig
 from .tasks import TASKS
@@ -27,15 +27,14 @@ def config_from_checkpoint(ckpt: dict) -> LoopConfig:
 
 
 def save_atomic(obj, path: Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename: a crash mid-write
-    leaves the previous file intact."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
+    """``torch.save`` to ``path`` with :func:`ssfeat.files.atomic_write`: a crash or a full disk
+    mid-write leaves the previous file intact and no temporary file behind.
+
+    Raises:
+        OSError: ``"cannot write PATH: REASON"``.
+    """
+    with atomic_write(path) as f:
         torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 __all__ = [

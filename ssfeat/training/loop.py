@@ -24,6 +24,9 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from .. import distributed as du
+from ..files import remove_stale_temps, write_text_atomic
+from ..models.registry import MODEL_KINDS
+from ..models.weights import check_state_shapes
 from ..version import __version__
 from .checkpoint import CHECKPOINT_VERSION, config_from_checkpoint, load_checkpoint, save_atomic
 from .configs import LoopConfig
@@ -135,6 +138,8 @@ def _start(cfg: LoopConfig, out_dir: Path, ckpt: dict | None, total_steps: int |
     if cfg.batch_size % du.world_size():
         raise ValueError(f"batch_size {cfg.batch_size} is not divisible by {du.world_size()} processes")
     task = task_for(cfg)  # loads a --distill teacher: a bad one fails before anything is written
+    if ckpt is not None:  # the stored config must fit the stored weights before a network is built
+        check_state_shapes(MODEL_KINDS[task.name], cfg.model, ckpt["model"], out_dir / "last.pt")
     torch.manual_seed(cfg.seed)
     model = task.build_model().to(device)
     if cfg.init_weights and ckpt is None:
@@ -142,9 +147,12 @@ def _start(cfg: LoopConfig, out_dir: Path, ckpt: dict | None, total_steps: int |
     last = out_dir / "last.pt"
     if du.is_main():
         out_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(out_dir)  # checkpoints a killed run was writing
         if ckpt is None and (last.exists() or (out_dir / "log.jsonl").exists()):
             logger.warning("%s holds an earlier run: starting a new one replaces its checkpoints and log", out_dir)
             (out_dir / "log.jsonl").unlink(missing_ok=True)
+        if ckpt is not None:
+            cut_log(out_dir / "log.jsonl", ckpt["step"])
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     ema = copy.deepcopy(model).eval().requires_grad_(False) if cfg.ema_decay > 0 else None
     run = _Run(cfg, task, model, ema, opt, total=cfg.steps)
@@ -157,6 +165,23 @@ def _start(cfg: LoopConfig, out_dir: Path, ckpt: dict | None, total_steps: int |
         run.total = total_steps or ckpt["total_steps"]
         logger.info("resumed %s at step %d / %d", last, run.step, run.total)
     return run
+
+
+def cut_log(log: Path, step: int) -> None:
+    """Keep the rows of ``log`` (``log.jsonl``) up to ``step``, the step a run resumes from: the
+    rows a killed run wrote after its last checkpoint are written again by the resumed run (a row
+    cut short by the kill is dropped too)."""
+    if not log.is_file():
+        return
+    keep = []
+    for line in log.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+            keep.append(line + "\n")
+    write_text_atomic(log, "".join(keep))
 
 
 class _TimeBudget:
@@ -296,4 +321,4 @@ def fit(
     return last
 
 
-__all__ = ["ema_decay_at", "ema_update", "fit", "lr_at", "to_device"]
+__all__ = ["cut_log", "ema_decay_at", "ema_update", "fit", "lr_at", "to_device"]
