@@ -250,14 +250,14 @@ def test_a_full_disk_in_the_merge_is_one_error_and_leaves_no_temporary_file(fold
     extract_folder(folder, out, dataclasses.replace(CFG, part_size=100), progress=False)
     before = out.read_bytes()
     cv2.imwrite(str(folder / "new.png"), textured_image(120, 160, seed=7))
-    real = ex._write_atomic
+    real = ex.write_h5_atomic
 
-    def full_in_merge(path, fill):
+    def full_in_merge(path, fill, libver=None):
         if Path(path) == out:
             full_disk(monkeypatch, after=4096)
-        real(path, fill)
+        real(path, fill, libver)
 
-    monkeypatch.setattr(ex, "_write_atomic", full_in_merge)
+    monkeypatch.setattr(ex, "write_h5_atomic", full_in_merge)
     argv = ["extract", "--images", str(folder), "--out", str(out), "--pipeline", "sift", "--max-keypoints", "50"]
     assert main([*argv, "--part-size", "100", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
