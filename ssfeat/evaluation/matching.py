@@ -97,7 +97,7 @@ DEFAULT_PIPELINES = (
 
 
 # Smallest image side (px) the benchmarks score: the 32 px window the patch-pose pipelines read
-# around each keypoint (PatchPoseEstimator.extract, the ``ssfeat_scale`` orienter) fits in it, and so
+# around each keypoint (PatchPoseEstimator.extract) fits in it, and so
 # does everything else the pipelines need (the learned detector 19 px with its 8 px border, the
 # learned descriptor 8 px). Smaller images are skipped rather than scored 0.
 MIN_IMAGE_SIDE = 32

@@ -83,6 +83,7 @@ PIPELINES: dict[str, dict] = {
     "ssfeat": {"orienter": "ssfeat"},  # ssfeat orientation, SIFT's scale
     "ssfeat_multi": {"orienter": "ssfeat_multi"},  # + a second orientation where the histogram has one
     "ssfeat_scale": {"orienter": "ssfeat_scale"},  # ssfeat orientation and size, scale-covariant
+    "ssfeat_scale_prior": {"orienter": "ssfeat_scale_prior"},  # the same, refining SIFT's size
     "sift_rootsift": {"orienter": "sift", "descriptor": "rootsift"},
     "ssfeat_rootsift": {"orienter": "ssfeat", "descriptor": "rootsift"},
     "sift_ratio": {"orienter": "sift", "matcher": "ratio"},
@@ -119,6 +120,8 @@ def _orienter(name: str, estimator: PatchPoseEstimator | None):
         return PatchPoseOrienter(est, k_ori=2)
     if name == "ssfeat_scale":
         return PatchPoseOrienter(est, scale=True)
+    if name == "ssfeat_scale_prior":
+        return PatchPoseOrienter(est, scale=True, size_prior=True)
     raise ValueError(f"unknown orienter {name!r}")
 
 
