@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from importlib import resources
 from os import PathLike
 from pathlib import Path
@@ -74,9 +75,18 @@ def save_weights(model: nn.Module, path: str | Path, half: bool = False) -> Path
     meta = {"format": fmt, "config": json.dumps(dataclasses.asdict(model.config)), "ssfeat_version": __version__}
     try:
         save_file(state, str(path), metadata=meta)
+        honour_umask(path)
     except (SafetensorError, OSError) as e:  # SafetensorError (e.g. an unwritable folder) is no OSError
         raise OSError(f"cannot write {path}: {first_line(e)}") from e
     return path
+
+
+def honour_umask(path: str | Path) -> None:
+    """Give ``path`` the mode a plain ``open(path, "w")`` would: ``0o666`` less the process umask
+    (safetensors and ``tempfile.mkstemp`` create files readable by their owner only, 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
 
 
 def bundled_path(name: str = "patchpose") -> Path:
@@ -226,6 +236,7 @@ __all__ = [
     "check_path",
     "checkpoint_file",
     "first_line",
+    "honour_umask",
     "load_checkpoint",
     "load_descriptor_model",
     "load_detector_model",
