@@ -94,7 +94,16 @@ def test_a_closed_output_pipe_ends_quietly(tmp_path):
 
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     p = subprocess.Popen(
-        [sys.executable, "-m", "ssfeat", "data", "warp-pair", str(sample_images()[0]), "--out", str(tmp_path / "p.png")],
+        [
+            sys.executable,
+            "-m",
+            "ssfeat",
+            "data",
+            "warp-pair",
+            str(sample_images()[0]),
+            "--out",
+            str(tmp_path / "p.png"),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=env,
