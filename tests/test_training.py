@@ -340,3 +340,16 @@ def test_distillation_matches_the_teachers_scale_histograms(image_dir, tmp_path)
         PoseTask(dataclasses.replace(cfg, model=other))
     with pytest.raises(ValueError, match="distill_weight"):
         tiny_cfg(image_dir, distill_weight=float("nan"))
+
+
+def test_progress_bar_shows_no_nan_before_the_first_validation(image_dir, tmp_path, capsys):
+    from ssfeat.training.loop import progress_postfix
+
+    names = {"ori10": "ori_acc@10deg", "sca13": "scale_acc@0.333"}
+    assert progress_postfix(0.5, {}, names) == {"loss": "0.500", "ori10": "-", "sca13": "-"}
+    shown = progress_postfix(0.25, {"ori_acc@10deg": 71.26, "scale_acc@0.333": float("nan")}, names)
+    assert shown == {"loss": "0.250", "ori10": "71.3", "sca13": "-"}
+    # the bar of a real run: every refresh before the validation at the last step shows '-'
+    fit(tiny_cfg(image_dir, steps=3, val_every=100), tmp_path / "run", progress=True)
+    err = capsys.readouterr().err
+    assert "nan" not in err and "ori10=-" in err
