@@ -71,6 +71,7 @@ from .metrics import (
 from .oracle import ORACLES, OracleFeatures
 from .patchpose import PoseBenchmarkConfig
 from .report import distinct_groups, format_grouped_table, meta, render_rows
+from .timing import interleaved_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -368,13 +369,7 @@ def time_pair(pipelines: dict[str, Pipeline], image0: np.ndarray, image1: np.nda
 
     methods = {"opencv_sift": opencv, "opencv_sift_detect_compute": opencv_detect_compute}
     methods.update({name: pipeline(p) for name, p in pipelines.items()})
-    for fn in methods.values():
-        fn()  # warm-up
-    times: dict[str, list[float]] = {k: [] for k in methods}
-    for _ in range(max(1, repeats)):
-        for k, fn in methods.items():
-            times[k].append(_timed(fn)[1])
-    return {k: float(np.median(v)) for k, v in times.items()}
+    return interleaved_seconds(methods, max(1, repeats))
 
 
 def _stages(
