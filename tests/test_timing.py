@@ -44,7 +44,8 @@ def test_one_slow_moment_does_not_decide_a_throughput():
     steady = _Loaded("b", [0.02] * 10)
     patches = {m: torch.zeros(100, 1, 8, 8) for m in "ab"}
     speed = interleaved_throughput([slow_once, steady], patches)
-    assert speed["a"] > speed["b"] > 0  # a single timing (or a median of three) would have ranked "a" 10x slower than "b"
+    # a single timing (or a median of three) would have ranked "a" 10x slower than "b"
+    assert speed["a"] > speed["b"] > 0
 
 
 def test_the_detector_and_descriptor_timings_are_interleaved(monkeypatch):
