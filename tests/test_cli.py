@@ -43,6 +43,88 @@ def test_help(cmd, capsys):
     assert e.value.code == 0
 
 
+def test_version(capsys):
+    from ssfeat.version import __version__
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"ssfeat {__version__}"
+
+
+def _options(parser=None):
+    """Every (parser, option action) pair of the CLI."""
+    import argparse
+
+    parser = parser or build_parser()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _options(sub)
+        elif action.option_strings:
+            yield parser, action
+
+
+def test_help_shows_every_meaningful_default_and_no_none_noise():
+    import argparse
+
+    seen = 0
+    for parser, action in _options():
+        if action.help is argparse.SUPPRESS:
+            continue
+        text = parser._get_formatter()._expand_help(action) if action.help else ""
+        assert "default: None" not in text and "default: False" not in text, (parser.prog, action.dest)
+        shown = action.default not in (None, False, [], argparse.SUPPRESS) and not isinstance(
+            action, (argparse._HelpAction, argparse._VersionAction)
+        )
+        if shown:
+            seen += 1
+            assert "default" in text, (parser.prog, action.dest, text)
+    assert seen > 100
+    help_text = build_parser()._subparsers._group_actions[0].choices["match"].format_help()
+    assert "--max-keypoints MAX_KEYPOINTS default: 1000" in " ".join(help_text.split())
+
+
+def test_a_closed_output_pipe_ends_quietly(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from ssfeat import sample_images
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ssfeat",
+            "data",
+            "warp-pair",
+            str(sample_images()[0]),
+            "--out",
+            str(tmp_path / "p.png"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    p.stdout.close()  # as `| head -0` does: every write to stdout fails with EPIPE
+    err = p.stderr.read().decode()
+    assert p.wait() == 141 and err == "", err
+
+
+def test_a_pipe_closed_during_a_command_is_no_error(monkeypatch, capfd):
+    from ssfeat import cli
+
+    def closed(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(cli.figures, "run_detect", closed)
+    monkeypatch.setattr(cli.os, "dup2", lambda *a: None)  # keep pytest's own stdout
+    assert main(["detect", "x.png", "--out", "y.png"]) == 141
+    assert "Broken pipe" not in capfd.readouterr().err
+
+
 # earlier flag names still accepted (hidden from --help): old -> the field-named flag
 OLD_FLAGS = [
     ("train pose", "--ema 0.9", "--ema-decay 0.9"),

@@ -32,6 +32,18 @@ def test_save_weights_to_an_unwritable_place_is_an_oserror(tmp_path):
         save_weights(net, None)
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_saved_weights_honour_the_umask(tmp_path, umask):
+    import os
+
+    old = os.umask(umask)
+    try:
+        path = save_weights(PatchPoseNet(PatchPoseConfig()), tmp_path / "w.safetensors")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
 def test_cli_export_to_an_unwritable_place_is_one_error_line(tmp_path, monkeypatch, capsys):
     import ssfeat.cli.export
     from ssfeat.cli import main

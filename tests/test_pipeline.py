@@ -317,6 +317,46 @@ def test_categories():
     assert category_of("hpatches", "hp/i_ajuntament") == "illumination"
     assert category_of("oxford", "leuven") == "illumination" and category_of("oxford", "bikes") == "blur"
     assert category_of("evd", "evd/adam") == "viewpoint"
+    assert category_of("oxford", "bark") == "zoom+rotation" == category_of("oxford", "boat")
+    # sequences the benchmark does not know are not filed under a change they may not show
+    assert category_of("oxford", "my_photos") == "other" == category_of("oxford", "graffiti")
+    assert category_of("hpatches", "vacation") == "other" == category_of("hpatches", "ice")
+
+
+def _summaries(groups: dict[str, dict[str, float]]) -> dict:
+    """A matching result of two pipelines whose per-group MMA curves are given by ``groups``
+    (``{"all": {"all": v}, "dataset": {name: v}, "category": {name: v}}``)."""
+
+    def summary(v: float, offset: float) -> dict:
+        return {"mma": [v + offset] * 10, "pairs": 4}
+
+    pipes = {}
+    for name, off in (("sift", 0.0), ("ssfeat", 0.1)):
+        s = {g: {k: summary(v, off) for k, v in d.items()} for g, d in groups.items() if g != "all"}
+        pipes[name] = {"all": summary(groups["all"]["all"], off), **s}
+    return {"pipelines": pipes, "config": {"mma_thresholds": list(range(1, 11))}}
+
+
+def test_tables_and_plot_panels_that_repeat_another_are_left_out():
+    from ssfeat.evaluation.matching import mma_figure, mma_panels
+    from ssfeat.evaluation.report import distinct_groups
+
+    one_root = _summaries({"all": {"all": 0.5}, "dataset": {"mine": 0.5}, "category": {"other": 0.5}})
+    assert distinct_groups(one_root) == ["all"]
+    assert mma_panels(one_root) == [("all", None)]
+    two = _summaries({"all": {"all": 0.5}, "dataset": {"mine": 0.5}, "category": {"viewpoint": 0.4, "blur": 0.6}})
+    assert distinct_groups(two) == ["all", "category"]
+    assert mma_panels(two) == [("all", None), ("category", "viewpoint"), ("category", "blur")]
+    roots = _summaries({"all": {"all": 0.5}, "dataset": {"a": 0.4, "b": 0.6}, "category": {"a": 0.4, "b": 0.6}})
+    assert distinct_groups(roots) == ["all", "dataset"]
+    # the legend sits outside every panel, the curves are not under it
+    fig = mma_figure(two)
+    fig.canvas.draw()
+    legend = fig.legends[0].get_window_extent()
+    assert len(fig.axes) == 3 and not any(ax.get_legend() for ax in fig.axes)
+    for ax in fig.axes:
+        assert ax.get_window_extent().x1 < legend.x0 and ax.get_xlabel() and ax.get_title()
+    assert fig.axes[0].get_ylabel() and legend.x1 <= fig.bbox.x1 + 1
 
 
 @pytest.mark.slow

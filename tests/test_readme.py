@@ -1,37 +1,68 @@
-"""The Python examples of the README and of the keypoint-pose page run as written (on the bundled
-sample photos)."""
+"""The examples of the README and of the doc pages listed here run as written, in an empty folder
+(on the bundled sample photos): the Python blocks, and the ``ssfeat`` commands of the README's shell
+blocks."""
 
+import os
 import re
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from ssfeat.data.geoloc import GeolocMakeConfig, make_geoloc_dataset
-from ssfeat.data.images import samples_dir
-
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
-DOC_PAGES = [ROOT / "docs" / "keypoint_pose.md"]
+DOC_PAGES = [ROOT / "docs" / "keypoint_pose.md", ROOT / "docs" / "geolocalization.md"]
+# README shell commands that set up a machine or run this suite: shown, not run by the tests
+SETUP = (r"pip install \S.*", r"python -m pytest .*")
 
 
 def _python_blocks(path: Path = README) -> list[str]:
     return re.findall(r"```python\n(.*?)```", path.read_text(), re.S)
 
 
+def _shell_commands(path: Path = README) -> list[str]:
+    """The commands of the ``bash`` blocks (``a && b`` is two; comments dropped)."""
+    cmds = []
+    for block in re.findall(r"```bash\n(.*?)```", path.read_text(), re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            cmds += [c.strip() for c in line.split("#", 1)[0].split("&&") if c.strip()]
+    return cmds
+
+
+def _ssfeat_commands() -> list[str]:
+    return [c for c in _shell_commands() if c.startswith("ssfeat ")]
+
+
 def test_readme_has_python_examples():
     assert len(_python_blocks()) >= 4
+
+
+def test_every_readme_shell_command_is_setup_or_run_by_the_tests():
+    cmds = _shell_commands()
+    assert "ssfeat demo" in cmds
+    for c in cmds:
+        assert c.startswith("ssfeat ") or any(re.fullmatch(p, c) for p in SETUP), c
 
 
 @pytest.mark.parametrize("i", range(len(_python_blocks())))
 def test_readme_example_runs(i, tmp_path, monkeypatch):
     code = _python_blocks()[i]
     monkeypatch.chdir(tmp_path)
-    if "load_geoloc_split(" in code:  # the example reads a dataset made by `ssfeat data make-geoloc`
-        root = re.search(r'load_geoloc_split\("([^"]+)"', code).group(1)
-        cfg = GeolocMakeConfig(n_gallery=1, n_queries=1, splits=(0.0, 0.0, 1.0))
-        make_geoloc_dataset(samples_dir(), tmp_path / root, cfg)
     namespace: dict = {}
     exec(compile(code, f"README.md python block {i}", "exec"), namespace)  # noqa: S102
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cmd", _ssfeat_commands())
+def test_readme_shell_command_runs(cmd, tmp_path):
+    """As pasted in a shell, in an empty folder, with this checkout's ``ssfeat`` importable."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    args = [sys.executable, "-m", "ssfeat", *shlex.split(cmd)[1:]]
+    r = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1800)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
 
 
 @pytest.mark.parametrize("page", DOC_PAGES, ids=lambda p: p.name)

@@ -386,3 +386,16 @@ def test_checkpoints_follow_no_planted_link_and_a_full_disk_is_one_error(image_d
         fit(tiny_cfg(image_dir, steps=2), run, progress=False)
     assert [p.name for p in run.iterdir() if p.name.startswith(".") and not p.is_symlink()] == []
     assert victim.read_text() == "keep"
+
+
+def test_progress_bar_shows_no_nan_before_the_first_validation(image_dir, tmp_path, capsys):
+    from ssfeat.training.loop import progress_postfix
+
+    names = {"ori10": "ori_acc@10deg", "sca13": "scale_acc@0.333"}
+    assert progress_postfix(0.5, {}, names) == {"loss": "0.500", "ori10": "-", "sca13": "-"}
+    shown = progress_postfix(0.25, {"ori_acc@10deg": 71.26, "scale_acc@0.333": float("nan")}, names)
+    assert shown == {"loss": "0.250", "ori10": "71.3", "sca13": "-"}
+    # the bar of a real run: every refresh before the validation at the last step shows '-'
+    fit(tiny_cfg(image_dir, steps=3, val_every=100), tmp_path / "run", progress=True)
+    err = capsys.readouterr().err
+    assert "nan" not in err and "ori10=-" in err

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from ..data.images import ImageReadError
+from ..version import __version__
 from . import benchmark, data, demo, export, extract, figures, sfm, train
-from .args import set_threads
+from .args import DefaultsHelpFormatter, set_threads, show_defaults
 
 logger = logging.getLogger("ssfeat")
 
@@ -27,11 +29,15 @@ PATH_ARGS += ("--features", "--pairs", "--matches", "--database")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ssfeat", description="Self-supervised local feature geometry.")
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser = argparse.ArgumentParser(
+        prog="ssfeat", description="Self-supervised local feature geometry.", formatter_class=DefaultsHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"ssfeat {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress messages")
     sub = parser.add_subparsers(dest="cmd", required=True)
     for group in COMMANDS:
         group.add_parser(sub)
+    show_defaults(parser)
     return parser
 
 
@@ -44,6 +50,19 @@ def _refuse_empty_paths(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns the exit status. A closed output pipe (``ssfeat ... | head -1``)
+    ends the command quietly with status 141 (128 + SIGPIPE), as command-line tools do."""
+    try:
+        status = _run(argv)
+        sys.stdout.flush()  # a pipe closed after the last print shows here
+        return status
+    except BrokenPipeError:
+        # later writes (and the flush at exit) go nowhere instead of raising again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+
+
+def _run(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -53,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         _refuse_empty_paths(args)
         set_threads(getattr(args, "threads", 0))
         return args.command(args)
+    except BrokenPipeError:
+        raise
     except (ValueError, OSError, ImageReadError, FloatingPointError) as e:
         print(f"ssfeat: error: {e}", file=sys.stderr)
         return 2

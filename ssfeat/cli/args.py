@@ -119,6 +119,31 @@ def set_threads(n: int) -> None:
         torch.set_num_threads(n)
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """``--help`` with each option's default, ``(default: X)``, unless the default says nothing (an
+    unset ``None``, an off switch, an empty list) or the help text already states it."""
+
+    def _get_help_string(self, action) -> str:
+        text = action.help or ""
+        default = action.default
+        silent = default is None or default is False or default == [] or default is argparse.SUPPRESS
+        if silent or not action.option_strings or "default" in text or isinstance(action, argparse._VersionAction):
+            return text
+        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
+
+
+def show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Give ``parser`` and all its subcommand parsers the :class:`DefaultsHelpFormatter`, so every
+    ``--help`` shows the defaults; options without help text get one that names the default."""
+    parser.formatter_class = DefaultsHelpFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                show_defaults(sub)
+        elif action.help is None and action.option_strings:
+            action.help = DefaultsHelpFormatter(parser.prog)._get_help_string(action) or None
+
+
 def check_writable(path: str | Path, folder: bool = False) -> None:
     """Refuse up front, before a long run, an output that could not be written at its end: a folder
     given for a file (or a file for a folder), a parent path that runs through a file, or a folder
@@ -140,6 +165,7 @@ def check_writable(path: str | Path, folder: bool = False) -> None:
 
 
 __all__ = [
+    "DefaultsHelpFormatter",
     "add_field",
     "check_writable",
     "config_from_args",
@@ -150,6 +176,7 @@ __all__ = [
     "positive",
     "positive_float",
     "set_threads",
+    "show_defaults",
     "sift_first_octave",
     "threads",
 ]

@@ -27,7 +27,7 @@ from ..evaluation.patchpose import (
     format_pose_table,
     run_patchpose,
 )
-from ..evaluation.report import write_json
+from ..evaluation.report import distinct_groups, write_json
 from ..evaluation.sequences import run_sequences
 from ..evaluation.warp import format_warp_table, run_warp_pairs
 from ..inference.pose import PatchPoseEstimator
@@ -200,11 +200,7 @@ def cmd_matching(args) -> int:
         f"matching: {result['n_pairs']} image pairs, {cfg.max_keypoints} keypoints per image, "
         f"homography accuracy over {cfg.ransac_repeats} RANSAC fits per pair"
     )
-    print(format_matching_table(result))
-    print()
-    print(format_matching_table(result, "dataset"))
-    print()
-    print(format_matching_table(result, "category"))
+    print("\n\n".join(format_matching_table(result, g) for g in distinct_groups(result)))
     floor = {k: v["all"]["floor_h3"] for k, v in result["pipelines"].items() if "floor_h3" in v["all"]}
     if floor:
         print("\nfloor: pairs whose correct matches (<= 3 px) alone, fitted by least squares, are within 3 px:")
@@ -226,7 +222,7 @@ def cmd_detector(args) -> int:
     names = _pipeline_names(args.pipelines)
     result = run_detector_benchmark(args.root, names, args.weights, not args.no_progress, _matching_config(args))
     print(f"detector benchmark: {result['n_pairs']} image pairs, {args.max_keypoints} keypoints per image")
-    for g in ("all", "dataset", "category"):
+    for g in distinct_groups(result):
         print(format_detector_table(result, g))
         print()
     e, t = result["equivariance_error_rot90"], result["detector_time_640x480_s"]
@@ -248,7 +244,7 @@ def cmd_descriptor(args) -> int:
     names = _pipeline_names(args.pipelines)
     result = run_descriptor_benchmark(args.root, names, args.weights, not args.no_progress, _matching_config(args))
     print(f"descriptor benchmark: {result['n_pairs']} image pairs, {args.max_keypoints} SIFT keypoints per image")
-    for g in ("all", "dataset", "category"):
+    for g in distinct_groups(result):
         print(format_matching_table(result, g, with_repeatability=False))
         print()
     print(format_d2net_table(result))

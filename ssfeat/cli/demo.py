@@ -99,8 +99,8 @@ def descriptor_demo(path: str | Path, out: str | Path, max_keypoints: int = 500)
             f"  {name:14s} {len(ok)} matches, {int(ok.sum())} correct (MMA@3 {100 * ok.mean() if len(ok) else 0:.1f}%)"
         )
         if name == "hndesc":
-            title = f"learned descriptor: {int(ok.sum())} of {len(ok)} matches within 3 px (green)"
-            fig = draw_matches(img, view, x0, x1, ok, out, title)
+            title = f"learned descriptor: {int(ok.sum())} of {len(ok)} matches within 3 px of the true position"
+            fig = draw_matches(img, view, x0, x1, ok, out, title, labels=("correct", "wrong"))
     return fig
 
 

@@ -124,8 +124,8 @@ def detect(
         f = det(img)
     except ValueError as e:  # e.g. an image smaller than the detector's border
         raise ValueError(f"{image}: {e}") from e
-    title = f"ssfeat detector: {len(f)} keypoints (circle: size, line: orientation)"
-    return draw_poses(img, f.keypoints, f.orientations, f.scales, out, title=title), len(f)
+    title = f"ssfeat detector: {len(f)} keypoints (circle: size, line: orientation; dot only: nested in a stronger one)"
+    return draw_poses(img, f.keypoints, f.orientations, f.scales, out, title=title, scores=f.scores), len(f)
 
 
 def run_show(args) -> int:

@@ -183,38 +183,59 @@ class WarpPairSynthesizer:
         return out
 
 
+# the colours of the pair figure and what they show
+PAIR_LEGEND = {
+    "red": "view a's region of the photo (t_x)",
+    "blue": "view b's region of the photo (t_y)",
+    "lime": "region both views share (t_z in the photo, t_a / t_b in the views)",
+    "yellow": "shared region predicted by the regressor (dashed)",
+}
+
+
 def draw_pair(image: np.ndarray, sample: dict, out, pred: tuple | None = None) -> object:
+    """Write :func:`pair_figure` to the PNG ``out``; returns the path written."""
+    return save_figure(pair_figure(image, sample, pred), out, dpi=100)
+
+
+def pair_figure(image: np.ndarray, sample: dict, pred: tuple | None = None):
     """GeoWarp's self-supervised figure: the source photo with ``t_x`` (red), ``t_y`` (blue) and
     their intersection ``t_z`` (green); the two views with the intersection ``t_a`` / ``t_b``; and
     the intersection region itself (view a warped so that ``t_a`` fills the frame). ``pred``: the
-    regressor's corners ``((4, 2), (4, 2))`` in views a and b, drawn dashed in yellow."""
+    regressor's corners ``((4, 2), (4, 2))`` in views a and b, drawn dashed in yellow. A legend
+    below says what each colour is (:data:`PAIR_LEGEND`). Returns the matplotlib figure."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     h, w = image.shape
     P = sample["image_a"].shape[-1]
-    fig, axes = plt.subplots(1, 4, figsize=(13, 3.6))
+    fig, axes = plt.subplots(1, 4, figsize=(13, 4.2))
+
+    def outline(ax, corners, size, color, **kw):
+        q = to_pixels(np.asarray(corners, np.float64), *size)
+        ax.plot(*np.vstack([q, q[:1]]).T, color=color, lw=2, **kw)
+
     axes[0].imshow(image, cmap="gray", vmin=0, vmax=1)
-    for key, color in (("t_x", "r"), ("t_y", "b"), ("t_z", "lime")):
-        q = to_pixels(np.asarray(sample[key], np.float64), w, h)
-        axes[0].plot(*np.vstack([q, q[:1]]).T, color=color, lw=2)
-    axes[0].set_title("source: t_x red, t_y blue, t_z green", fontsize=9)
-    for ax, key, tk in ((axes[1], "image_a", "t_a"), (axes[2], "image_b", "t_b")):
+    for key, color in (("t_x", "red"), ("t_y", "blue"), ("t_z", "lime")):
+        outline(axes[0], sample[key], (w, h), color)
+    axes[0].set_title("photo: the two views' regions\nand the region they share", fontsize=9)
+    for ax, key, tk, name in ((axes[1], "image_a", "t_a", "a"), (axes[2], "image_b", "t_b", "b")):
         ax.imshow(sample[key], cmap="gray", vmin=0, vmax=1)
-        q = to_pixels(np.asarray(sample[tk], np.float64), P, P)
-        ax.plot(*np.vstack([q, q[:1]]).T, color="lime", lw=2)
-        ax.set_title(f"{key} with {tk}", fontsize=9)
+        outline(ax, sample[tk], (P, P), "lime")
         if pred is not None:
-            q = to_pixels(np.asarray(pred[0 if tk == "t_a" else 1], np.float64), P, P)
-            ax.plot(*np.vstack([q, q[:1]]).T, color="yellow", lw=2, ls="--")
-            ax.set_title(f"{key}: {tk} green, predicted yellow", fontsize=9)
+            outline(ax, pred[0 if tk == "t_a" else 1], (P, P), "yellow", ls="--")
+        what = "true" + (" and predicted" if pred is not None else "")
+        ax.set_title(f"view {name} (the {'red' if name == 'a' else 'blue'} region)\n{what} shared region", fontsize=9)
     M = homography(to_pixels(FRAME, P, P), to_pixels(np.asarray(sample["t_a"], np.float64), P, P))
     inter = cv2.warpPerspective(sample["image_a"], M, (P, P), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
     axes[3].imshow(inter, cmap="gray", vmin=0, vmax=1)
-    axes[3].set_title("intersection (from view a)", fontsize=9)
+    axes[3].set_title("the shared region, cut from view a\n(what re-ranking compares)", fontsize=9)
     for ax in axes:
         ax.axis("off")
-    fig.tight_layout()
-    return save_figure(fig, out, dpi=100)
+    shown = [c for c in PAIR_LEGEND if c != "yellow" or pred is not None]
+    handles = [Line2D([], [], color=c, lw=2, ls="--" if c == "yellow" else "-", label=PAIR_LEGEND[c]) for c in shown]
+    fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=8, frameon=False)
+    fig.subplots_adjust(left=0.01, right=0.99, top=0.86, bottom=0.14, wspace=0.06)
+    return fig

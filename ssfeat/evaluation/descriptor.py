@@ -12,8 +12,8 @@ if it has no SIFT keypoint). Pairs with an unreadable, too small or blank image 
 
 from __future__ import annotations
 
+import functools
 import logging
-import time
 from pathlib import Path
 
 import cv2
@@ -22,14 +22,16 @@ import numpy as np
 from ..pipeline import SIFTDetector, build_pipeline, pipeline_estimator
 from .matching import MatchingConfig, read_benchmark_image, run_matching
 from .report import render_rows
+from .timing import interleaved_seconds
 
 logger = logging.getLogger(__name__)
 
 DESCRIPTOR_PIPELINES = ("sift", "sift_rootsift", "hndesc", "hndesc_patch", "ssfeat_hndesc_patch")
 
 
-def time_descriptors(pipelines: dict, image: np.ndarray, n_keypoints: int = 2000, repeats: int = 3) -> dict:
-    """Seconds (median of ``repeats``, after a warm-up) each pipeline's descriptor stage takes for
+def time_descriptors(pipelines: dict, image: np.ndarray, n_keypoints: int = 2000, repeats: int = 5) -> dict:
+    """Seconds (median of ``repeats`` interleaved rounds, after a warm-up:
+    :func:`~ssfeat.evaluation.timing.interleaved_seconds`) each pipeline's descriptor stage takes for
     ``n_keypoints`` SIFT keypoints of ``image`` (resized to 640x480); ``n_keypoints`` is the number
     actually described.
 
@@ -40,17 +42,9 @@ def time_descriptors(pipelines: dict, image: np.ndarray, n_keypoints: int = 2000
     feats = SIFTDetector(n_keypoints, contrast_threshold=0.01)(img)
     if len(feats) == 0:
         raise ValueError("no SIFT keypoint in the image, nothing to describe")
-    out: dict = {"n_keypoints": len(feats)}
-    for name, p in pipelines.items():
-        f = p.orienter(img, feats)  # the orienter is not part of the descriptor's time
-        p.descriptor(img, f)
-        ts = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            p.descriptor(img, f)
-            ts.append(time.perf_counter() - t0)
-        out[name] = float(np.median(ts))
-    return out
+    oriented = {name: p.orienter(img, feats) for name, p in pipelines.items()}  # not part of the time
+    fns = {name: functools.partial(p.descriptor, img, oriented[name]) for name, p in pipelines.items()}
+    return {"n_keypoints": len(feats), **interleaved_seconds(fns, repeats)}
 
 
 def run_descriptor_benchmark(

@@ -14,6 +14,7 @@ from ..inference.detector import DetectConfig, KeypointDetector, decode_orientat
 from ..pipeline import LearnedDetector, LearnedDetectorOrienter, build_pipeline
 from .matching import MatchingConfig, read_benchmark_image, run_matching
 from .report import format_grouped_table
+from .timing import interleaved_seconds
 
 
 def _sym_repeatability(xy0: torch.Tensor, xy1: torch.Tensor, H_0to1: torch.Tensor, thr: float) -> float:
@@ -98,26 +99,16 @@ def equivariance_error(net, image: np.ndarray, size: int = 256) -> dict[str, flo
     }
 
 
-def time_detector(detector, image: np.ndarray, repeats: int = 3) -> dict[str, float]:
+def time_detector(detector, image: np.ndarray, repeats: int = 5) -> dict[str, float]:
     """Seconds to detect in ``image`` for the learned detector (exported network) and OpenCV SIFT
-    ``detect`` with the same keypoint budget (medians of ``repeats``)."""
-    import time
-
+    ``detect`` with the same keypoint budget: medians of ``repeats`` interleaved rounds after a
+    warm-up (:func:`~ssfeat.evaluation.timing.interleaved_seconds`)."""
     import cv2
 
     u8 = to_uint8(image)
     sift = cv2.SIFT_create(nfeatures=detector.config.max_keypoints)
-
-    def med(fn) -> float:
-        fn()
-        ts = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t0)
-        return float(np.median(ts))
-
-    return {"ssfeat_detector": med(lambda: detector(image)), "opencv_sift_detect": med(lambda: sift.detect(u8, None))}
+    fns = {"ssfeat_detector": lambda: detector(image), "opencv_sift_detect": lambda: sift.detect(u8, None)}
+    return interleaved_seconds(fns, repeats)
 
 
 def run_detector_benchmark(

@@ -12,8 +12,8 @@ neighbours within ``match_px`` pixels. For a pair of keypoints the relative orie
 
 from __future__ import annotations
 
+import functools
 import math
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,6 +30,7 @@ from ..inference.detector import DetectConfig, KeypointDetector
 from ..inference.pose import PatchPoseEstimator
 from ..logpolar import sample_logpolar
 from ..patches import sample_patches
+from .timing import interleaved_seconds
 
 # the ``ssfeat`` pipeline's orienter reads this many times the detector's size (PatchPoseOrienter)
 ORIENTER_WINDOW = 12.0
@@ -275,15 +276,9 @@ def timing(methods: dict, source: KeypointSource, image: np.ndarray, rounds: int
     sift = cv2.SIFT_create(nfeatures=1000)
     detected = source(image)
     feats = detected.subset(np.arange(min(1000, len(detected))))
-    best: dict[str, float] = {}
-    for _ in range(rounds):
-        t = time.perf_counter()
-        sift.detectAndCompute(u8, None)
-        best["sift_detect_and_compute"] = min(best.get("sift_detect_and_compute", math.inf), time.perf_counter() - t)
-        for name, m in methods.items():
-            t = time.perf_counter()
-            m(image, feats)
-            best[name] = min(best.get(name, math.inf), time.perf_counter() - t)
+    fns = {"sift_detect_and_compute": lambda: sift.detectAndCompute(u8, None)}
+    fns.update({name: functools.partial(m, image, feats) for name, m in methods.items()})
+    best = interleaved_seconds(fns, rounds, reduce="best")
     n = len(feats)
     return {"n_keypoints": n, "seconds": best, "keypoints_per_s": {k: n / v for k, v in best.items() if v > 0}}
 

@@ -27,8 +27,10 @@ the homography's local scale).
 
 Pairs are grouped by dataset (the ``--root`` they come from), sequence and category: HPatches ``v_*``
 and EVD are ``viewpoint``, HPatches ``i_*`` ``illumination``; the Oxford sequences are graf, wall
-(viewpoint), leuven (illumination), bikes, trees (blur) and ubc (jpeg). The D2-Net style average is the
-mean of the viewpoint and illumination means.
+(viewpoint), bark, boat (zoom+rotation), leuven (illumination), bikes, trees (blur) and ubc (jpeg);
+any other sequence is ``other``. The D2-Net style average is the mean of the viewpoint and
+illumination means. Printed tables and plot panels that would repeat another (one dataset, one
+category) are left out (:func:`~ssfeat.evaluation.report.distinct_groups`).
 
 Bad input: a pair is skipped, with a warning naming the file and the reason, and listed under
 ``skipped`` in the JSON (``"image0 -> image1: reason"``), when one of its images is unreadable,
@@ -68,15 +70,18 @@ from .metrics import (
 )
 from .oracle import ORACLES, OracleFeatures
 from .patchpose import PoseBenchmarkConfig
-from .report import format_grouped_table, meta, render_rows
+from .report import distinct_groups, format_grouped_table, meta, render_rows
+from .timing import interleaved_seconds
 
 logger = logging.getLogger(__name__)
 
+# the Oxford affine sequences by the change they show (Mikolajczyk et al., 2005); any other
+# sequence in this layout is "other"
 OXFORD_CATEGORIES = {
     "graf": "viewpoint",
     "wall": "viewpoint",
-    "boat": "viewpoint",
-    "bark": "viewpoint",
+    "boat": "zoom+rotation",
+    "bark": "zoom+rotation",
     "leuven": "illumination",
     "bikes": "blur",
     "trees": "blur",
@@ -167,9 +172,11 @@ class ImagePair:
 
 
 def category_of(layout: str, sequence: str) -> str:
+    """The change a sequence shows: HPatches ``v_*`` viewpoint, ``i_*`` illumination, EVD viewpoint,
+    the Oxford sequences by :data:`OXFORD_CATEGORIES`; a sequence none of these name is "other"."""
     base = Path(sequence).name
     if layout == "hpatches":
-        return {"v": "viewpoint", "i": "illumination"}.get(base[:1], "other")
+        return {"v_": "viewpoint", "i_": "illumination"}.get(base[:2], "other")
     if layout == "evd":
         return "viewpoint"
     return OXFORD_CATEGORIES.get(base, "other")
@@ -362,13 +369,7 @@ def time_pair(pipelines: dict[str, Pipeline], image0: np.ndarray, image1: np.nda
 
     methods = {"opencv_sift": opencv, "opencv_sift_detect_compute": opencv_detect_compute}
     methods.update({name: pipeline(p) for name, p in pipelines.items()})
-    for fn in methods.values():
-        fn()  # warm-up
-    times: dict[str, list[float]] = {k: [] for k in methods}
-    for _ in range(max(1, repeats)):
-        for k, fn in methods.items():
-            times[k].append(_timed(fn)[1])
-    return {k: float(np.median(v)) for k, v in times.items()}
+    return interleaved_seconds(methods, max(1, repeats))
 
 
 def _stages(
@@ -531,8 +532,23 @@ def format_matching_table(result: dict, group: str = "all", with_repeatability: 
     return format_grouped_table(result, group, head, row)
 
 
+def mma_panels(result: dict) -> list[tuple[str, str | None]]:
+    """The panels of :func:`plot_mma`: ``("all", None)``, then one per category (or, when the
+    categories repeat "all", per dataset); none that repeats another (:func:`distinct_groups`)."""
+    first = next(iter(result["pipelines"].values()))
+    extra = [g for g in distinct_groups(result, ("all", "category", "dataset")) if g != "all"][:1]
+    return [("all", None)] + [(g, k) for g in extra for k in first[g]]
+
+
 def plot_mma(result: dict, out: str | Path) -> Path:
-    """MMA-vs-threshold curves, one panel for all pairs and one per category."""
+    """Write :func:`mma_figure` of ``result`` to the PNG ``out``; returns the path written."""
+    return save_figure(mma_figure(result), out, dpi=120)
+
+
+def mma_figure(result: dict):
+    """MMA-vs-threshold curves (mean matching accuracy against the pixel threshold), one panel for
+    all pairs and one per category (:func:`mma_panels`); the legend sits right of the panels.
+    Returns the matplotlib figure."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -540,19 +556,19 @@ def plot_mma(result: dict, out: str | Path) -> Path:
 
     ts = result["config"]["mma_thresholds"]
     first = next(iter(result["pipelines"].values()))
-    panels = [("all", None)] + [("category", c) for c in first["category"]]
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.4), squeeze=False)
+    panels = mma_panels(result)
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels) + 1.8, 3.4), squeeze=False, sharey=True)
     for ax, (g, k) in zip(axes[0], panels):
         for name, s in result["pipelines"].items():
             r = s[g] if k is None else s[g][k]
             ax.plot(ts, r["mma"], marker="o", ms=3, label=name, ls="--" if name.endswith("*") else "-")
         n = first[g]["pairs"] if k is None else first[g][k]["pairs"]
-        ax.set_title(f"{k or 'all'} ({n} pairs)")
-        ax.set_xlabel("threshold (px)")
+        ax.set_title(f"{'all pairs' if k is None else f'{g} {k}'} ({n} pairs)", fontsize=9)
+        ax.set_xlabel("match error threshold (px)")
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("MMA")
-    axes[0][-1].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-
-    return save_figure(fig, out, dpi=120)
+    axes[0][0].set_ylabel("mean matching accuracy")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.tight_layout(rect=(0, 0, 1 - 1.6 / fig.get_figwidth(), 1))
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1 - 1.55 / fig.get_figwidth(), 0.5), fontsize=8)
+    return fig

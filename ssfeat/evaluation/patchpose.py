@@ -10,9 +10,9 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from ..models.patch_pose import decode_pose
 from .baselines import KeypointPoseOnPatches, KorniaGradientOrientation, LearnedPose, LoGScale, PoseMethod
 from .metrics import ORI_THRESHOLDS_DEG, SCALE_THRESHOLDS, pose_accuracies, topk_recall
 from .report import meta, render_rows
+from .timing import interleaved_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -116,22 +117,13 @@ def score_predictions(preds: dict, rotation: torch.Tensor, log2_scale: torch.Ten
     return res
 
 
-def throughput(method: PoseMethod, patches: torch.Tensor) -> float:
-    """Patches per second of a single-candidate prediction, after one warm-up call."""
-    _predict(method, patches[:256], 1)
-    t0 = time.perf_counter()
-    _predict(method, patches, 1)
-    return len(patches) / max(time.perf_counter() - t0, 1e-9)
-
-
-def interleaved_throughput(methods: list[PoseMethod], patches: dict[str, torch.Tensor], rounds: int = 3) -> dict:
-    """Median patches/s of each method over ``rounds`` rounds that time every method in turn, so
-    that load changes on a shared machine hit all methods alike. ``patches``: per method name."""
-    runs: dict[str, list[float]] = {m.name: [] for m in methods}
-    for _ in range(rounds):
-        for m in methods:
-            runs[m.name].append(throughput(m, patches[m.name]))
-    return {k: float(np.median(v)) for k, v in runs.items()}
+def interleaved_throughput(methods: list[PoseMethod], patches: dict[str, torch.Tensor], rounds: int = 5) -> dict:
+    """Patches per second of each method's single-candidate prediction on its ``patches`` (per
+    method name): the best of ``rounds`` interleaved repeats after a warm-up
+    (:func:`~ssfeat.evaluation.timing.interleaved_seconds`)."""
+    fns = {m.name: functools.partial(_predict, m, patches[m.name], 1) for m in methods}
+    seconds = interleaved_seconds(fns, rounds, reduce="best")
+    return {m.name: len(patches[m.name]) / max(seconds[m.name], 1e-9) for m in methods}
 
 
 def score_method(method: PoseMethod, ori_pairs: dict, scale_pairs: dict) -> tuple[dict, dict]:
@@ -235,7 +227,7 @@ def format_pose_table(result: dict) -> str:
             + [f"{tk[c][-1]:.1f}" if c in tk else "-" for c in ("scale_acc@0.333", "ori_acc@10deg")]
             + [f"{r['patches_per_s']:.0f}"]
         )
-    table = render_rows(rows)
+    table = render_rows(rows) + "\n(patches/s: the best of 5 interleaved timing rounds)"
     key = "scale_acc@0.333_by_range"
     by_range = {k: r[key] for k, r in result["methods"].items() if key in r}
     if by_range:

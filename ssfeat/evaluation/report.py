@@ -78,4 +78,25 @@ def format_grouped_table(result: dict, group: str, head: list[str], row) -> str:
     return "\n\n".join(blocks)
 
 
-__all__ = ["format_grouped_table", "json_safe", "meta", "render_rows", "write_json"]
+def distinct_groups(result: dict, groups: tuple[str, ...] = ("all", "dataset", "category")) -> list[str]:
+    """The ``groups`` whose tables say something new: a grouping whose blocks repeat those of an
+    earlier one (one dataset, or one category, holding every pair: the same numbers as "all") is
+    left out. Compares the per-pipeline summaries of ``result["pipelines"]``, labels aside."""
+    pipes = result["pipelines"]
+
+    def blocks(g: str) -> list[str]:
+        keys = [None] if g == "all" else list(next(iter(pipes.values()))[g])
+        per_key = [[s[g] if k is None else s[g].get(k) for s in pipes.values()] for k in keys]
+        return sorted(json.dumps(json_safe(b), sort_keys=True) for b in per_key)
+
+    kept: list[str] = []
+    seen: list[list[str]] = []
+    for g in groups:
+        b = blocks(g)
+        if b not in seen:
+            kept.append(g)
+            seen.append(b)
+    return kept
+
+
+__all__ = ["distinct_groups", "format_grouped_table", "json_safe", "meta", "render_rows", "write_json"]

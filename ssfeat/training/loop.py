@@ -253,6 +253,16 @@ def _validate(run: _Run, val_batches: dict, out_dir: Path, lr: float, loss: floa
     return metrics
 
 
+def progress_postfix(loss: float, metrics: dict[str, float], names: dict[str, str]) -> dict[str, str]:
+    """The progress bar's fields: the training loss and, per short name of ``names`` (short name ->
+    validation metric), the last validation's value, ``-`` until there is one (or when it is not finite)."""
+    post = {"loss": f"{loss:.3f}"}
+    for short, metric in names.items():
+        v = metrics.get(metric)
+        post[short] = f"{v:.1f}" if v is not None and math.isfinite(v) else "-"
+    return post
+
+
 def fit(
     cfg: LoopConfig,
     out_dir: str | Path,
@@ -306,8 +316,7 @@ def fit(
             run.save(last)
         if bar is not None:
             bar.update(1)
-            post = {k: f"{metrics.get(m, float('nan')):.1f}" for k, m in run.task.postfix.items()}
-            bar.set_postfix(loss=f"{loss:.3f}", **post)
+            bar.set_postfix(progress_postfix(loss, metrics, run.task.postfix))
         if budget.exceeded(run.step, run.total):
             logger.warning(
                 "time budget exceeded at step %d / %d: checkpoint saved, resume with --resume", run.step, run.total
@@ -321,4 +330,4 @@ def fit(
     return last
 
 
-__all__ = ["cut_log", "ema_decay_at", "ema_update", "fit", "lr_at", "to_device"]
+__all__ = ["cut_log", "ema_decay_at", "ema_update", "fit", "lr_at", "progress_postfix", "to_device"]
