@@ -202,6 +202,12 @@ def cmd_matching(args) -> int:
     if floor:
         print("\nfloor: pairs whose correct matches (<= 3 px) alone, fitted by least squares, are within 3 px:")
         print("  " + ", ".join(f"{k} {100 * v:.1f}" for k, v in floor.items()))
+    rot = {k: v["all"] for k, v in result["pipelines"].items() if "rotation_acc" in v["all"]}
+    if rot:
+        print("\nrotation compensation: pairs whose estimated rotation is within 5 / 10 degrees (median error):")
+        for k, v in rot.items():
+            acc, med = v["rotation_acc"], v["median_rotation_error_deg"]
+            print(f"  {k} {100 * acc[0]:.1f} / {100 * acc[1]:.1f} ({med:.2f} deg)")
     if "paired" in result:
         print()
         print(format_paired_table(result))

@@ -33,6 +33,7 @@ class LearnedPose(PoseMethod):
     def __init__(self, estimator: PatchPoseEstimator, name: str) -> None:
         self.estimator, self.name = estimator, name
 
+    @torch.inference_mode()
     def __call__(self, patches, k=1):
         t = self.estimator.topk(patches, k)
         return {"orientation": t.orientation, "log2_scale": t.log2_scale}

@@ -43,17 +43,19 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
 from ..data.images import ImageReadError, check_usable, read_image, to_uint8
 from ..data.sequences import find_sequences
 from ..features import Features, check_first_octave
-from ..geometry import warp_xy
+from ..geometry import local_rotation_scale, warp_xy, wrap_angle
 from ..inference.pose import PatchPoseEstimator
 from ..pipeline import OrientationFilter, Pipeline, RansacHomography, build_pipeline, pipeline_estimator
 from ..viz import save_figure
@@ -238,6 +240,10 @@ def _mean(rows: list[dict]) -> dict:
     out["rep_oneway"] = round(float(np.mean(one)), 2) if one else None
     ori = [r["ori_acc"] for r in rows if r.get("ori_acc") is not None]
     out["ori_acc"] = np.mean(ori, 0).round(2).tolist() if ori else None
+    rot = [r["rotation_error_deg"] for r in rows if "rotation_error_deg" in r]
+    if rot:  # rotation-compensating pipelines: share of pairs whose rotation estimate is within 5 / 10 deg
+        out["rotation_acc"] = [round(float(np.mean(np.array(rot) <= t)), 4) for t in (5, 10)]
+        out["median_rotation_error_deg"] = round(float(np.median(rot)), 2)
     out["median_corner_error"] = round(float(np.median([r["corner_error"] for r in rows])), 3)
     floors = [r["corner_error_floor"] for r in rows if "corner_error_floor" in r]
     if floors:  # pairs whose correct matches alone fit within 3 px (the H@3 threshold)
@@ -358,7 +364,7 @@ def time_pair(pipelines: dict[str, Pipeline], image0: np.ndarray, image1: np.nda
         return match(d0, d1)
 
     def pipeline(p: Pipeline):
-        return lambda: p.match_features(p.extract(image0), p.extract(image1))
+        return lambda: p.match_features(*p.extract_pair(image0, image1)[:2])
 
     methods = {"opencv_sift": opencv, "opencv_sift_detect_compute": opencv_detect_compute}
     methods.update({name: pipeline(p) for name, p in pipelines.items()})
@@ -436,6 +442,31 @@ def _score_rows(pair: ImagePair, names: list[str], bases: dict, oracles: dict, f
     return out
 
 
+def compensated_features(pipe: Pipeline, pair: ImagePair, im0, im1, cache: dict) -> tuple:
+    """The rotation a compensating pipeline estimates for ``pair`` and its image-1 features, turned
+    upright by it (the estimator's own features cached per image in ``cache``)."""
+    for path, im in ((pair.path0, im0), (pair.path1, im1)):
+        if path not in cache:
+            cache[path] = pipe.rotation.features(im)
+    r = pipe.rotation.from_features(cache[pair.path0], cache[pair.path1])
+    cache.pop(pair.path1)
+    return r, pipe.extract_upright(im1, r)
+
+
+def rotation_row(r, pair: ImagePair, shape0: tuple[int, int]) -> dict:
+    """The estimated relative rotation of a pair against the true homography's local rotation at the
+    centre of image 0 (degrees)."""
+    H, W = shape0
+    centre = torch.tensor([[(W - 1) / 2, (H - 1) / 2]], dtype=torch.float64)
+    truth = local_rotation_scale(centre, torch.from_numpy(pair.H_0to1))[0]
+    err = abs(wrap_angle(r.angle - float(truth[0]) + math.pi) - math.pi)
+    return {
+        "rotation_deg": round(math.degrees(r.angle), 2),
+        "rotation_error_deg": round(math.degrees(err), 2),
+        "rotation_confidence": round(r.confidence, 4),
+    }
+
+
 def _matching_result(roots, cfg: MatchingConfig, per_pair: dict, skipped: list, timing: dict, first, extract_s) -> dict:
     """The benchmark's JSON: settings, timing, per-pipeline summaries, paired comparison, per-pair rows."""
     out = meta(PoseBenchmarkConfig(), "matching", roots=[str(r) for r in roots], skipped=skipped)
@@ -472,6 +503,7 @@ def run_matching(
     ransac = RansacHomography(cfg.ransac_threshold, cfg.ransac_iters, cfg.ransac_confidence)
     image = _Images()
     feats: dict[tuple[str, Path], Features] = {}
+    rot_feats: dict[Path, Features] = {}  # the rotation estimator's, shared by the compensating pipelines
     extract_s = {b: [] for b in bases}
     per_pair: dict[str, list[dict]] = {name: [] for name in names}
     skipped, scored = [], []
@@ -487,11 +519,14 @@ def run_matching(
             skipped.append(f"{pair.path0} -> {pair.path1}: {why}")
             continue
         try:
+            rotation = {}
             for b, pipe in bases.items():
                 for path, im in ((pair.path0, im0), (pair.path1, im1)):
-                    if (b, path) not in feats:
+                    if (b, path) not in feats and not (pipe.rotation is not None and path == pair.path1):
                         feats[b, path], dt = _timed(pipe.extract, im)
                         extract_s[b].append(dt)
+                if pipe.rotation is not None:  # image 1's features depend on the pair
+                    rotation[b], feats[b, pair.path1] = compensated_features(pipe, pair, im0, im1, rot_feats)
             for b, oracle in oracles.items():  # per pair: they read its homography
                 feats[b, pair.path0], feats[b, pair.path1] = oracle(pair, im0, im1)
         except ValueError as e:  # e.g. an image too small for a pipeline: every pipeline skips the pair
@@ -500,7 +535,11 @@ def run_matching(
             continue
         scored.append(pair)
         for name, r in _score_rows(pair, names, bases, oracles, feats, cfg, ransac).items():
+            if name.rstrip("*") in rotation:
+                r.update(rotation_row(rotation[name.rstrip("*")], pair, im0.shape))
             per_pair[name].append(r)
+        for b in rotation:  # computed for this pair only
+            feats.pop((b, pair.path1), None)
     if not any(per_pair.values()):
         raise ValueError("every image pair was skipped (unreadable, too small or blank images, see the warnings)")
     first = scored[0]  # timed on the first pair every pipeline processed

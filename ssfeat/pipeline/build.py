@@ -12,6 +12,7 @@ from ..inference.descriptor import LearnedDescriptor, SIFTDescriptor
 from ..inference.pose import PatchPoseEstimator
 from .detectors import KorniaHessianDetector, LearnedDetector, SIFTDetector
 from .matchers import Matches, MutualNearestNeighbor, OrientationFilter, RansacHomography, RatioTest
+from .rotation import RelativeRotation, RotationEstimator, extract_rotated
 from .orienters import (
     DetectorPose,
     KorniaOrienter,
@@ -30,6 +31,12 @@ class MatchResult:
     features0: Features
     features1: Features
     matches: Matches
+    rotation: RelativeRotation | None = None  # image 1 against image 0, with rotation compensation
+
+
+# rotation compensation turns image 1 only when the estimate's confidence is at least this (chance
+# level, for unrelated images, is about 0.08; see ssfeat.pipeline.rotation)
+MIN_ROTATION_CONFIDENCE = 0.12
 
 
 class Pipeline:
@@ -42,7 +49,15 @@ class Pipeline:
     """
 
     def __init__(
-        self, detector, orienter=None, descriptor=None, matcher=None, filters=(), name: str = "", views=None
+        self,
+        detector,
+        orienter=None,
+        descriptor=None,
+        matcher=None,
+        filters=(),
+        name: str = "",
+        views=None,
+        rotation: RotationEstimator | None = None,
     ) -> None:
         self.detector = detector
         self.orienter = orienter or DetectorPose()
@@ -51,6 +66,7 @@ class Pipeline:
         self.filters = list(filters)
         self.name = name
         self.views = views
+        self.rotation = rotation
 
     def extract(self, image) -> Features:
         """Features of one image (path, array or tensor; any channel layout and bit depth); with
@@ -69,9 +85,24 @@ class Pipeline:
             m = f(f0, f1, m)
         return m
 
+    def extract_upright(self, image, rotation: RelativeRotation) -> Features:
+        """Features of ``image`` turned upright by ``rotation`` (when its confidence is at least
+        :data:`MIN_ROTATION_CONFIDENCE`; else of the image as it is), in the image's own coordinates."""
+        angle = rotation.angle if rotation.confidence >= MIN_ROTATION_CONFIDENCE else 0.0
+        return extract_rotated(self.extract, as_image(image), angle)
+
+    def extract_pair(self, image0, image1) -> tuple[Features, Features, RelativeRotation | None]:
+        """Features of both images (image 1 compensated for its rotation when the pipeline has a
+        ``rotation`` estimator) and the estimated rotation (``None`` without one)."""
+        img0, img1 = as_image(image0), as_image(image1)
+        if self.rotation is None:
+            return self.extract(img0), self.extract(img1), None
+        r = self.rotation(img0, img1)
+        return self.extract(img0), self.extract_upright(img1, r), r
+
     def __call__(self, image0, image1) -> MatchResult:
-        f0, f1 = self.extract(image0), self.extract(image1)
-        return MatchResult(f0, f1, self.match_features(f0, f1))
+        f0, f1, r = self.extract_pair(image0, image1)
+        return MatchResult(f0, f1, self.match_features(f0, f1), r)
 
 
 # Named pipelines use SIFT keypoints (unless "detector" says otherwise), the SIFT descriptor on the
@@ -97,6 +128,8 @@ PIPELINES: dict[str, dict] = {
     "hndesc_patch": {"orienter": "sift", "descriptor": "hndesc_patch"},  # SIFT-oriented patches
     "ssfeat_hndesc_patch": {"orienter": "ssfeat", "descriptor": "hndesc_patch"},  # ssfeat-oriented patches
     "rekd_hndesc": {"detector": "learned", "orienter": "sift", "descriptor": "hndesc"},
+    # rotation compensation: image 1 turned upright relative to image 0 before the upright dense descriptor
+    "hndesc_rc": {"orienter": "sift", "descriptor": "hndesc", "compensate_rotation": True},
     # affine view synthesis (ASIFT-style, 16 views, 4x the keypoint budget over all views)
     "asift": {"orienter": "sift", "views": True},  # SIFT keypoints and orientation in every view
     "ssfeat_asift": {"orienter": "ssfeat", "views": True},  # same keypoints, ssfeat orientation
@@ -149,6 +182,7 @@ def build_pipeline(
     ransac: bool = False,
     descriptor_weights: str = "descriptor",
     sift_first_octave: int = 0,
+    compensate_rotation: bool | None = None,
 ) -> Pipeline:
     """A named pipeline (see :data:`PIPELINES`; a trailing ``*`` adds :class:`OrientationFilter`).
 
@@ -161,9 +195,14 @@ def build_pipeline(
             name, ``.safetensors`` file or descriptor run folder.
         sift_first_octave: ``first_octave`` of the SIFT descriptor (see :class:`SIFTDescriptor`;
             ``-1``: OpenCV's own descriptors, slower).
+        compensate_rotation: estimate the rotation of image 1 against image 0 and extract image 1
+            turned upright (see :class:`Pipeline`); ``None``: as the named pipeline says (on for
+            ``*_rc`` pipelines).
     """
     base = check_pipeline_name(name)
     conf = PIPELINES[base]
+    if compensate_rotation is None:
+        compensate_rotation = conf.get("compensate_rotation", False)
     filters = [OrientationFilter()] if name.endswith("*") else []
     if ransac:
         filters.append(RansacHomography())
@@ -182,7 +221,8 @@ def build_pipeline(
         filters,
         name=name,
         views=AffineViews(max_keypoints=4 * max_keypoints) if conf.get("views") else None,
+        rotation=RotationEstimator(max_keypoints, estimator) if compensate_rotation else None,
     )
 
 
-__all__ = ["MatchResult", "PIPELINES", "Pipeline", "build_pipeline", "check_pipeline_name"]
+__all__ = ["MIN_ROTATION_CONFIDENCE", "MatchResult", "PIPELINES", "Pipeline", "build_pipeline", "check_pipeline_name"]

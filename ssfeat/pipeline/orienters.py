@@ -131,6 +131,7 @@ class PatchPoseOrienter:
         A = (self.support_factor * feats.scales / P)[:, None, None] * np.eye(2)
         return sample_patches(image, feats.keypoints, A, P)[:, None]
 
+    @torch.inference_mode()
     def __call__(self, image: np.ndarray, feats: Features) -> Features:
         if len(feats) == 0:
             return feats
