@@ -12,7 +12,6 @@ from ..inference.descriptor import LearnedDescriptor, SIFTDescriptor
 from ..inference.pose import PatchPoseEstimator
 from .detectors import KorniaHessianDetector, LearnedDetector, SIFTDetector
 from .matchers import Matches, MutualNearestNeighbor, OrientationFilter, RansacHomography, RatioTest
-from .rotation import RelativeRotation, RotationEstimator, extract_rotated
 from .orienters import (
     DetectorPose,
     KorniaOrienter,
@@ -21,6 +20,7 @@ from .orienters import (
     Upright,
     pipeline_estimator,
 )
+from .rotation import RelativeRotation, RotationEstimator, extract_rotated
 from .views import AffineViews
 
 
