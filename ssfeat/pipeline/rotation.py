@@ -122,7 +122,7 @@ def upright_affine(shape: tuple[int, int], angle: float) -> tuple[np.ndarray, tu
     centre = np.array([(W - 1) / 2, (H - 1) / 2])
     turned = (corners - centre) @ R.T
     lo, hi = turned.min(0), turned.max(0)
-    Wc, Hc = int(math.ceil(hi[0] - lo[0])) + 1, int(math.ceil(hi[1] - lo[1])) + 1
+    Wc, Hc = (int(math.ceil(v - 1e-6)) + 1 for v in hi - lo)  # pixel centres span 0..side - 1
     A = np.concatenate([R, (-centre @ R.T - lo)[:, None]], 1)
     return A, (Hc, Wc)
 
