@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from .. import distributed as du
 from ..pipeline.extract import ExtractConfig, extract_folder
-from .args import add_field, non_negative, positive, sift_first_octave, threads
+from .args import add_field, device, non_negative, positive, sift_first_octave, threads
 
 
 def run(args) -> int:
-    cfg = ExtractConfig(args.pipeline, args.max_keypoints, args.max_side, args.part_size, args.sift_first_octave)
+    cfg = ExtractConfig(
+        args.pipeline, args.max_keypoints, args.max_side, args.part_size, args.sift_first_octave, device=args.device
+    )
     du.init_from_env()  # under torchrun: shard the images over the processes
     rank = du.rank()
     try:
@@ -34,6 +36,7 @@ def add_parser(sub) -> None:
     add_field(p, ExtractConfig, "max_side", "shrink larger images (0: never)")
     add_field(p, ExtractConfig, "part_size", "images per part file", type=positive)
     sift_first_octave(p)
+    device(p)
     p.add_argument("--workers", type=non_negative, default=0, help="extraction processes (0/1: this process)")
     threads(p)
     p.add_argument("--no-progress", action="store_true")

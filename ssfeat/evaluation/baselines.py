@@ -36,7 +36,7 @@ class LearnedPose(PoseMethod):
     @torch.inference_mode()
     def __call__(self, patches, k=1):
         t = self.estimator.topk(patches, k)
-        return {"orientation": t.orientation, "log2_scale": t.log2_scale}
+        return {"orientation": t.orientation.float().cpu(), "log2_scale": t.log2_scale.float().cpu()}
 
 
 class KorniaGradientOrientation(PoseMethod):

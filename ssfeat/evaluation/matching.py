@@ -43,19 +43,17 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 
 from ..data.images import ImageReadError, check_usable, read_image, to_uint8
 from ..data.sequences import find_sequences
 from ..features import Features, check_first_octave
-from ..geometry import local_rotation_scale, warp_xy, wrap_angle
+from ..geometry import warp_xy
 from ..inference.pose import PatchPoseEstimator
 from ..pipeline import OrientationFilter, Pipeline, RansacHomography, build_pipeline, pipeline_estimator
 from ..viz import save_figure
@@ -71,6 +69,7 @@ from .metrics import (
 from .oracle import ORACLES, OracleFeatures
 from .patchpose import PoseBenchmarkConfig
 from .report import format_grouped_table, meta, render_rows
+from .rotation import compensated_features, rotation_row
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +143,7 @@ class MatchingConfig:
     ransac_repeats: int = 50
     timing_repeats: int = 5
     sift_first_octave: int = 0  # SIFT descriptor pyramid (ssfeat.pipeline.SIFTDescriptor; -1: OpenCV's own)
+    device: str = "cpu"  # torch device of the networks ("auto": CUDA, else MPS, else CPU)
 
     def __post_init__(self) -> None:
         # the tables and the paired comparison report MMA@1/3/5/10, H@1/3 and AUC@3
@@ -388,7 +388,10 @@ def _stages(
         bases, pipelines = {k.rstrip("*"): v for k, v in pipelines.items()}, list(pipelines)
     else:
         names = dict.fromkeys(n.rstrip("*") for n in pipelines if n.rstrip("*") not in ORACLES)  # ordered, no '*'
-        bases = {b: build_pipeline(b, cfg.max_keypoints, est, sift_first_octave=cfg.sift_first_octave) for b in names}
+        bases = {
+            b: build_pipeline(b, cfg.max_keypoints, est, sift_first_octave=cfg.sift_first_octave, device=cfg.device)
+            for b in names
+        }
     wanted = [b for b in ORACLES if any(n.rstrip("*") == b for n in pipelines)]
     oracles = {}
     if wanted:
@@ -442,31 +445,6 @@ def _score_rows(pair: ImagePair, names: list[str], bases: dict, oracles: dict, f
     return out
 
 
-def compensated_features(pipe: Pipeline, pair: ImagePair, im0, im1, cache: dict) -> tuple:
-    """The rotation a compensating pipeline estimates for ``pair`` and its image-1 features, turned
-    upright by it (the estimator's own features cached per image in ``cache``)."""
-    for path, im in ((pair.path0, im0), (pair.path1, im1)):
-        if path not in cache:
-            cache[path] = pipe.rotation.features(im)
-    r = pipe.rotation.from_features(cache[pair.path0], cache[pair.path1])
-    cache.pop(pair.path1)
-    return r, pipe.extract_upright(im1, r)
-
-
-def rotation_row(r, pair: ImagePair, shape0: tuple[int, int]) -> dict:
-    """The estimated relative rotation of a pair against the true homography's local rotation at the
-    centre of image 0 (degrees)."""
-    H, W = shape0
-    centre = torch.tensor([[(W - 1) / 2, (H - 1) / 2]], dtype=torch.float64)
-    truth = local_rotation_scale(centre, torch.from_numpy(pair.H_0to1))[0]
-    err = abs(wrap_angle(r.angle - float(truth[0]) + math.pi) - math.pi)
-    return {
-        "rotation_deg": round(math.degrees(r.angle), 2),
-        "rotation_error_deg": round(math.degrees(err), 2),
-        "rotation_confidence": round(r.confidence, 4),
-    }
-
-
 def _matching_result(roots, cfg: MatchingConfig, per_pair: dict, skipped: list, timing: dict, first, extract_s) -> dict:
     """The benchmark's JSON: settings, timing, per-pipeline summaries, paired comparison, per-pair rows."""
     out = meta(PoseBenchmarkConfig(), "matching", roots=[str(r) for r in roots], skipped=skipped)
@@ -499,7 +477,7 @@ def run_matching(
 
     cfg = cfg or MatchingConfig()
     pairs = image_pairs(roots)
-    names, bases, oracles = _stages(pipelines, cfg, estimator or pipeline_estimator())
+    names, bases, oracles = _stages(pipelines, cfg, estimator or pipeline_estimator(device=cfg.device))
     ransac = RansacHomography(cfg.ransac_threshold, cfg.ransac_iters, cfg.ransac_confidence)
     image = _Images()
     feats: dict[tuple[str, Path], Features] = {}

@@ -50,19 +50,21 @@ def build_pose_methods(
     extra_weights: dict[str, str] | None = None,
     patch_size: int = 32,
     c4_variant: bool = True,
+    device: str = "cpu",
 ) -> list[PoseMethod]:
-    """ssfeat (bundled or ``weights``), any extra learned models by name, and the hand-made baselines."""
+    """ssfeat (bundled or ``weights``), any extra learned models by name, and the hand-made baselines
+    (learned models on ``device``)."""
     name = weights or "patchpose"
-    methods: list[PoseMethod] = [LearnedPose(PatchPoseEstimator.from_pretrained(name), "ssfeat")]
+    methods: list[PoseMethod] = [LearnedPose(PatchPoseEstimator.from_pretrained(name, device), "ssfeat")]
     if c4_variant:  # the same weights: one pass only, and always averaged over 90-degree rotations
-        methods.append(LearnedPose(PatchPoseEstimator.from_pretrained(name, c4=False), "ssfeat_single"))
-        methods.append(LearnedPose(PatchPoseEstimator.from_pretrained(name, c4=True), "ssfeat_c4"))
+        methods.append(LearnedPose(PatchPoseEstimator.from_pretrained(name, device, c4=False), "ssfeat_single"))
+        methods.append(LearnedPose(PatchPoseEstimator.from_pretrained(name, device, c4=True), "ssfeat_c4"))
     methods += [KorniaGradientOrientation(patch_size), LoGScale(patch_size)]
     taken = {m.name for m in methods}
     for name, path in (extra_weights or {}).items():
         if not name or name in taken:
             raise ValueError(f"extra model name {name!r} is empty or taken (taken: {', '.join(sorted(taken))})")
-        methods.insert(-2, LearnedPose(PatchPoseEstimator.from_pretrained(path), name))
+        methods.insert(-2, LearnedPose(PatchPoseEstimator.from_pretrained(path, device), name))
     return methods
 
 

@@ -411,11 +411,17 @@ def check_support(support) -> None:
 
 
 def check_device(device) -> torch.device:
-    """``device`` as a ``torch.device`` that exists on this machine (clear errors otherwise)."""
+    """``device`` as a ``torch.device`` that exists on this machine (clear errors otherwise);
+    ``"auto"``: CUDA if available, else Apple's MPS if available, else the CPU."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
-        raise ValueError(f"unknown device {device!r}, expected e.g. 'cpu', 'cuda', 'cuda:1' or 'mps'") from None
+        raise ValueError(f"unknown device {device!r}, expected e.g. 'cpu', 'cuda', 'cuda:1', 'mps' or 'auto'") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device {device!r}: CUDA is not available on this machine; use device='cpu'")

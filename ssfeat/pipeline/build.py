@@ -5,11 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from ..data.images import as_image
 from ..features import Features
 from ..inference.descriptor import LearnedDescriptor, SIFTDescriptor
-from ..inference.pose import PatchPoseEstimator
+from ..inference.pose import PatchPoseEstimator, check_device
 from .detectors import KorniaHessianDetector, LearnedDetector, SIFTDetector
 from .matchers import Matches, MutualNearestNeighbor, OrientationFilter, RansacHomography, RatioTest
 from .orienters import (
@@ -136,7 +137,7 @@ PIPELINES: dict[str, dict] = {
 }
 
 
-def _orienter(name: str, estimator: PatchPoseEstimator | None):
+def _orienter(name: str, estimator: PatchPoseEstimator | None, device):
     if name == "sift":
         return DetectorPose()
     if name == "upright":
@@ -144,8 +145,8 @@ def _orienter(name: str, estimator: PatchPoseEstimator | None):
     if name == "kornia":
         return KorniaOrienter()
     if name == "rekd":
-        return LearnedDetectorOrienter()
-    est = estimator or pipeline_estimator()
+        return LearnedDetectorOrienter(device=device)
+    est = estimator or pipeline_estimator(device=device)
     if name == "ssfeat":
         return PatchPoseOrienter(est)
     if name == "ssfeat_multi":
@@ -155,11 +156,11 @@ def _orienter(name: str, estimator: PatchPoseEstimator | None):
     raise ValueError(f"unknown orienter {name!r}")
 
 
-def _descriptor(name: str, weights: str, sift_first_octave: int):
+def _descriptor(name: str, weights: str, sift_first_octave: int, device):
     if name in ("sift", "rootsift"):
         return SIFTDescriptor(root=name == "rootsift", first_octave=sift_first_octave)
     if name in ("hndesc", "hndesc_patch"):
-        return LearnedDescriptor(weights, mode="patch" if name == "hndesc_patch" else "dense")
+        return LearnedDescriptor(weights, mode="patch" if name == "hndesc_patch" else "dense", device=device)
     raise ValueError(f"unknown descriptor {name!r}")
 
 
@@ -183,6 +184,7 @@ def build_pipeline(
     descriptor_weights: str = "descriptor",
     sift_first_octave: int = 0,
     compensate_rotation: bool | None = None,
+    device: str | torch.device = "cpu",
 ) -> Pipeline:
     """A named pipeline (see :data:`PIPELINES`; a trailing ``*`` adds :class:`OrientationFilter`).
 
@@ -198,7 +200,11 @@ def build_pipeline(
         compensate_rotation: estimate the rotation of image 1 against image 0 and extract image 1
             turned upright (see :class:`Pipeline`); ``None``: as the named pipeline says (on for
             ``*_rc`` pipelines).
+        device: torch device of the networks (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``, or
+            ``"auto"``: CUDA, else MPS, else CPU); a given ``estimator`` is used where it is.
+            OpenCV's SIFT and kornia's Hessian detector and dominant-gradient orienter run on the CPU.
     """
+    device = check_device(device)
     base = check_pipeline_name(name)
     conf = PIPELINES[base]
     if compensate_rotation is None:
@@ -208,15 +214,17 @@ def build_pipeline(
         filters.append(RansacHomography())
     det = conf.get("detector", "sift")
     if det == "learned":
-        detector = LearnedDetector(max_keypoints)
+        detector = LearnedDetector(max_keypoints, device=device)
     elif det == "kornia":
         detector = KorniaHessianDetector(max_keypoints)
     else:
         detector = SIFTDetector(max_keypoints)
+    if compensate_rotation and estimator is None:
+        estimator = pipeline_estimator(device=device)
     return Pipeline(
         detector,
-        _orienter(conf["orienter"], estimator),
-        _descriptor(conf.get("descriptor", "sift"), descriptor_weights, sift_first_octave),
+        _orienter(conf["orienter"], estimator, device),
+        _descriptor(conf.get("descriptor", "sift"), descriptor_weights, sift_first_octave, device),
         RatioTest() if conf.get("matcher") == "ratio" else MutualNearestNeighbor(),
         filters,
         name=name,

@@ -61,6 +61,7 @@ class ExtractConfig:
     max_side: int = 4096  # longer sides are shrunk to this before extraction (0: never)
     part_size: int = 64  # images per part file
     sift_first_octave: int = 0  # SIFT descriptor pyramid (ssfeat.pipeline.SIFTDescriptor; -1: OpenCV's own)
+    device: str = "cpu"  # torch device of the networks ("auto": CUDA, else MPS, else CPU); not a stored setting
 
     def __post_init__(self) -> None:
         check_pipeline_name(self.pipeline)  # before any output folder is made
@@ -208,7 +209,9 @@ class _Extractor:
 
     def __init__(self, cfg: ExtractConfig) -> None:
         self.cfg = cfg
-        self.pipe = build_pipeline(cfg.pipeline, cfg.max_keypoints, sift_first_octave=cfg.sift_first_octave)
+        self.pipe = build_pipeline(
+            cfg.pipeline, cfg.max_keypoints, sift_first_octave=cfg.sift_first_octave, device=cfg.device
+        )
 
     def __call__(self, path: Path):
         """``(features, (H, W), resize)`` or the reason (a string) why ``path`` is skipped."""
