@@ -91,3 +91,16 @@ def test_forward_is_differentiable_and_image_methods_are_not(est):
     img = read_image(sample_images()[0])
     laf = est.estimate_laf(img, np.array([[100.0, 100.0]]), support=32.0)
     assert not laf.requires_grad
+
+
+@pytest.mark.parametrize("name", ["hndesc", "hndesc_patch", "sift"])
+def test_extract_batch_equals_one_image_at_a_time(name):
+    photos = [read_image(p) for p in sample_images()[:3]]
+    photos.append(np.ascontiguousarray(photos[0][:200, :260]))  # a second image size
+    pipe = build_pipeline(name, 200)
+    batch = pipe.extract_batch(photos, image_batch=2)
+    assert len(batch) == len(photos)
+    for im, f in zip(photos, batch):
+        one = pipe.extract(im)
+        assert f.image_size == im.shape and np.array_equal(f.keypoints, one.keypoints)
+        np.testing.assert_allclose(f.descriptors, one.descriptors, atol=1e-4)

@@ -77,6 +77,17 @@ class Pipeline:
             return self.views(self._extract_view, img)
         return self._extract_view(img)
 
+    def extract_batch(self, images, image_batch: int = 8) -> list[Features]:
+        """Features of several images (each as for :meth:`extract`). A descriptor stage with a
+        ``describe_batch`` method (the dense learned descriptor) describes same-sized images
+        ``image_batch`` at a time in one forward pass; the other stages run per image."""
+        imgs = [as_image(im) for im in images]
+        describe_batch = getattr(self.descriptor, "describe_batch", None)
+        if self.views is not None or describe_batch is None:
+            return [self.extract(im) for im in imgs]
+        oriented = [self.orienter(im, self.detector(im)) for im in imgs]
+        return describe_batch(imgs, oriented, image_batch)
+
     def _extract_view(self, img: np.ndarray) -> Features:
         return self.descriptor(img, self.orienter(img, self.detector(img)))
 
