@@ -88,6 +88,11 @@ def test_forward_is_differentiable_and_image_methods_are_not(est):
     assert x.grad.abs().sum() > 0
     with torch.no_grad():
         assert not est(x).ori_hist.requires_grad
+    # frozen weights: a plain call builds no graph; requires_grad_() makes them trainable
+    assert not est(x.detach()).orientation.requires_grad
+    trainable = copy.deepcopy(est).requires_grad_()
+    trainable(x.detach()).ori_hist[:, 0].sum().backward()
+    assert any(p.grad is not None for p in trainable.parameters())
     img = read_image(sample_images()[0])
     laf = est.estimate_laf(img, np.array([[100.0, 100.0]]), support=32.0)
     assert not laf.requires_grad

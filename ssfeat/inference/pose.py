@@ -164,7 +164,9 @@ class PatchPoseEstimator(nn.Module):
         if c4_below is not None:
             model.set_c4_below(c4_below)
         scale = load_scale_model(scale_model).fused() if scale_model is not None else None
-        return cls(fuse_batchnorm(model), scale_model=scale).to(device)
+        # frozen: outputs need no autograd graph unless the patches require grad (est.requires_grad_()
+        # makes the weights trainable again)
+        return cls(fuse_batchnorm(model), scale_model=scale).to(device).requires_grad_(False)
 
     @property
     def device(self) -> torch.device:
@@ -224,8 +226,9 @@ class PatchPoseEstimator(nn.Module):
     def forward(self, patches: torch.Tensor) -> PoseOutput:
         """Poses of ``(B, 1|3, P, P)`` patches (any ``P``; resized internally).
 
-        Differentiable: gradients reach the patches (and the weights) unless the caller runs it
-        under ``torch.no_grad()`` / ``torch.inference_mode()``, as the image-level methods
+        Differentiable: gradients reach patches that require grad (and the weights, once
+        ``requires_grad_()`` is called: :meth:`from_pretrained` returns them frozen) unless the caller
+        runs it under ``torch.no_grad()`` / ``torch.inference_mode()``, as the image-level methods
         (:meth:`estimate`, :meth:`estimate_laf`, :meth:`keypoint_poses`) and the pipelines do.
         The orientation is the sub-bin peak of the histogram: its gradient flows through the
         histogram values around the peak, not through the choice of peak bin."""
