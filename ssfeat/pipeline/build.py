@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +39,9 @@ class MatchResult:
 # rotation compensation turns image 1 only when the estimate's confidence is at least this (chance
 # level, for unrelated images, is about 0.08; see ssfeat.pipeline.rotation)
 MIN_ROTATION_CONFIDENCE = 0.12
+# nor when the estimated turn is smaller than this (degrees): upright descriptors are trained to bear small
+# rotations (the dense descriptor up to about 25 degrees), and resampling the image would cost more than it gains
+MIN_ROTATION_DEG = 10.0
 
 
 class Pipeline:
@@ -99,8 +103,10 @@ class Pipeline:
 
     def extract_upright(self, image, rotation: RelativeRotation) -> Features:
         """Features of ``image`` turned upright by ``rotation`` (when its confidence is at least
-        :data:`MIN_ROTATION_CONFIDENCE`; else of the image as it is), in the image's own coordinates."""
-        angle = rotation.angle if rotation.confidence >= MIN_ROTATION_CONFIDENCE else 0.0
+        :data:`MIN_ROTATION_CONFIDENCE` and its angle at least :data:`MIN_ROTATION_DEG`; else of the
+        image as it is), in the image's own coordinates."""
+        turn = rotation.confidence >= MIN_ROTATION_CONFIDENCE and abs(math.degrees(rotation.angle)) >= MIN_ROTATION_DEG
+        angle = rotation.angle if turn else 0.0
         return extract_rotated(self.extract, as_image(image), angle)
 
     def extract_pair(self, image0, image1) -> tuple[Features, Features, RelativeRotation | None]:
@@ -244,4 +250,12 @@ def build_pipeline(
     )
 
 
-__all__ = ["MIN_ROTATION_CONFIDENCE", "MatchResult", "PIPELINES", "Pipeline", "build_pipeline", "check_pipeline_name"]
+__all__ = [
+    "MIN_ROTATION_CONFIDENCE",
+    "MIN_ROTATION_DEG",
+    "MatchResult",
+    "PIPELINES",
+    "Pipeline",
+    "build_pipeline",
+    "check_pipeline_name",
+]
