@@ -106,3 +106,15 @@ def test_benchmark_reports_the_rotation_error(tmp_path):
     assert len(rows) == 4 and all(r["rotation_error_deg"] < 10 for r in rows)
     assert res["pipelines"]["hndesc_rc"]["all"]["rotation_acc"] == [1.0, 1.0]
     assert "rotation_acc" not in res["pipelines"]["sift"]["all"]
+
+
+def test_small_turns_and_unsure_estimates_leave_image_1_as_it_is(photo):
+    from ssfeat.pipeline import RelativeRotation
+
+    pipe = build_pipeline("hndesc_rc", 300)
+    plain = pipe.extract(photo)
+    for r in (RelativeRotation(math.radians(6.0), 0.9, 100), RelativeRotation(math.radians(60.0), 0.05, 100)):
+        f = pipe.extract_upright(photo, r)
+        assert np.array_equal(f.keypoints, plain.keypoints) and np.array_equal(f.descriptors, plain.descriptors)
+    turned = pipe.extract_upright(photo, RelativeRotation(math.radians(60.0), 0.9, 100))
+    assert len(turned) != len(plain) or not np.array_equal(turned.keypoints, plain.keypoints)
