@@ -118,3 +118,17 @@ def test_small_turns_and_unsure_estimates_leave_image_1_as_it_is(photo):
         assert np.array_equal(f.keypoints, plain.keypoints) and np.array_equal(f.descriptors, plain.descriptors)
     turned = pipe.extract_upright(photo, RelativeRotation(math.radians(60.0), 0.9, 100))
     assert len(turned) != len(plain) or not np.array_equal(turned.keypoints, plain.keypoints)
+
+
+def test_match_command_compensates_rotation(photo, tmp_path, capsys):
+    from ssfeat.cli import main
+
+    turned, _ = _turn(photo, 100.0)
+    paths = [tmp_path / "a.png", tmp_path / "b.png"]
+    for p, im in zip(paths, (photo, turned)):
+        cv2.imwrite(str(p), (im * 255).astype(np.uint8))
+    argv = ["match", *map(str, paths), "--pipeline", "hndesc", "--max-keypoints", "300", "--compensate-rotation"]
+    assert main([*argv, "--out", str(tmp_path / "m.png")]) == 0
+    out = capsys.readouterr().out
+    turn = float(out.split("image 1 turned ")[1].split(" deg")[0])
+    assert abs(turn - 100.0) < 5
