@@ -31,7 +31,7 @@ from .inference import (
     WarpReranker,
 )
 from .models import LogPolarScaleNet, PatchPoseConfig, PatchPoseNet, ScalePoseConfig
-from .pipeline import Pipeline, build_pipeline
+from .pipeline import Pipeline, build_pipeline, estimate_relative_rotation
 from .version import __version__
 
 __all__ = [
@@ -52,6 +52,7 @@ __all__ = [
     "WarpReranker",
     "__version__",
     "build_pipeline",
+    "estimate_relative_rotation",
     "read_image",
     "sample_images",
 ]

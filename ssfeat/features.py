@@ -15,7 +15,15 @@ import cv2
 import numpy as np
 import torch
 
-from .geometry import angle_from_cv2, angle_to_cv2, laf_from_pose, pose_from_laf, wrap_angle
+from .geometry import (
+    angle_from_cv2,
+    angle_from_lightglue,
+    angle_to_cv2,
+    angle_to_lightglue,
+    laf_from_pose,
+    pose_from_laf,
+    wrap_angle,
+)
 
 
 def _f32(a, n: int, name: str) -> np.ndarray:
@@ -130,6 +138,70 @@ class Features:
             torch.from_numpy(self.keypoints),
             torch.from_numpy(self.scales) * (mr_size / 2.0),
             torch.from_numpy(self.orientations),
+        )
+
+    def to_kornia(self, mr_size: float = 1.0, device=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """kornia's detector/descriptor outputs: ``(lafs, responses, descriptors)``: LAFs
+        ``(1, N, 2, 3)`` (see :meth:`to_laf`: centre in pixels, orientation degrees counter-clockwise
+        as displayed, scale ``mr_size * size / 2``), responses ``(1, N)`` (the scores) and descriptors
+        ``(1, N, D)`` (``None`` before description), float32 on ``device``."""
+        desc = None if self.descriptors is None else torch.from_numpy(self.descriptors)[None].to(device)
+        return self.to_laf(mr_size).to(device), torch.from_numpy(self.scores)[None].to(device), desc
+
+    # LightGlue ---------------------------------------------------------------------------------
+    def to_lightglue(self, device=None) -> dict[str, torch.Tensor]:
+        """The features as LightGlue's extractors return them (``LightGlue({"image0": f0.to_lightglue(),
+        "image1": f1.to_lightglue()})``), float32 on ``device``:
+
+        * ``keypoints`` ``(1, N, 2)`` ``(x, y)`` pixels, pixel centres at integers (LightGlue's own);
+        * ``descriptors`` ``(1, N, D)`` (only when described);
+        * ``keypoint_scores`` ``(1, N)``;
+        * ``scales`` ``(1, N)``: sizes in pixels (``cv2.KeyPoint.size``, as LightGlue's SIFT);
+        * ``oris`` ``(1, N)``: radians of OpenCV's **clockwise** angle in ``[0, 2pi)``
+          (``deg2rad(KeyPoint.angle)``, as LightGlue's SIFT), i.e. minus ssfeat's orientation;
+        * ``image_size`` ``(1, 2)``: ``(W, H)``.
+        """
+        out = {
+            "keypoints": torch.from_numpy(self.keypoints)[None],
+            "keypoint_scores": torch.from_numpy(self.scores)[None],
+            "scales": torch.from_numpy(self.scales)[None],
+            "oris": torch.from_numpy(angle_to_lightglue(self.orientations).astype(np.float32))[None],
+            "image_size": torch.tensor([[self.image_size[1], self.image_size[0]]], dtype=torch.float32),
+        }
+        if self.descriptors is not None:
+            out["descriptors"] = torch.from_numpy(self.descriptors)[None]
+        return {k: v.to(device) for k, v in out.items()}
+
+    @classmethod
+    def from_lightglue(cls, feats: dict, image_size: tuple[int, int] | None = None) -> Features:
+        """Inverse of :meth:`to_lightglue` for one image (batch of 1, or no batch axis); keys other
+        than ``keypoints`` are optional (scores 0, sizes 1 px, orientations 0). ``image_size``
+        ``(H, W)``; default: from ``feats["image_size"]`` ``(W, H)``."""
+
+        def get(key):
+            v = feats.get(key)
+            if v is None:
+                return None
+            v = v.detach().cpu().float().numpy() if isinstance(v, torch.Tensor) else np.asarray(v, np.float32)
+            return v[0] if v.ndim >= (3 if key in ("keypoints", "descriptors") else 2) else v
+
+        kp = get("keypoints")
+        if kp is None or kp.ndim != 2 or kp.shape[-1] != 2:
+            raise ValueError("feats['keypoints'] must have shape (1, N, 2) or (N, 2)")
+        if image_size is None:
+            if feats.get("image_size") is None:
+                raise ValueError("give image_size (H, W): feats has no 'image_size'")
+            w, h = np.asarray(get("image_size")).reshape(-1)[:2]
+            image_size = (int(round(h)), int(round(w)))
+        n = len(kp)
+        oris, scores, scales = get("oris"), get("keypoint_scores"), get("scales")
+        return cls(
+            kp,
+            np.ones(n, np.float32) if scales is None else scales,
+            np.zeros(n) if oris is None else angle_from_lightglue(oris),
+            np.zeros(n, np.float32) if scores is None else scores,
+            image_size,
+            get("descriptors"),
         )
 
     @classmethod

@@ -73,6 +73,17 @@ def angle_to_cv2(angle: np.ndarray | float) -> np.ndarray | float:
     return np.where(deg >= 360.0, deg - 360.0, deg)
 
 
+def angle_to_lightglue(angle: np.ndarray | float) -> np.ndarray | float:
+    """ssfeat orientation (radians, CCW) -> LightGlue's ``oris``: radians of OpenCV's clockwise
+    ``KeyPoint.angle`` (``deg2rad(angle)``, as LightGlue's SIFT extractor builds them), in ``[0, 2pi)``."""
+    return wrap_angle(-np.asarray(angle, dtype=np.float64))
+
+
+def angle_from_lightglue(oris: np.ndarray | float) -> np.ndarray | float:
+    """LightGlue's ``oris`` (radians, clockwise as displayed) -> ssfeat orientation (radians, CCW)."""
+    return wrap_angle(-np.asarray(oris, dtype=np.float64))
+
+
 def warp_points(points: torch.Tensor, H_0to1: torch.Tensor) -> torch.Tensor:
     """Map ``(N, 2)`` points with a ``(3, 3)`` homography (perspective divide included)."""
     ones = torch.ones_like(points[..., :1])

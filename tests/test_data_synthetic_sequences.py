@@ -129,3 +129,21 @@ def test_a_full_disk_leaves_no_half_sequence_and_a_rerun_completes_the_folder(im
     assert main([*args, "--out", str(out)]) == 0  # the same command completes it
     assert _tree(out) == _tree(ref)
     assert main([*args, "--out", str(out)]) == 2 and "exists and is not empty" in capsys.readouterr().err
+
+
+def test_max_rotation_gives_the_same_pairs_up_to_their_rotation():
+    img = textured_image(200, 300, seed=5).astype(np.float32) / 255
+    full = SyntheticSequenceConfig(n_targets=6, perspective=0.0)
+    _, _, H_full = make_sequence(img, full, np.random.default_rng(4))
+    for limit in (0.0, 30.0):
+        cfg = SyntheticSequenceConfig(n_targets=6, perspective=0.0, max_rotation_deg=limit)
+        _, _, H_lim = make_sequence(img, cfg, np.random.default_rng(4))
+        for a, b in zip(H_full, H_lim):
+            (ta, sa), (tb, sb) = _pose_at_centre(a, img.shape), _pose_at_centre(b, img.shape)
+            assert abs(sa - sb) < 1e-6  # same zoom
+            wrapped = math.remainder(ta, 2 * math.pi)  # the full draw, in [-pi, pi)
+            assert abs(math.remainder(tb - wrapped * limit / 180, 2 * math.pi)) < 1e-6
+            assert abs(math.degrees(math.remainder(tb, 2 * math.pi))) <= limit + 1e-6
+    assert max(abs(math.remainder(_pose_at_centre(h, img.shape)[0], 2 * math.pi)) for h in H_full) > math.pi / 2
+    with pytest.raises(ValueError, match="max_rotation_deg"):
+        SyntheticSequenceConfig(max_rotation_deg=200)

@@ -10,6 +10,8 @@ import tempfile
 import typing
 from pathlib import Path
 
+from ..inference.pose import check_device
+
 
 def positive(text: str) -> int:
     v = int(text)
@@ -108,6 +110,26 @@ def sift_first_octave(p) -> None:
     )
 
 
+DEVICE_HELP = (
+    "torch device of the networks: cpu (the default: runs anywhere, reproducible), cuda, cuda:N, mps, "
+    "or auto (CUDA if available, else MPS, else CPU)"
+)
+
+
+def device_name(text: str) -> str:
+    """A device name this machine has (``auto`` included), checked while the arguments are parsed."""
+    try:
+        check_device(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def device(p) -> None:
+    """``--device``, on every command that runs a network."""
+    p.add_argument("--device", type=device_name, default="cpu", help=DEVICE_HELP)
+
+
 def threads(p, help: str | None = "torch CPU threads (0: torch default)") -> None:
     p.add_argument("--threads", type=non_negative, default=0, help=help)
 
@@ -169,6 +191,8 @@ __all__ = [
     "add_field",
     "check_writable",
     "config_from_args",
+    "device",
+    "device_name",
     "field_info",
     "flag",
     "fraction",

@@ -36,6 +36,7 @@ from .args import (
     add_field,
     check_writable,
     config_from_args,
+    device,
     fraction,
     non_negative,
     positive,
@@ -72,6 +73,7 @@ def _extra(items: list[str]) -> dict[str, str]:
 def _pose_args(p) -> None:
     """Options of the patch-pose benchmarks (``patchpose``, ``sequences``) after their own."""
     p.add_argument("--weights", default=None, help="ssfeat weights/run (default: bundled model)")
+    device(p)
     p.add_argument(
         "--extra",
         action="append",
@@ -120,14 +122,14 @@ def _print_pose_result(name: str, result: dict, json_path: str) -> int:
 
 def cmd_patchpose(args) -> int:
     scale_model = None if args.scale_model.lower() == "none" else args.scale_model
-    methods = build_pose_methods(args.weights, _extra(args.extra), scale_model=scale_model)
+    methods = build_pose_methods(args.weights, _extra(args.extra), scale_model=scale_model, device=args.device)
     fields = ("n_pairs", "support", "seed", "max_tilt", "scale_sampling")
     cfg = PoseBenchmarkConfig(**{f: getattr(args, f) for f in fields})
     return _print_pose_result("patchpose", run_patchpose(args.images, methods, cfg), args.json)
 
 
 def cmd_sequences(args) -> int:
-    methods = build_pose_methods(args.weights, _extra(args.extra))
+    methods = build_pose_methods(args.weights, _extra(args.extra), device=args.device)
     cfg = PoseBenchmarkConfig(max_keypoints=args.max_keypoints, support=args.support, seed=args.seed)
     return _print_pose_result("sequences", run_sequences(args.root, methods, cfg), args.json)
 
@@ -142,7 +144,10 @@ def _pipeline_names(text: str) -> list[str]:
 def _matching_config(args) -> MatchingConfig:
     """The :class:`MatchingConfig` of the ``matching / detector / descriptor`` options."""
     return MatchingConfig(
-        max_keypoints=args.max_keypoints, sift_first_octave=args.sift_first_octave, ransac_repeats=args.ransac_repeats
+        max_keypoints=args.max_keypoints,
+        sift_first_octave=args.sift_first_octave,
+        ransac_repeats=args.ransac_repeats,
+        device=args.device,
     )
 
 
@@ -154,6 +159,7 @@ def _pairs_args(p, pipelines: tuple[str, ...], pipelines_help: str, max_keypoint
     p.add_argument("--pipelines", default=",".join(pipelines), help=pipelines_help)
     p.add_argument("--max-keypoints", type=positive, default=max_keypoints, help="per image")
     sift_first_octave(p)
+    device(p)
     add_field(
         p,
         MatchingConfig,
@@ -193,7 +199,7 @@ def _write_with_plot(result: dict, args) -> int:
 
 def cmd_matching(args) -> int:
     names = _pipeline_names(args.pipelines)
-    est = pipeline_estimator(args.weights)
+    est = pipeline_estimator(args.weights, args.device)
     cfg = _matching_config(args)
     result = run_matching(args.root, names, cfg, est, progress=not args.no_progress)
     print(
@@ -205,6 +211,12 @@ def cmd_matching(args) -> int:
     if floor:
         print("\nfloor: pairs whose correct matches (<= 3 px) alone, fitted by least squares, are within 3 px:")
         print("  " + ", ".join(f"{k} {100 * v:.1f}" for k, v in floor.items()))
+    rot = {k: v["all"] for k, v in result["pipelines"].items() if "rotation_acc" in v["all"]}
+    if rot:
+        print("\nrotation compensation: pairs whose estimated rotation is within 5 / 10 degrees (median error):")
+        for k, v in rot.items():
+            acc, med = v["rotation_acc"], v["median_rotation_error_deg"]
+            print(f"  {k} {100 * acc[0]:.1f} / {100 * acc[1]:.1f} ({med:.2f} deg)")
     if "paired" in result:
         print()
         print(format_paired_table(result))
@@ -316,14 +328,16 @@ def _keypoints_args(p) -> None:
         add_field(p, KeypointBenchmarkConfig, path, help, **kw)
     p.add_argument("--weights", default=None, help="orientation weights/run (default: bundled model)")
     p.add_argument("--scale-model", default="scalepose", help="scale weights/run (default: bundled model)")
+    device(p)
 
 
 def cmd_keypoints(args) -> int:
     if not args.root and not args.images:
         raise ValueError("give --root folders of sequences and/or --images")
     cfg = config_from_args(KeypointBenchmarkConfig, args, KEYPOINT_FIELDS)
-    est = PatchPoseEstimator.from_pretrained(args.weights or "patchpose", scale_model=args.scale_model)
-    fixed = PatchPoseEstimator.from_pretrained(args.weights or "patchpose", scale_model=None)
+    name, dev = args.weights or "patchpose", args.device
+    est = PatchPoseEstimator.from_pretrained(name, device=dev, scale_model=args.scale_model)
+    fixed = PatchPoseEstimator.from_pretrained(name, device=dev, scale_model=None)
     result = run_keypoints(args.root, args.images, est, cfg, fixed=fixed, progress=not args.no_progress)
     print(format_keypoints(result))
     print(f"results: {write_json(result, args.json)}")

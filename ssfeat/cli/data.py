@@ -23,7 +23,7 @@ def run_make_geoloc(args) -> int:
     return 0
 
 
-SEQUENCE_FIELDS = ("n_targets", "max_side", "min_log2_zoom", "max_log2_zoom", "perspective", "seed")
+SEQUENCE_FIELDS = ("n_targets", "max_side", "min_log2_zoom", "max_log2_zoom", "perspective", "max_rotation_deg", "seed")
 
 
 def run_make_sequences(args) -> int:
@@ -75,6 +75,7 @@ def _add_make_sequences(data) -> None:
     add_field(p, cls, "min_log2_zoom", zoom, aliases=("--min-zoom",))
     add_field(p, cls, "max_log2_zoom", None, aliases=("--max-zoom",))
     add_field(p, cls, "perspective", "corner displacement of the last target (0: none)")
+    add_field(p, cls, "max_rotation_deg", "in-plane rotation of the targets within +-this many degrees (180: full)")
     add_field(p, cls, "seed", type=non_negative)
 
 

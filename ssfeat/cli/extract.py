@@ -5,12 +5,18 @@ from __future__ import annotations
 
 from .. import distributed as du
 from ..pipeline.extract import FORMATS, ExtractConfig, extract_folder
-from .args import add_field, non_negative, positive, sift_first_octave, threads
+from .args import add_field, device, non_negative, positive, sift_first_octave, threads
 
 
 def run(args) -> int:
     cfg = ExtractConfig(
-        args.pipeline, args.max_keypoints, args.max_side, args.part_size, args.sift_first_octave, args.format
+        args.pipeline,
+        args.max_keypoints,
+        args.max_side,
+        args.part_size,
+        args.sift_first_octave,
+        args.format,
+        device=args.device,
     )
     du.init_from_env()  # under torchrun: shard the images over the processes
     rank = du.rank()
@@ -44,6 +50,7 @@ def add_parser(sub) -> None:
         "match_features and COLMAP import)",
         choices=FORMATS,
     )
+    device(p)
     p.add_argument("--workers", type=non_negative, default=0, help="extraction processes (0/1: this process)")
     threads(p)
     p.add_argument("--no-progress", action="store_true")

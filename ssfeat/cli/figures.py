@@ -3,6 +3,7 @@ images and draw what it finds."""
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import numpy as np
@@ -10,10 +11,10 @@ import torch
 
 from ..data.images import read_usable
 from ..inference.detector import DetectConfig, KeypointDetector
-from ..inference.pose import PatchPoseEstimator, detect_sift
+from ..inference.pose import PatchPoseEstimator, check_device, detect_sift
 from ..pipeline import PIPELINES, MatchResult, RansacHomography, build_pipeline, pipeline_estimator
 from ..viz import draw_matches, draw_poses
-from .args import fraction, positive, positive_float, sift_first_octave
+from .args import device, fraction, positive, positive_float, sift_first_octave
 
 
 def match(
@@ -25,25 +26,32 @@ def match(
     weights: str | None = None,
     sift_first_octave: int = 0,
     ransac: RansacHomography | None = None,
+    device: str = "cpu",
+    compensate_rotation: bool | None = None,
 ) -> dict:
     """Match two images with a named pipeline, fit a RANSAC homography and draw the matches
     (inliers green). Returns counts, the homography ``H_0to1`` (None when the fit failed: too few
     inliers, see :meth:`RansacHomography.failure`) and ``failure``, the reason (else None)."""
     if weights is not None and "ssfeat" not in pipeline:
         raise ValueError(f"--weights sets the patch-pose model of the ssfeat pipelines; {pipeline!r} has none")
-    est = pipeline_estimator(weights) if "ssfeat" in pipeline else None
-    pipe = build_pipeline(pipeline, max_keypoints, est, sift_first_octave=sift_first_octave)
+    est = pipeline_estimator(weights, device) if "ssfeat" in pipeline or compensate_rotation else None
+    pipe = build_pipeline(
+        pipeline,
+        max_keypoints,
+        est,
+        sift_first_octave=sift_first_octave,
+        compensate_rotation=compensate_rotation,
+        device=device,
+    )
     img0, img1 = (read_usable(p) for p in (image0, image1))
-    feats = []
-    for path, img in ((image0, img0), (image1, img1)):
-        try:
-            f = pipe.extract(img)
-        except ValueError as e:  # e.g. an image smaller than the pipeline's windows
-            raise ValueError(f"{path}: {e}") from e
+    try:
+        f0, f1, rot = pipe.extract_pair(img0, img1)
+    except ValueError as e:  # e.g. an image smaller than the pipeline's windows
+        raise ValueError(f"{image0} / {image1}: {e}") from e
+    for path, f in ((image0, f0), (image1, f1)):
         if len(f) == 0:
             raise ValueError(f"{path}: no keypoints found by the {pipeline} pipeline, nothing to match")
-        feats.append(f)
-    res = MatchResult(*feats, pipe.match_features(*feats))
+    res = MatchResult(f0, f1, pipe.match_features(f0, f1), rot)
     xy0 = res.features0.keypoints[res.matches.idx[:, 0]]
     xy1 = res.features1.keypoints[res.matches.idx[:, 1]]
     ransac = ransac or RansacHomography()
@@ -55,6 +63,8 @@ def match(
     )
     if failure:
         title += f"; homography failed ({failure})"
+    if rot is not None:
+        title += f"; image 1 turned {np.degrees(rot.angle):.1f} deg (confidence {rot.confidence:.2f})"
     fig = draw_matches(img0, img1, xy0, xy1, inl, out, title)
     return {
         "figure": fig,
@@ -74,13 +84,14 @@ def show(
     support: float | None = None,
     histograms: bool = False,
     estimator=None,
+    device: str = "cpu",
 ) -> Path:
     """Estimate poses at the ``n`` strongest SIFT keypoints of ``image`` from their positions and draw
     them: scale-covariant (:meth:`PatchPoseEstimator.keypoint_poses`), or, with ``support``, from
     fixed windows of that many pixels (the patch protocol)."""
     m = 0.0 if support is None else support / np.sqrt(2)
     img = read_usable(image, min_size=max(16, 2 * int(np.ceil(m)) + 1))
-    est = estimator or PatchPoseEstimator.from_pretrained(weights or "patchpose")
+    est = estimator or PatchPoseEstimator.from_pretrained(weights or "patchpose", device=device)
     H, W = img.shape
     kps = [k for k in detect_sift(img, 4 * n) if m <= k.pt[0] <= W - 1 - m and m <= k.pt[1] <= H - 1 - m][:n]
     if not kps:
@@ -95,8 +106,15 @@ def show(
         what, label = "ssfeat size (circle) and orientation (arrow)", "log2 size (px)"
     else:
         support = 32.0 if support is None else support
-        o = est(est.extract(img, xy, support))
-        ori, size, ori_hist, scale_hist = o.orientation, support * torch.exp2(o.log2_scale), o.ori_hist, o.scale_hist
+        with torch.inference_mode():
+            o = est(est.extract(img, xy, support))
+        o = {k: getattr(o, k).float().cpu() for k in ("orientation", "log2_scale", "ori_hist", "scale_hist")}
+        ori, size, ori_hist, scale_hist = (
+            o["orientation"],
+            support * torch.exp2(o["log2_scale"]),
+            o["ori_hist"],
+            o["scale_hist"],
+        )
         scale_bins, label = None, "log2 scale"
         what = f"ssfeat scale (circle) and orientation (arrow) of {support:g} px windows"
     return draw_poses(
@@ -114,12 +132,18 @@ def show(
 
 
 def detect(
-    image: str | Path, out: str | Path, max_keypoints: int = 300, weights: str | None = None, detector=None
+    image: str | Path,
+    out: str | Path,
+    max_keypoints: int = 300,
+    weights: str | None = None,
+    detector=None,
+    device: str = "cpu",
 ) -> tuple[Path, int]:
     """Detect oriented keypoints with the equivariant detector and draw them (circle = feature
     size, line = orientation). Returns the figure path and the number of keypoints."""
     img = read_usable(image)
-    det = detector or KeypointDetector.from_pretrained(weights or "detector", DetectConfig(max_keypoints=max_keypoints))
+    cfg = DetectConfig(max_keypoints=max_keypoints)
+    det = detector or KeypointDetector.from_pretrained(weights or "detector", cfg, device=check_device(device))
     try:
         f = det(img)
     except ValueError as e:  # e.g. an image smaller than the detector's border
@@ -129,7 +153,8 @@ def detect(
 
 
 def run_show(args) -> int:
-    print(f"figure: {show(args.image, args.out, args.weights, args.n, args.support, args.histograms)}")
+    fig = show(args.image, args.out, args.weights, args.n, args.support, args.histograms, device=args.device)
+    print(f"figure: {fig}")
     return 0
 
 
@@ -144,6 +169,8 @@ def run_match(args) -> int:
         args.weights,
         args.sift_first_octave,
         ransac,
+        device=args.device,
+        compensate_rotation=args.compensate_rotation,
     )
     print(r["title"])
     if r["H_0to1"] is not None:
@@ -153,7 +180,7 @@ def run_match(args) -> int:
 
 
 def run_detect(args) -> int:
-    fig, n = detect(args.image, args.out, args.max_keypoints, args.weights)
+    fig, n = detect(args.image, args.out, args.max_keypoints, args.weights, device=args.device)
     print(f"{n} keypoints\nfigure: {fig}")
     return 0
 
@@ -172,6 +199,7 @@ def add_parser(sub) -> None:
         help="fixed windows of this many pixels (default: the scale-covariant pose from the positions)",
     )
     p.add_argument("--histograms", action="store_true", help="also draw histograms (paper Fig. 4)")
+    device(p)
     p = sub.add_parser("match", help="match two images with a pipeline and draw the matches")
     p.set_defaults(command=run_match)
     p.add_argument("image0")
@@ -196,6 +224,14 @@ def add_parser(sub) -> None:
         default=RansacHomography().min_inlier_ratio,
         help="a smaller share of the matches as inliers: the homography failed",
     )
+    p.add_argument(
+        "--compensate-rotation",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="estimate the in-plane rotation of image 1 against image 0 from ssfeat's orientations and extract "
+        "image 1 turned upright (for upright descriptors such as hndesc; default: as the pipeline says, on for *_rc)",
+    )
+    device(p)
     p.add_argument("--out", required=True, help="PNG path")
     p = sub.add_parser("detect", help="detect oriented keypoints with the equivariant detector and draw them")
     p.set_defaults(command=run_detect)
@@ -203,6 +239,7 @@ def add_parser(sub) -> None:
     p.add_argument("--out", required=True, help="PNG path")
     p.add_argument("--max-keypoints", type=positive, default=300)
     p.add_argument("--weights", default=None, help="detector weights/run (default: bundled)")
+    device(p)
 
 
 __all__ = ["add_parser", "detect", "match", "show"]

@@ -7,7 +7,9 @@ a sequence folder ``v_<index>_<stem>``. Target ``k + 1`` (``k = 1..n_targets``),
 size, shows the photo
 
 * turned about a point near its centre (within ``shift`` of the size) by an angle uniform in
-  ``[0, 2pi)`` and magnified by ``2**u``, ``u`` uniform in ``[min_log2_zoom, max_log2_zoom]``;
+  ``[0, 2pi)`` (full rotation, the default; ``max_rotation_deg`` below 180 scales that draw, wrapped
+  to ``[-pi, pi)``, into ``[-max_rotation_deg, max_rotation_deg)``, so that the same seed gives the
+  same pairs up to their rotation) and magnified by ``2**u``, ``u`` uniform in ``[min_log2_zoom, max_log2_zoom]``;
 * then seen obliquely: the image corners of that similarity move independently by up to
   ``perspective * k / n_targets`` of the shorter side (the views get more oblique along the
   sequence);
@@ -46,6 +48,7 @@ class SyntheticSequenceConfig:
     perspective: float = 0.15  # corner displacement of the last target, fraction of the shorter side
     shift: float = 0.1  # rotation centre within this fraction of the size from the image centre
     noise: float = 0.01  # std of the Gaussian noise of the photometric change (intensities in [0, 1])
+    max_rotation_deg: float = 180.0  # in-plane rotation within +-this (180: full rotation)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -61,6 +64,8 @@ class SyntheticSequenceConfig:
             raise ValueError(f"perspective must lie in [0, 0.25], got {self.perspective}")
         if not 0.0 <= self.shift <= 0.5:
             raise ValueError(f"shift must lie in [0, 0.5], got {self.shift}")
+        if not 0.0 <= self.max_rotation_deg <= 180.0:
+            raise ValueError(f"max_rotation_deg must lie in [0, 180], got {self.max_rotation_deg}")
         if not 0.0 <= self.noise <= 0.5:
             raise ValueError(f"noise must lie in [0, 0.5], got {self.noise}")
 
@@ -78,6 +83,8 @@ def target_homography(
     centre = np.array([(W - 1) / 2, (H - 1) / 2])
     pivot = centre + rng.uniform(-cfg.shift, cfg.shift, 2) * (W, H)
     a = rng.uniform(0.0, 2 * math.pi)
+    if cfg.max_rotation_deg < 180.0:  # the same draw, scaled: the pairs differ only in their rotation
+        a = ((a + math.pi) % (2 * math.pi) - math.pi) * cfg.max_rotation_deg / 180.0
     zoom = 2.0 ** rng.uniform(cfg.min_log2_zoom, cfg.max_log2_zoom)
     # counter-clockwise on screen (y down): x' = c x + s y, y' = -s x + c y
     R = zoom * np.array([[math.cos(a), math.sin(a)], [-math.sin(a), math.cos(a)]])

@@ -34,9 +34,10 @@ class LearnedPose(PoseMethod):
     def __init__(self, estimator: PatchPoseEstimator, name: str) -> None:
         self.estimator, self.name = estimator, name
 
+    @torch.inference_mode()
     def __call__(self, patches, k=1):
         t = self.estimator.topk(patches, k)
-        return {"orientation": t.orientation, "log2_scale": t.log2_scale}
+        return {"orientation": t.orientation.float().cpu(), "log2_scale": t.log2_scale.float().cpu()}
 
 
 class KeypointPoseOnPatches(PoseMethod):

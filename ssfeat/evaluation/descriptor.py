@@ -58,9 +58,11 @@ def run_descriptor_benchmark(
     ``roots``; ``weights`` is the learned descriptor's (bundled name, file or run)."""
 
     cfg = cfg or MatchingConfig()
-    est = pipeline_estimator() if any("ssfeat" in n for n in names) else None
-    n_kp, octave = cfg.max_keypoints, cfg.sift_first_octave
-    pipes = {n: build_pipeline(n, n_kp, est, descriptor_weights=weights, sift_first_octave=octave) for n in names}
+    est = pipeline_estimator(device=cfg.device) if any("ssfeat" in n or "_rc" in n for n in names) else None
+    n_kp, octave, dev = cfg.max_keypoints, cfg.sift_first_octave, cfg.device
+    pipes = {
+        n: build_pipeline(n, n_kp, est, descriptor_weights=weights, sift_first_octave=octave, device=dev) for n in names
+    }
     result = run_matching(roots, pipes, cfg, est, progress)
     result["benchmark"] = "descriptor"
     result["descriptor_weights"] = str(weights)

@@ -128,12 +128,12 @@ def run_detector_benchmark(
     import cv2
 
     cfg = cfg or MatchingConfig()
-    det = KeypointDetector.from_pretrained(weights, DetectConfig(max_keypoints=cfg.max_keypoints))
+    det = KeypointDetector.from_pretrained(weights, DetectConfig(max_keypoints=cfg.max_keypoints), device=cfg.device)
     pipes = {}
     for name in pipelines:
         base = name.rstrip("*")
         if base not in pipes:
-            p = build_pipeline(base, cfg.max_keypoints, sift_first_octave=cfg.sift_first_octave)
+            p = build_pipeline(base, cfg.max_keypoints, sift_first_octave=cfg.sift_first_octave, device=cfg.device)
             for stage in (p.detector, p.orienter):  # the detector under test, not the bundled one
                 if isinstance(stage, (LearnedDetector, LearnedDetectorOrienter)):
                     stage.detector = det

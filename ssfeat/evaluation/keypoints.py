@@ -191,12 +191,14 @@ def build_methods(estimator: PatchPoseEstimator, fixed: PatchPoseEstimator | Non
     }
     if fixed is not None:
 
+        @torch.inference_mode()
         def fixed_window(image, feats):
             out = fixed(fixed.extract(image, feats.keypoints, 32.0))
             return out.orientation.cpu().numpy(), 32.0 * np.exp2(out.log2_scale.cpu().numpy())
 
         methods["ssfeat_fixed"] = fixed_window
 
+        @torch.inference_mode()
         def at_detector_size(image, feats):
             P = fixed.config.patch_size
             A = (ORIENTER_WINDOW * feats.scales / P)[:, None, None] * np.eye(2)

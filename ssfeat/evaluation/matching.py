@@ -71,6 +71,7 @@ from .metrics import (
 from .oracle import ORACLES, OracleFeatures
 from .patchpose import PoseBenchmarkConfig
 from .report import distinct_groups, format_grouped_table, meta, render_rows
+from .rotation import compensated_features, rotation_row
 from .timing import interleaved_seconds
 
 logger = logging.getLogger(__name__)
@@ -147,6 +148,7 @@ class MatchingConfig:
     ransac_repeats: int = 50
     timing_repeats: int = 5
     sift_first_octave: int = 0  # SIFT descriptor pyramid (ssfeat.pipeline.SIFTDescriptor; -1: OpenCV's own)
+    device: str = "cpu"  # torch device of the networks ("auto": CUDA, else MPS, else CPU)
 
     def __post_init__(self) -> None:
         # the tables and the paired comparison report MMA@1/3/5/10, H@1/3 and AUC@3
@@ -245,6 +247,10 @@ def _mean(rows: list[dict]) -> dict:
     out["rep_oneway"] = round(float(np.mean(one)), 2) if one else None
     ori = [r["ori_acc"] for r in rows if r.get("ori_acc") is not None]
     out["ori_acc"] = np.mean(ori, 0).round(2).tolist() if ori else None
+    rot = [r["rotation_error_deg"] for r in rows if "rotation_error_deg" in r]
+    if rot:  # rotation-compensating pipelines: share of pairs whose rotation estimate is within 5 / 10 deg
+        out["rotation_acc"] = [round(float(np.mean(np.array(rot) <= t)), 4) for t in (5, 10)]
+        out["median_rotation_error_deg"] = round(float(np.median(rot)), 2)
     out["median_corner_error"] = round(float(np.median([r["corner_error"] for r in rows])), 3)
     floors = [r["corner_error_floor"] for r in rows if "corner_error_floor" in r]
     if floors:  # pairs whose correct matches alone fit within 3 px (the H@3 threshold)
@@ -365,7 +371,7 @@ def time_pair(pipelines: dict[str, Pipeline], image0: np.ndarray, image1: np.nda
         return match(d0, d1)
 
     def pipeline(p: Pipeline):
-        return lambda: p.match_features(p.extract(image0), p.extract(image1))
+        return lambda: p.match_features(*p.extract_pair(image0, image1)[:2])
 
     methods = {"opencv_sift": opencv, "opencv_sift_detect_compute": opencv_detect_compute}
     methods.update({name: pipeline(p) for name, p in pipelines.items()})
@@ -383,7 +389,10 @@ def _stages(
         bases, pipelines = {k.rstrip("*"): v for k, v in pipelines.items()}, list(pipelines)
     else:
         names = dict.fromkeys(n.rstrip("*") for n in pipelines if n.rstrip("*") not in ORACLES)  # ordered, no '*'
-        bases = {b: build_pipeline(b, cfg.max_keypoints, est, sift_first_octave=cfg.sift_first_octave) for b in names}
+        bases = {
+            b: build_pipeline(b, cfg.max_keypoints, est, sift_first_octave=cfg.sift_first_octave, device=cfg.device)
+            for b in names
+        }
     wanted = [b for b in ORACLES if any(n.rstrip("*") == b for n in pipelines)]
     oracles = {}
     if wanted:
@@ -469,10 +478,11 @@ def run_matching(
 
     cfg = cfg or MatchingConfig()
     pairs = image_pairs(roots)
-    names, bases, oracles = _stages(pipelines, cfg, estimator or pipeline_estimator())
+    names, bases, oracles = _stages(pipelines, cfg, estimator or pipeline_estimator(device=cfg.device))
     ransac = RansacHomography(cfg.ransac_threshold, cfg.ransac_iters, cfg.ransac_confidence)
     image = _Images()
     feats: dict[tuple[str, Path], Features] = {}
+    rot_feats: dict[Path, Features] = {}  # the rotation estimator's, shared by the compensating pipelines
     extract_s = {b: [] for b in bases}
     per_pair: dict[str, list[dict]] = {name: [] for name in names}
     skipped, scored = [], []
@@ -488,11 +498,14 @@ def run_matching(
             skipped.append(f"{pair.path0} -> {pair.path1}: {why}")
             continue
         try:
+            rotation = {}
             for b, pipe in bases.items():
                 for path, im in ((pair.path0, im0), (pair.path1, im1)):
-                    if (b, path) not in feats:
+                    if (b, path) not in feats and not (pipe.rotation is not None and path == pair.path1):
                         feats[b, path], dt = _timed(pipe.extract, im)
                         extract_s[b].append(dt)
+                if pipe.rotation is not None:  # image 1's features depend on the pair
+                    rotation[b], feats[b, pair.path1] = compensated_features(pipe, pair, im0, im1, rot_feats)
             for b, oracle in oracles.items():  # per pair: they read its homography
                 feats[b, pair.path0], feats[b, pair.path1] = oracle(pair, im0, im1)
         except ValueError as e:  # e.g. an image too small for a pipeline: every pipeline skips the pair
@@ -501,7 +514,11 @@ def run_matching(
             continue
         scored.append(pair)
         for name, r in _score_rows(pair, names, bases, oracles, feats, cfg, ransac).items():
+            if name.rstrip("*") in rotation:
+                r.update(rotation_row(rotation[name.rstrip("*")], pair, im0.shape))
             per_pair[name].append(r)
+        for b in rotation:  # computed for this pair only
+            feats.pop((b, pair.path1), None)
     if not any(per_pair.values()):
         raise ValueError("every image pair was skipped (unreadable, too small or blank images, see the warnings)")
     first = scored[0]  # timed on the first pair every pipeline processed

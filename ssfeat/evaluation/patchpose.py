@@ -51,25 +51,26 @@ def build_pose_methods(
     extra_weights: dict[str, str] | None = None,
     patch_size: int = 32,
     c4_variant: bool = True,
+    device: str = "cpu",
     scale_model: str | None = None,
 ) -> list[PoseMethod]:
-    """ssfeat (bundled or ``weights``), any extra learned models by name, and the hand-made baselines.
-    ``scale_model``: also the scale-covariant keypoint pose with these scale weights
-    (``ssfeat_keypoint``, :class:`~ssfeat.evaluation.baselines.KeypointPoseOnPatches`)."""
+    """ssfeat (bundled or ``weights``), any extra learned models by name, and the hand-made baselines
+    (learned models on ``device``). ``scale_model``: also the scale-covariant keypoint pose with these
+    scale weights (``ssfeat_keypoint``, :class:`~ssfeat.evaluation.baselines.KeypointPoseOnPatches`)."""
     name = weights or "patchpose"
-    methods: list[PoseMethod] = [LearnedPose(PatchPoseEstimator.from_pretrained(name), "ssfeat")]
+    methods: list[PoseMethod] = [LearnedPose(PatchPoseEstimator.from_pretrained(name, device), "ssfeat")]
     if scale_model is not None:
-        est = PatchPoseEstimator.from_pretrained(name, scale_model=scale_model)
+        est = PatchPoseEstimator.from_pretrained(name, device, scale_model=scale_model)
         methods.append(KeypointPoseOnPatches(est))
     if c4_variant:  # the same weights: one pass only, and always averaged over 90-degree rotations
-        methods.append(LearnedPose(PatchPoseEstimator.from_pretrained(name, c4=False), "ssfeat_single"))
-        methods.append(LearnedPose(PatchPoseEstimator.from_pretrained(name, c4=True), "ssfeat_c4"))
+        methods.append(LearnedPose(PatchPoseEstimator.from_pretrained(name, device, c4=False), "ssfeat_single"))
+        methods.append(LearnedPose(PatchPoseEstimator.from_pretrained(name, device, c4=True), "ssfeat_c4"))
     methods += [KorniaGradientOrientation(patch_size), LoGScale(patch_size)]
     taken = {m.name for m in methods}
     for name, path in (extra_weights or {}).items():
         if not name or name in taken:
             raise ValueError(f"extra model name {name!r} is empty or taken (taken: {', '.join(sorted(taken))})")
-        methods.insert(-2, LearnedPose(PatchPoseEstimator.from_pretrained(path), name))
+        methods.insert(-2, LearnedPose(PatchPoseEstimator.from_pretrained(path, device), name))
     return methods
 
 

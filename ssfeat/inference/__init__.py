@@ -4,6 +4,7 @@ retrieval with homography re-ranking (:class:`GlobalDescriptor`, :class:`WarpRer
 
 from .descriptor import LearnedDescriptor, SIFTDescriptor
 from .detector import DetectConfig, KeypointDetector
+from .kornia_modules import KorniaOrientation, KorniaScale
 from .pose import KeypointPoses, PatchPoseEstimator, PoseOutput, TopKPoses
 from .retrieval import GlobalDescriptor, WarpReranker
 
@@ -12,6 +13,8 @@ __all__ = [
     "GlobalDescriptor",
     "KeypointDetector",
     "KeypointPoses",
+    "KorniaOrientation",
+    "KorniaScale",
     "LearnedDescriptor",
     "PatchPoseEstimator",
     "PoseOutput",

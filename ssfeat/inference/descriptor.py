@@ -85,28 +85,50 @@ class LearnedDescriptor:
     def device(self) -> torch.device:
         return next(self.net.parameters()).device
 
-    @torch.inference_mode()
     def __call__(self, image: np.ndarray, feats: Features) -> Features:
+        return self.describe_batch([image], [feats])[0]
+
+    @torch.inference_mode()
+    def describe_batch(self, images: list, feats: list[Features], image_batch: int = 8) -> list[Features]:
+        """Descriptors of several images' features. Dense mode runs the network on batches of up to
+        ``image_batch`` images of the same size (one forward pass each; on a GPU the time per image
+        drops with the batch), patch mode on each image's patches in turn."""
+        images = [as_image(im) for im in images]  # any supported input; NaN / Inf are refused clearly
+        if len(images) != len(feats):
+            raise ValueError(f"{len(images)} images but {len(feats)} feature sets")
+        for im, f in zip(images, feats):
+            if len(f) and min(im.shape) < 8:
+                raise ValueError(f"the {im.shape[1]}x{im.shape[0]} image is too small to describe (< 8 px)")
+        out = [self._describe(im, f) if self.mode == "patch" or not len(f) else None for im, f in zip(images, feats)]
+        todo: dict[tuple[int, int], list[int]] = {}
+        for i, r in enumerate(out):
+            if r is None:
+                todo.setdefault(images[i].shape, []).append(i)
+        for shape, idx in todo.items():
+            for j in range(0, len(idx), image_batch):
+                group = idx[j : j + image_batch]
+                x = torch.from_numpy(np.stack([images[i] for i in group]).astype(np.float32))[:, None]
+                dense = self.net(x.to(self.device))
+                for k, i in enumerate(group):
+                    kp = torch.from_numpy(feats[i].keypoints.astype(np.float32))[None].to(self.device)
+                    d = sample_descriptors(dense[k : k + 1], kp, shape)[0]
+                    out[i] = replace(feats[i], descriptors=d.float().cpu().numpy())
+        return out
+
+    def _describe(self, image: np.ndarray, feats: Features) -> Features:
+        """Patch-mode descriptors (or none) of one image's features."""
         dim = self.net.config.dim
-        image = as_image(image)  # any supported input; NaN / Inf are rejected with a clear error
         if len(feats) == 0:
             return replace(feats, descriptors=np.zeros((0, dim), np.float32))
-        if min(image.shape) < 8:
-            raise ValueError(f"the {image.shape[1]}x{image.shape[0]} image is too small to describe (< 8 px)")
-        if self.mode == "dense":
-            x = torch.from_numpy(np.ascontiguousarray(image, np.float32))[None, None].to(self.device)
-            kp = torch.from_numpy(feats.keypoints.astype(np.float32))[None].to(self.device)
-            d = sample_descriptors(self.net(x), kp, image.shape)[0]
-        else:
-            P = self.patch_size
-            A = feature_affines(self.magnification * feats.scales, feats.orientations, P)
-            patches = sample_patches(image, feats.keypoints, A, P)[:, None]
-            d = torch.cat(
-                [
-                    self.net.describe_patches(patches[i : i + self.batch_size].to(self.device))
-                    for i in range(0, len(patches), self.batch_size)
-                ]
-            )
+        P = self.patch_size
+        A = feature_affines(self.magnification * feats.scales, feats.orientations, P)
+        patches = sample_patches(image, feats.keypoints, A, P)[:, None]
+        d = torch.cat(
+            [
+                self.net.describe_patches(patches[i : i + self.batch_size].to(self.device))
+                for i in range(0, len(patches), self.batch_size)
+            ]
+        )
         return replace(feats, descriptors=d.float().cpu().numpy())
 
 

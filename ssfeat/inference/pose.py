@@ -166,11 +166,19 @@ class PatchPoseEstimator(nn.Module):
         if c4_below is not None:
             model.set_c4_below(c4_below)
         scale = load_scale_model(scale_model).fused() if scale_model is not None else None
-        return cls(fuse_batchnorm(model), scale_model=scale).to(device)
+        # frozen: outputs need no autograd graph unless the patches require grad (est.requires_grad_()
+        # makes the weights trainable again)
+        return cls(fuse_batchnorm(model), scale_model=scale).to(device).requires_grad_(False)
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The floating-point type of the networks (``.half()``, ``.double()``, ``.to(dtype)`` change it);
+        inputs are cast to it, histograms and poses come out in it (float16 networks: in float32)."""
+        return next(self.model.parameters()).dtype
 
     def prepare(self, patches: torch.Tensor) -> torch.Tensor:
         """Validate ``(B, 1|3, P, P)`` float patches in ``[0, 1]`` (``P >= 1``, ``B`` may be 0) and
@@ -199,25 +207,33 @@ class PatchPoseEstimator(nn.Module):
                     f"patch values must be in [0, 1], found [{lo:g}, {hi:g}] "
                     "(divide 0..255 data by 255; undo any mean/std normalisation)"
                 )
-        x = patches.to(self.device, torch.float32)
+        # resampled in at least float32 (float16 resizing is not implemented on every device)
+        x = patches.to(self.device, torch.promote_types(self.dtype, torch.float32))
         if x.shape[1] == 3:
             x = 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
         P = self.config.patch_size
         if x.shape[-1] != P and x.shape[0] > 0:
             x = F.interpolate(x, size=(P, P), mode="bilinear", align_corners=False, antialias=x.shape[-1] > P)
-        return x
+        return x.to(self.dtype)
 
-    @torch.inference_mode()
     def _logits(self, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.prepare(patches)
+        out_dtype = torch.promote_types(x.dtype, torch.float32)  # histograms of float16 networks in float32
         if x.shape[0] == 0:
             c = self.config
-            return x.new_zeros(0, c.n_ori_bins), x.new_zeros(0, c.n_scale_bins)
+            return x.new_zeros(0, c.n_ori_bins, dtype=out_dtype), x.new_zeros(0, c.n_scale_bins, dtype=out_dtype)
         outs = [self.model(x[i : i + self.batch_size]) for i in range(0, len(x), self.batch_size)]
-        return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
+        return torch.cat([o[0] for o in outs]).to(out_dtype), torch.cat([o[1] for o in outs]).to(out_dtype)
 
     def forward(self, patches: torch.Tensor) -> PoseOutput:
-        """Poses of ``(B, 1|3, P, P)`` patches (any ``P``; resized internally)."""
+        """Poses of ``(B, 1|3, P, P)`` patches (any ``P``; resized internally).
+
+        Differentiable: gradients reach patches that require grad (and the weights, once
+        ``requires_grad_()`` is called: :meth:`from_pretrained` returns them frozen) unless the caller
+        runs it under ``torch.no_grad()`` / ``torch.inference_mode()``, as the image-level methods
+        (:meth:`estimate`, :meth:`estimate_laf`, :meth:`keypoint_poses`) and the pipelines do.
+        The orientation is the sub-bin peak of the histogram: its gradient flows through the
+        histogram values around the peak, not through the choice of peak bin."""
         d = decode_pose(*self._logits(patches), self.config, k=1)
         return PoseOutput(d["orientation"][:, 0], d["log2_scale"][:, 0], d["ori_hist"], d["scale_hist"])
 
@@ -292,7 +308,7 @@ class PatchPoseEstimator(nn.Module):
         if n == 0:
             z = torch.zeros(0, k)
             return KeypointPoses(z, z, z, z, torch.zeros(0, self.config.n_ori_bins), torch.zeros(0, c.n_rings))
-        lp = sample_logpolar(img, pts, c.grid).to(self.device)
+        lp = sample_logpolar(img, pts, c.grid).to(self.device, next(sm.parameters()).dtype)
         logits = torch.cat([sm(lp[i : i + 4 * self.batch_size]) for i in range(0, n, 4 * self.batch_size)])
         logp = logits.float()
         if sizes is not None:  # log-Gaussian prior around the given sizes, in octaves
@@ -318,6 +334,7 @@ class PatchPoseEstimator(nn.Module):
             logp.exp().cpu(),
         )
 
+    @torch.inference_mode()
     def estimate(
         self,
         image,
@@ -374,6 +391,7 @@ class PatchPoseEstimator(nn.Module):
             for k, s, a in zip(keypoints, size, ang)
         ]
 
+    @torch.inference_mode()
     def estimate_laf(
         self, image, xy: torch.Tensor | np.ndarray, sizes=None, support: float | None = None
     ) -> torch.Tensor:
@@ -398,11 +416,17 @@ def check_support(support) -> None:
 
 
 def check_device(device) -> torch.device:
-    """``device`` as a ``torch.device`` that exists on this machine (clear errors otherwise)."""
+    """``device`` as a ``torch.device`` that exists on this machine (clear errors otherwise);
+    ``"auto"``: CUDA if available, else Apple's MPS if available, else the CPU."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
-        raise ValueError(f"unknown device {device!r}, expected e.g. 'cpu', 'cuda', 'cuda:1' or 'mps'") from None
+        raise ValueError(f"unknown device {device!r}, expected e.g. 'cpu', 'cuda', 'cuda:1', 'mps' or 'auto'") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device {device!r}: CUDA is not available on this machine; use device='cpu'")

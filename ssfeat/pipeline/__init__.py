@@ -31,6 +31,7 @@ from .orienters import (
     Upright,
     pipeline_estimator,
 )
+from .rotation import RelativeRotation, RotationEstimator, estimate_relative_rotation, extract_rotated
 from .views import AffineViews
 
 __all__ = [
@@ -51,12 +52,16 @@ __all__ = [
     "Pipeline",
     "RansacHomography",
     "RatioTest",
+    "RelativeRotation",
+    "RotationEstimator",
     "SIFTDescriptor",
     "SIFTDetector",
     "Upright",
     "build_pipeline",
     "check_pipeline_name",
     "concat_features",
+    "estimate_relative_rotation",
+    "extract_rotated",
     "matching_stages",
     "pipeline_estimator",
 ]

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from ..data.images import as_image
 from ..features import Features
 from ..inference.descriptor import LearnedDescriptor, SIFTDescriptor
-from ..inference.pose import PatchPoseEstimator
+from ..inference.pose import PatchPoseEstimator, check_device
 from .detectors import KorniaHessianDetector, LearnedDetector, SIFTDetector
 from .matchers import Matches, MutualNearestNeighbor, OrientationFilter, RansacHomography, RatioTest
 from .orienters import (
@@ -20,6 +22,7 @@ from .orienters import (
     Upright,
     pipeline_estimator,
 )
+from .rotation import RelativeRotation, RotationEstimator, extract_rotated
 from .views import AffineViews
 
 
@@ -30,6 +33,15 @@ class MatchResult:
     features0: Features
     features1: Features
     matches: Matches
+    rotation: RelativeRotation | None = None  # image 1 against image 0, with rotation compensation
+
+
+# rotation compensation turns image 1 only when the estimate's confidence is at least this (chance
+# level, for unrelated images, is about 0.08; see ssfeat.pipeline.rotation)
+MIN_ROTATION_CONFIDENCE = 0.12
+# nor when the estimated turn is smaller than this (degrees): upright descriptors are trained to bear small
+# rotations (the dense descriptor up to about 25 degrees), and resampling the image would cost more than it gains
+MIN_ROTATION_DEG = 10.0
 
 
 class Pipeline:
@@ -42,7 +54,15 @@ class Pipeline:
     """
 
     def __init__(
-        self, detector, orienter=None, descriptor=None, matcher=None, filters=(), name: str = "", views=None
+        self,
+        detector,
+        orienter=None,
+        descriptor=None,
+        matcher=None,
+        filters=(),
+        name: str = "",
+        views=None,
+        rotation: RotationEstimator | None = None,
     ) -> None:
         self.detector = detector
         self.orienter = orienter or DetectorPose()
@@ -51,6 +71,7 @@ class Pipeline:
         self.filters = list(filters)
         self.name = name
         self.views = views
+        self.rotation = rotation
 
     def extract(self, image) -> Features:
         """Features of one image (path, array or tensor; any channel layout and bit depth); with
@@ -59,6 +80,17 @@ class Pipeline:
         if self.views is not None:
             return self.views(self._extract_view, img)
         return self._extract_view(img)
+
+    def extract_batch(self, images, image_batch: int = 8) -> list[Features]:
+        """Features of several images (each as for :meth:`extract`). A descriptor stage with a
+        ``describe_batch`` method (the dense learned descriptor) describes same-sized images
+        ``image_batch`` at a time in one forward pass; the other stages run per image."""
+        imgs = [as_image(im) for im in images]
+        describe_batch = getattr(self.descriptor, "describe_batch", None)
+        if self.views is not None or describe_batch is None:
+            return [self.extract(im) for im in imgs]
+        oriented = [self.orienter(im, self.detector(im)) for im in imgs]
+        return describe_batch(imgs, oriented, image_batch)
 
     def _extract_view(self, img: np.ndarray) -> Features:
         return self.descriptor(img, self.orienter(img, self.detector(img)))
@@ -69,9 +101,26 @@ class Pipeline:
             m = f(f0, f1, m)
         return m
 
+    def extract_upright(self, image, rotation: RelativeRotation) -> Features:
+        """Features of ``image`` turned upright by ``rotation`` (when its confidence is at least
+        :data:`MIN_ROTATION_CONFIDENCE` and its angle at least :data:`MIN_ROTATION_DEG`; else of the
+        image as it is), in the image's own coordinates."""
+        turn = rotation.confidence >= MIN_ROTATION_CONFIDENCE and abs(math.degrees(rotation.angle)) >= MIN_ROTATION_DEG
+        angle = rotation.angle if turn else 0.0
+        return extract_rotated(self.extract, as_image(image), angle)
+
+    def extract_pair(self, image0, image1) -> tuple[Features, Features, RelativeRotation | None]:
+        """Features of both images (image 1 compensated for its rotation when the pipeline has a
+        ``rotation`` estimator) and the estimated rotation (``None`` without one)."""
+        img0, img1 = as_image(image0), as_image(image1)
+        if self.rotation is None:
+            return self.extract(img0), self.extract(img1), None
+        r = self.rotation(img0, img1)
+        return self.extract(img0), self.extract_upright(img1, r), r
+
     def __call__(self, image0, image1) -> MatchResult:
-        f0, f1 = self.extract(image0), self.extract(image1)
-        return MatchResult(f0, f1, self.match_features(f0, f1))
+        f0, f1, r = self.extract_pair(image0, image1)
+        return MatchResult(f0, f1, self.match_features(f0, f1), r)
 
 
 # Named pipelines use SIFT keypoints (unless "detector" says otherwise), the SIFT descriptor on the
@@ -98,13 +147,15 @@ PIPELINES: dict[str, dict] = {
     "hndesc_patch": {"orienter": "sift", "descriptor": "hndesc_patch"},  # SIFT-oriented patches
     "ssfeat_hndesc_patch": {"orienter": "ssfeat", "descriptor": "hndesc_patch"},  # ssfeat-oriented patches
     "rekd_hndesc": {"detector": "learned", "orienter": "sift", "descriptor": "hndesc"},
+    # rotation compensation: image 1 turned upright relative to image 0 before the upright dense descriptor
+    "hndesc_rc": {"orienter": "sift", "descriptor": "hndesc", "compensate_rotation": True},
     # affine view synthesis (ASIFT-style, 16 views, 4x the keypoint budget over all views)
     "asift": {"orienter": "sift", "views": True},  # SIFT keypoints and orientation in every view
     "ssfeat_asift": {"orienter": "ssfeat", "views": True},  # same keypoints, ssfeat orientation
 }
 
 
-def _orienter(name: str, estimator: PatchPoseEstimator | None):
+def _orienter(name: str, estimator: PatchPoseEstimator | None, device):
     if name == "sift":
         return DetectorPose()
     if name == "upright":
@@ -112,8 +163,8 @@ def _orienter(name: str, estimator: PatchPoseEstimator | None):
     if name == "kornia":
         return KorniaOrienter()
     if name == "rekd":
-        return LearnedDetectorOrienter()
-    est = estimator or pipeline_estimator()
+        return LearnedDetectorOrienter(device=device)
+    est = estimator or pipeline_estimator(device=device)
     if name == "ssfeat":
         return PatchPoseOrienter(est)
     if name == "ssfeat_multi":
@@ -125,11 +176,11 @@ def _orienter(name: str, estimator: PatchPoseEstimator | None):
     raise ValueError(f"unknown orienter {name!r}")
 
 
-def _descriptor(name: str, weights: str, sift_first_octave: int):
+def _descriptor(name: str, weights: str, sift_first_octave: int, device):
     if name in ("sift", "rootsift"):
         return SIFTDescriptor(root=name == "rootsift", first_octave=sift_first_octave)
     if name in ("hndesc", "hndesc_patch"):
-        return LearnedDescriptor(weights, mode="patch" if name == "hndesc_patch" else "dense")
+        return LearnedDescriptor(weights, mode="patch" if name == "hndesc_patch" else "dense", device=device)
     raise ValueError(f"unknown descriptor {name!r}")
 
 
@@ -162,6 +213,8 @@ def build_pipeline(
     ransac: bool = False,
     descriptor_weights: str = "descriptor",
     sift_first_octave: int = 0,
+    compensate_rotation: bool | None = None,
+    device: str | torch.device = "cpu",
 ) -> Pipeline:
     """A named pipeline (see :data:`PIPELINES`; a trailing ``*`` adds :class:`OrientationFilter`).
 
@@ -174,25 +227,46 @@ def build_pipeline(
             name, ``.safetensors`` file or descriptor run folder.
         sift_first_octave: ``first_octave`` of the SIFT descriptor (see :class:`SIFTDescriptor`;
             ``-1``: OpenCV's own descriptors, slower).
+        compensate_rotation: estimate the rotation of image 1 against image 0 and extract image 1
+            turned upright (see :class:`Pipeline`); ``None``: as the named pipeline says (on for
+            ``*_rc`` pipelines).
+        device: torch device of the networks (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``, or
+            ``"auto"``: CUDA, else MPS, else CPU); a given ``estimator`` is used where it is.
+            OpenCV's SIFT and kornia's Hessian detector and dominant-gradient orienter run on the CPU.
     """
+    device = check_device(device)
     conf = PIPELINES[check_pipeline_name(name)]
+    if compensate_rotation is None:
+        compensate_rotation = conf.get("compensate_rotation", False)
     matcher, filters = matching_stages(name, ransac)
     det = conf.get("detector", "sift")
     if det == "learned":
-        detector = LearnedDetector(max_keypoints)
+        detector = LearnedDetector(max_keypoints, device=device)
     elif det == "kornia":
         detector = KorniaHessianDetector(max_keypoints)
     else:
         detector = SIFTDetector(max_keypoints)
+    if compensate_rotation and estimator is None:
+        estimator = pipeline_estimator(device=device)
     return Pipeline(
         detector,
-        _orienter(conf["orienter"], estimator),
-        _descriptor(conf.get("descriptor", "sift"), descriptor_weights, sift_first_octave),
+        _orienter(conf["orienter"], estimator, device),
+        _descriptor(conf.get("descriptor", "sift"), descriptor_weights, sift_first_octave, device),
         matcher,
         filters,
         name=name,
         views=AffineViews(max_keypoints=4 * max_keypoints) if conf.get("views") else None,
+        rotation=RotationEstimator(max_keypoints, estimator) if compensate_rotation else None,
     )
 
 
-__all__ = ["MatchResult", "PIPELINES", "Pipeline", "build_pipeline", "check_pipeline_name", "matching_stages"]
+__all__ = [
+    "MIN_ROTATION_CONFIDENCE",
+    "MIN_ROTATION_DEG",
+    "MatchResult",
+    "PIPELINES",
+    "Pipeline",
+    "build_pipeline",
+    "check_pipeline_name",
+    "matching_stages",
+]

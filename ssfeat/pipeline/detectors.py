@@ -32,11 +32,14 @@ class LearnedDetector:
     """ssfeat's equivariant keypoint detector (:class:`ssfeat.inference.detector.KeypointDetector`): keypoints
     with the network's own orientation and the pyramid level's size."""
 
-    def __init__(self, max_keypoints: int = 1000, weights: str = "detector", detector=None) -> None:
+    def __init__(
+        self, max_keypoints: int = 1000, weights: str = "detector", detector=None, device: str | torch.device = "cpu"
+    ) -> None:
         if max_keypoints < 1:
             raise ValueError(f"max_keypoints must be >= 1, got {max_keypoints}")
         self.max_keypoints = max_keypoints
-        self.detector = detector or KeypointDetector.from_pretrained(weights, DetectConfig(max_keypoints=max_keypoints))
+        cfg = DetectConfig(max_keypoints=max_keypoints)
+        self.detector = detector or KeypointDetector.from_pretrained(weights, cfg, device=device)
         self.detector.config.max_keypoints = max_keypoints
 
     def __call__(self, image: np.ndarray) -> Features:

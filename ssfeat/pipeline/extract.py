@@ -77,6 +77,7 @@ class ExtractConfig:
     part_size: int = 64  # images per part file
     sift_first_octave: int = 0  # SIFT descriptor pyramid (ssfeat.pipeline.SIFTDescriptor; -1: OpenCV's own)
     format: str = "ssfeat"  # layout of the image groups: "ssfeat" (lossless, ssfeat's units) or "hloc"
+    device: str = "cpu"  # torch device of the networks ("auto": CUDA, else MPS, else CPU); not a stored setting
 
     def __post_init__(self) -> None:
         check_pipeline_name(self.pipeline)  # before any output folder is made
@@ -255,7 +256,9 @@ class _Extractor:
 
     def __init__(self, cfg: ExtractConfig) -> None:
         self.cfg = cfg
-        self.pipe = build_pipeline(cfg.pipeline, cfg.max_keypoints, sift_first_octave=cfg.sift_first_octave)
+        self.pipe = build_pipeline(
+            cfg.pipeline, cfg.max_keypoints, sift_first_octave=cfg.sift_first_octave, device=cfg.device
+        )
 
     def __call__(self, path: Path):
         """``(features, (H, W), resize)`` or the reason (a string) why ``path`` is skipped."""

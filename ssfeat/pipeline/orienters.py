@@ -20,11 +20,11 @@ from ..patches import sample_patches
 PIPELINE_MODEL = "patchpose_tiny"
 
 
-def pipeline_estimator(weights: str | Path | None = None) -> PatchPoseEstimator:
+def pipeline_estimator(weights: str | Path | None = None, device: str | torch.device = "cpu") -> PatchPoseEstimator:
     """The estimator of the ssfeat orienters: ``weights`` (bundled name, file or run; default
     :data:`PIPELINE_MODEL`) in a single pass, whatever rotation averaging the weights store (pass
-    your own :class:`PatchPoseEstimator` to a pipeline for C4)."""
-    return PatchPoseEstimator.from_pretrained(weights or PIPELINE_MODEL, c4=False)
+    your own :class:`PatchPoseEstimator` to a pipeline for C4), on ``device``."""
+    return PatchPoseEstimator.from_pretrained(weights or PIPELINE_MODEL, device=device, c4=False)
 
 
 class DetectorPose:
@@ -45,8 +45,8 @@ class LearnedDetectorOrienter:
     """Orientation from the equivariant detector's dense histogram map at any keypoints (read at
     the pyramid level matching each feature's size); scale unchanged."""
 
-    def __init__(self, weights: str = "detector", detector=None) -> None:
-        self.detector = detector or KeypointDetector.from_pretrained(weights)
+    def __init__(self, weights: str = "detector", detector=None, device: str | torch.device = "cpu") -> None:
+        self.detector = detector or KeypointDetector.from_pretrained(weights, device=device)
 
     def __call__(self, image: np.ndarray, feats: Features) -> Features:
         if len(feats) == 0:
@@ -131,6 +131,7 @@ class PatchPoseOrienter:
         A = (self.support_factor * feats.scales / P)[:, None, None] * np.eye(2)
         return sample_patches(image, feats.keypoints, A, P)[:, None]
 
+    @torch.inference_mode()
     def __call__(self, image: np.ndarray, feats: Features) -> Features:
         if len(feats) == 0:
             return feats
