@@ -42,8 +42,9 @@ def test_bad_device_is_a_usage_error(cmd, capsys, tmp_path):
 
 
 # every command that runs a network, with its required arguments (the figure commands above)
+TASKS = ("pose", "scalepose", "detector", "descriptor", "warp")
 NETWORK_COMMANDS = [
-    *(["train", task, "--images", "x", "--out", "r"] for task in ("pose", "scalepose", "detector", "descriptor", "warp")),
+    *(["train", task, "--images", "x", "--out", "r"] for task in TASKS),
     ["demo"],
     ["export", "run", "--out", "w.safetensors"],
     ["extract", "--images", "x", "--out", "f.h5"],
