@@ -24,17 +24,19 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def init_from_env() -> torch.device:
-    """Initialise the process group if ``torchrun`` set ``WORLD_SIZE > 1`` (NCCL with CUDA, gloo
-    otherwise) and return this process's device."""
+def init_from_env(device: torch.device | str | None = None) -> torch.device:
+    """Initialise the process group if ``torchrun`` set ``WORLD_SIZE > 1`` (NCCL on CUDA, gloo
+    otherwise) and return this process's device: ``device`` (a CUDA device without an index: the
+    local rank's GPU) or, when ``None``, the local rank's GPU if CUDA is available, else the CPU."""
+    dev = None if device is None else torch.device(device)
+    cuda = torch.cuda.is_available() if dev is None else dev.type == "cuda"
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not is_dist():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
-    if torch.cuda.is_available():
-        local = int(os.environ.get("LOCAL_RANK", "0"))
+        dist.init_process_group("nccl" if cuda else "gloo")
+    if cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0")) if dev is None or dev.index is None else dev.index
         torch.cuda.set_device(local)
         return torch.device("cuda", local)
-    return torch.device("cpu")
+    return dev if dev is not None else torch.device("cpu")
 
 
 def cleanup() -> None:

@@ -10,9 +10,11 @@ import pytest
 import torch
 
 from ssfeat import PatchPoseEstimator, build_pipeline, sample_images
-from ssfeat.cli import main
+from ssfeat.cli import build_parser, main
 from ssfeat.cli.args import device_name
+from ssfeat.cli.benchmark import BENCHMARKS
 from ssfeat.data.images import read_image
+from ssfeat.distributed import init_from_env
 from ssfeat.inference.pose import check_device
 
 from .conftest import usage_error
@@ -39,18 +41,39 @@ def test_bad_device_is_a_usage_error(cmd, capsys, tmp_path):
         assert "CUDA is not available" in err
 
 
-@pytest.mark.parametrize(
-    "cmd",
-    [
-        ["extract", "--images", "x", "--out", "f.h5"],
-        ["benchmark", "matching", "--root", "x", "--json", "r.json"],
-        ["benchmark", "keypoints", "--root", "x", "--json", "r.json"],
-        ["benchmark", "sequences", "--root", "x", "--json", "r.json"],
-    ],
-)
+# every command that runs a network, with its required arguments (the figure commands above)
+TASKS = ("pose", "scalepose", "detector", "descriptor", "warp")
+NETWORK_COMMANDS = [
+    *(["train", task, "--images", "x", "--out", "r"] for task in TASKS),
+    ["demo"],
+    ["export", "run", "--out", "w.safetensors"],
+    ["extract", "--images", "x", "--out", "f.h5"],
+    ["pairs", "--features", "f.h5", "--out", "p.txt"],
+    ["data", "warp-pair", "a.png", "--out", "f.png"],
+    *(["benchmark", b, "--root", "x", "--json", "r.json"] for b in ("matching", "keypoints", "sequences")),
+    *(["benchmark", b, "--root", "x", "--json", "r.json"] for b in ("detector", "descriptor", "geoloc")),
+    *(["benchmark", b, "--images", "x", "--json", "r.json"] for b in ("patchpose", "warp")),
+]
+
+
+@pytest.mark.parametrize("cmd", NETWORK_COMMANDS, ids=lambda c: " ".join(c[:2]))
 def test_network_commands_take_a_device(cmd, capsys):
+    assert build_parser().parse_args([*cmd, "--device", "cpu"]).device == "cpu"
     err = usage_error(main, [*cmd, "--device", "nonsense"], capsys)
-    assert "--device" in err and "unknown device" in err
+    assert "--device" in err and "unknown device 'nonsense'" in err
+    assert len(err.strip().splitlines()[-1]) > 0 and "Traceback" not in err
+
+
+def test_every_benchmark_takes_a_device():
+    """A new benchmark gets ``--device`` (and a row in the list above) or is no network's."""
+    listed = {c[1] for c in NETWORK_COMMANDS if c[0] == "benchmark"}
+    assert listed == {b.name for b in BENCHMARKS}
+
+
+def test_init_from_env_takes_an_explicit_device():
+    assert init_from_env("cpu") == torch.device("cpu")
+    want = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    assert init_from_env() == want  # the default: the local GPU, else the CPU
 
 
 def test_build_pipeline_device_and_match_with_auto(tmp_path):

@@ -104,10 +104,10 @@ def test_a_folder_named_skipped_and_other_spellings_of_the_folder(tmp_path, monk
     assert st["n_new"] == 0 and st["n_skipped"] == 1 and st["n_done"] == 2
 
 
-@pytest.mark.parametrize("fmt", ["ssfeat", "hloc"])
-def test_extract_resumes_after_a_kill_without_loss_or_duplicates(folder, tmp_path, monkeypatch, fmt):
+@pytest.mark.parametrize("fmt, batch_size", [("ssfeat", 1), ("hloc", 1), ("ssfeat", 3)])
+def test_extract_resumes_after_a_kill_without_loss_or_duplicates(folder, tmp_path, monkeypatch, fmt, batch_size):
     out = tmp_path / "f.h5"
-    cfg = dataclasses.replace(CFG, format=fmt)
+    cfg = dataclasses.replace(CFG, format=fmt, batch_size=batch_size)
     real = ex.write_h5_atomic
     calls = {"n": 0}
 
@@ -139,6 +139,28 @@ def test_extract_resumes_after_a_kill_without_loss_or_duplicates(folder, tmp_pat
         holders = set()
         f.visititems(lambda _, o: holders.add(o.parent.name.strip("/")) if isinstance(o, h5py.Dataset) else None)
         assert (holders == _keys(ref)) == (fmt == "hloc")
+
+
+@pytest.mark.parametrize("pipeline", ["hndesc", "sift"])
+def test_batches_give_the_file_of_one_image_at_a_time(folder, tmp_path, pipeline):
+    """The dense descriptor describes the five 120x160 images of a batch in one forward pass; the
+    skipped files are found as one at a time, and the batch size is no stored setting."""
+    one, four = tmp_path / "one.h5", tmp_path / "four.h5"
+    cfg = ExtractConfig(pipeline=pipeline, max_keypoints=60, part_size=3)
+    extract_folder(folder, one, cfg, progress=False)
+    extract_folder(folder, four, dataclasses.replace(cfg, batch_size=4), progress=False)
+    assert _keys(one) == _keys(four) and len(_keys(one)) == 6
+    assert done_images(one)[1] == done_images(four)[1]
+    for k in _keys(one):
+        a, b = read_features(one, k), read_features(four, k)
+        assert a.image_size == b.image_size and np.array_equal(a.keypoints, b.keypoints), k
+        assert np.array_equal(a.orientations, b.orientations) and np.array_equal(a.scales, b.scales), k
+        np.testing.assert_allclose(a.descriptors, b.descriptors, atol=1e-5, err_msg=k)
+    cv2.imwrite(str(folder / "new.png"), textured_image(120, 160, seed=42))
+    st = extract_folder(folder, one, dataclasses.replace(cfg, batch_size=2), progress=False)
+    assert st["n_new"] == 1 and len(_keys(one)) == 7
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        ExtractConfig(batch_size=0)
 
 
 def test_readers_keep_a_consistent_view_while_new_images_are_added(folder, tmp_path):

@@ -399,3 +399,13 @@ def test_progress_bar_shows_no_nan_before_the_first_validation(image_dir, tmp_pa
     fit(tiny_cfg(image_dir, steps=3, val_every=100), tmp_path / "run", progress=True)
     err = capsys.readouterr().err
     assert "nan" not in err and "ori10=-" in err
+
+
+def test_the_device_is_no_stored_setting(image_dir, tmp_path):
+    """``fit(device=...)`` picks where to train; a run resumes on another device."""
+    with pytest.raises(ValueError, match="unknown device 'gpu0'"):
+        fit(tiny_cfg(image_dir, steps=1), tmp_path / "bad", progress=False, device="gpu0")
+    last = fit(tiny_cfg(image_dir, steps=1, val_every=1), tmp_path / "run", progress=False, device="cpu")
+    assert "device" not in json.dumps(load_checkpoint(last)["config"])
+    fit(tiny_cfg(image_dir), tmp_path / "run", resume=True, progress=False, total_steps=2, device="auto")
+    assert load_checkpoint(last)["step"] == 2

@@ -125,9 +125,9 @@ def device_name(text: str) -> str:
     return text
 
 
-def device(p) -> None:
+def device(p, default: str | None = "cpu", help: str = DEVICE_HELP) -> None:
     """``--device``, on every command that runs a network."""
-    p.add_argument("--device", type=device_name, default="cpu", help=DEVICE_HELP)
+    p.add_argument("--device", type=device_name, default=default, help=help)
 
 
 def threads(p, help: str | None = "torch CPU threads (0: torch default)") -> None:

@@ -280,12 +280,20 @@ def _geoloc_args(p) -> None:
     p.add_argument("--rerank-n", type=positive, default=5, help="candidates re-ranked per query")
     p.add_argument("--no-rerank", action="store_true", help="plain retrieval only")
     p.add_argument("--flips", action="store_true", help="average the regressor over flipped inputs (4x cost)")
+    device(p)
 
 
 def cmd_geoloc(args) -> int:
     warp = None if args.no_rerank else args.warp_weights
     r = run_geoloc(
-        args.root, args.split, args.weights, warp, args.rerank_n, progress=not args.no_progress, flips=args.flips
+        args.root,
+        args.split,
+        args.weights,
+        warp,
+        args.rerank_n,
+        progress=not args.no_progress,
+        flips=args.flips,
+        device=args.device,
     )
     print(f"geolocalization ({args.split}): {r['n_queries']} queries, {r['n_gallery']} gallery images, 25 m")
     print(format_geoloc_table(r))
@@ -300,10 +308,11 @@ def _warp_args(p) -> None:
     p.add_argument(
         "--k", type=fraction, default=None, help="trapezoid distortion in [0, 1] (default: the model's training k)"
     )
+    device(p)
 
 
 def cmd_warp(args) -> int:
-    r = run_warp_pairs(args.images, args.warp_weights, args.pairs, args.k)
+    r = run_warp_pairs(args.images, args.warp_weights, args.pairs, args.k, device=args.device)
     print(f"warping regressor on {r['n_pairs']} synthetic pairs from {r['n_images']} images (k={r['pairs']['k']:g})")
     print(format_warp_table(r))
     print(f"results: {write_json(r, args.json)}")

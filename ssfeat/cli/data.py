@@ -6,7 +6,7 @@ from ..data.geoloc import GeolocMakeConfig, make_geoloc_dataset
 from ..data.images import read_usable
 from ..data.synthetic_sequences import SyntheticSequenceConfig, make_synthetic_sequences
 from ..data.warp_pairs import WarpPairConfig, WarpPairSynthesizer, draw_pair
-from .args import add_field, config_from_args, fraction, non_negative, positive
+from .args import add_field, config_from_args, device, fraction, non_negative, positive
 from .demo import warp_demo
 
 
@@ -39,7 +39,7 @@ def run_make_sequences(args) -> int:
 def run_warp_pair(args) -> int:
     img = read_usable(args.image)
     if args.weights:
-        print(f"figure: {warp_demo(img, args.out, args.weights, args.k, args.seed, args.size)}")
+        print(f"figure: {warp_demo(img, args.out, args.weights, args.k, args.seed, args.size, args.device)}")
         return 0
     synth = WarpPairSynthesizer([img], WarpPairConfig(size=args.size or 128, k=args.k, seed=args.seed))
     print(f"figure: {draw_pair(img, synth.sample(0), args.out)}")
@@ -93,6 +93,7 @@ def _add_warp_pair(data) -> None:
     )
     p.add_argument("--seed", type=non_negative, default=0)
     p.add_argument("--weights", default=None, help="also draw this warping regressor's prediction ('warp': bundled)")
+    device(p)
 
 
 def add_parser(sub) -> None:

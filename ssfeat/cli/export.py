@@ -14,11 +14,12 @@ from ..data.synthesis import PairSynthesizer
 from ..evaluation.keypoints import calibrate_size_range
 from ..evaluation.patchpose import calibrate_c4_below, paper_protocol
 from ..evaluation.report import render_rows
+from ..inference.pose import check_device
 from ..models.patch_pose import PatchPoseNet
 from ..models.scale_pose import LogPolarScaleNet
 from ..models.weights import checkpoint_file, model_from_checkpoint, save_weights, weights_target
 from ..training import config_from_checkpoint, load_checkpoint, split_images
-from .args import positive_float
+from .args import DEVICE_HELP, device, positive_float
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +106,8 @@ def run(args) -> int:
         print(f"weights: {export_scale_model(args.run, args.out, args.ori_window, args.half)}")
         return 0
     if c4_below == "auto":
-        c4_below, rows = calibrate_run_c4_below(args.run, model_from_checkpoint(args.run, args.average))
+        model = model_from_checkpoint(args.run, args.average).to(check_device(args.device))
+        c4_below, rows = calibrate_run_c4_below(args.run, model)
         print("adaptive C4 on the run's validation photos (orientation pairs, +-10 degrees):")
         table = [["c4_below", "ori ±10°", "% averaged"]]
         table += [[f"{r['c4_below']:g}", f"{r['ori_acc@10deg']:.2f}", f"{r['share_averaged']:.1f}"] for r in rows]
@@ -147,6 +149,7 @@ def add_parser(sub) -> None:
         default=None,
         help="scale-pose runs: orientation window side as a multiple of the size (default: as stored)",
     )
+    device(p, help=DEVICE_HELP.replace("of the networks", "of the --c4-below auto calibration"))
 
 
 __all__ = ["add_parser", "calibrate_run_c4_below", "export", "export_scale_model"]

@@ -4,6 +4,7 @@ over the processes under ``torchrun``)."""
 from __future__ import annotations
 
 from .. import distributed as du
+from ..inference.pose import check_device
 from ..pipeline.extract import FORMATS, ExtractConfig, extract_folder
 from .args import add_field, device, non_negative, positive, sift_first_octave, threads
 
@@ -17,8 +18,9 @@ def run(args) -> int:
         args.sift_first_octave,
         args.format,
         device=args.device,
+        batch_size=args.batch_size,
     )
-    du.init_from_env()  # under torchrun: shard the images over the processes
+    du.init_from_env(check_device(args.device))  # under torchrun: shard the images over the processes
     rank = du.rank()
     try:
         st = extract_folder(args.images, args.out, cfg, workers=args.workers, progress=not args.no_progress)
@@ -51,6 +53,13 @@ def add_parser(sub) -> None:
         choices=FORMATS,
     )
     device(p)
+    add_field(
+        p,
+        ExtractConfig,
+        "batch_size",
+        "images read and described together (the dense descriptor runs same-sized ones in one forward pass)",
+        type=positive,
+    )
     p.add_argument("--workers", type=non_negative, default=0, help="extraction processes (0/1: this process)")
     threads(p)
     p.add_argument("--no-progress", action="store_true")

@@ -6,13 +6,14 @@ from __future__ import annotations
 from ..pipeline.colmap import ColmapConfig, import_colmap
 from ..pipeline.match_pairs import MatchPairsConfig, match_pairs
 from ..pipeline.pairs import PairsConfig, make_pairs
-from .args import add_field, check_writable, non_negative, positive, positive_float, threads
+from .args import add_field, check_writable, device, non_negative, positive, positive_float, threads
 
 
 def run_pairs(args) -> int:
     cfg = PairsConfig(args.retrieval, args.rerank)
     check_writable(args.out)
-    pairs = make_pairs(args.features, args.out, cfg, images=args.images, progress=not args.no_progress)
+    progress = not args.no_progress
+    pairs = make_pairs(args.features, args.out, cfg, images=args.images, progress=progress, device=args.device)
     kind = f"top-{cfg.retrieval} retrieval" + (f", first {cfg.rerank} re-ranked" if cfg.rerank else "")
     print(f"{len(pairs)} pairs ({kind if cfg.retrieval else 'exhaustive'}) in {args.out}")
     return 0
@@ -55,6 +56,7 @@ def add_parser(sub) -> None:
     add_field(
         p, PairsConfig, "rerank", "re-order the first N retrieved with the homography regressor", type=non_negative
     )
+    device(p)
     threads(p)
     p.add_argument("--no-progress", action="store_true")
 

@@ -16,7 +16,12 @@ from ..training import (
     WarpTrainConfig,
     fit,
 )
-from .args import add_field, config_from_args, fraction, non_negative, positive, positive_float, threads
+from .args import add_field, config_from_args, device, fraction, non_negative, positive, positive_float, threads
+
+TRAIN_DEVICE_HELP = (
+    "torch device to train on: cpu, cuda (under torchrun: each process's local GPU), cuda:N, mps or auto "
+    "(default: the local GPU if CUDA is available, else the CPU); not stored in the run, --resume may change it"
+)
 
 # training-loop fields every task shares (LoopConfig); --steps and --time-budget-min are added
 # apart (one excludes the other), --batch-size with the task's own help
@@ -140,6 +145,7 @@ def _add_task(tr, name: str, help: str, cls: type, fields: dict, command, batch_
     )
     add_field(p, cls, "batch_size", batch_help, type=positive)
     _add_options(p, cls, LOOP_FIELDS)
+    device(p, default=None, help=TRAIN_DEVICE_HELP)
     threads(p)
     p.add_argument("--no-progress", action="store_true")
     _add_options(p, cls, fields)
@@ -152,7 +158,8 @@ def _train(args, cls: type, fields, **values) -> int:
     loop = {"images": args.images, "steps": args.steps or cls.steps, "time_budget_min": args.time_budget_min}
     paths = [*LOOP_FIELDS, "batch_size", *fields]
     cfg = config_from_args(cls, args, paths, **loop, pairs__seed=args.seed, **values)
-    last = fit(cfg, args.out, resume=args.resume, progress=not args.no_progress, total_steps=args.steps)
+    progress = not args.no_progress
+    last = fit(cfg, args.out, resume=args.resume, progress=progress, total_steps=args.steps, device=args.device)
     print(f"checkpoint: {last}")
     return 0
 

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from ..data.geoloc import load_geoloc_split
+from ..inference.pose import check_device
 from ..inference.retrieval import GlobalDescriptor, WarpReranker, recall_at, retrieve
 from ..models.weights import load_descriptor_model, load_warp_model
 from .patchpose import PoseBenchmarkConfig
@@ -32,6 +33,7 @@ def run_geoloc(
     radius: float = 25.0,
     progress: bool = True,
     flips: bool = False,
+    device: str = "cpu",
 ) -> dict:
     """Recall@1/5/10/20 on ``root``'s ``split`` of GeM retrieval (frozen ssfeat descriptor network
     ``weights``) and, unless ``warp_weights`` is ``None``, of the same list re-ranked (top
@@ -40,8 +42,9 @@ def run_geoloc(
     if rerank_n < 1:
         raise ValueError(f"rerank_n must be >= 1, got {rerank_n}")
     data = load_geoloc_split(root, split)
-    net = load_warp_model(warp_weights) if warp_weights is not None else None
-    desc = GlobalDescriptor(load_descriptor_model(weights))
+    dev = check_device(device)
+    net = load_warp_model(warp_weights).to(dev) if warp_weights is not None else None
+    desc = GlobalDescriptor(load_descriptor_model(weights).to(dev))
     t0 = time.perf_counter()
     db = desc.describe_paths(data.gallery, progress)
     q = desc.describe_paths(data.queries, progress)

@@ -254,7 +254,7 @@ def calibrate_c4_below(
     The threshold is the smallest of ``grid`` whose orientation accuracy at +-10 degrees on
     ``n_pairs`` pairs of ``synth`` (held-out photos, paper protocol) recovers at least ``recover``
     of the gain of full C4 averaging over a single pass: the knee of the accuracy/cost curve. The
-    model is left unchanged.
+    model is left unchanged; the patches run on its device.
 
     Returns:
         ``(threshold, rows)``; each row has ``c4_below``, ``ori_acc@10deg`` and ``share_averaged``
@@ -269,7 +269,8 @@ def calibrate_c4_below(
         model.set_c4(c4)
         model.set_c4_below(0.0)
         with torch.inference_mode():
-            return torch.cat([model(x[i : i + 1024])[0] for i in range(0, len(x), 1024)])
+            dev = next(model.parameters()).device
+            return torch.cat([model(x[i : i + 1024].to(dev))[0].cpu() for i in range(0, len(x), 1024)])
 
     def acc(logits: torch.Tensor) -> float:
         o = decode_pose(logits, logits.new_zeros(len(logits), model.config.n_scale_bins), model.config)

@@ -40,7 +40,9 @@ and readers that opened it keep a consistent view while a new version is written
 
 Sharding: ``workers=N`` runs the pipeline in ``N`` processes (one torch thread each, images handed
 out in order); under ``torchrun`` every process takes every ``W``-th remaining image and writes its
-own parts, and rank 0 merges after a barrier.
+own parts, and rank 0 merges after a barrier. ``batch_size=B`` reads ``B`` images at a time and
+describes them together (:meth:`~ssfeat.pipeline.Pipeline.extract_batch`: the dense learned
+descriptor runs same-sized images in one forward pass); the features are the same as one at a time.
 """
 
 from __future__ import annotations
@@ -78,11 +80,14 @@ class ExtractConfig:
     sift_first_octave: int = 0  # SIFT descriptor pyramid (ssfeat.pipeline.SIFTDescriptor; -1: OpenCV's own)
     format: str = "ssfeat"  # layout of the image groups: "ssfeat" (lossless, ssfeat's units) or "hloc"
     device: str = "cpu"  # torch device of the networks ("auto": CUDA, else MPS, else CPU); not a stored setting
+    # images read and described together (the dense descriptor: same-sized ones in one forward pass);
+    # not a stored setting: the features do not depend on it
+    batch_size: int = 1
 
     def __post_init__(self) -> None:
         check_pipeline_name(self.pipeline)  # before any output folder is made
-        if self.max_keypoints < 1 or self.part_size < 1:
-            raise ValueError("max_keypoints and part_size must be >= 1")
+        if self.max_keypoints < 1 or self.part_size < 1 or self.batch_size < 1:
+            raise ValueError("max_keypoints, part_size and batch_size must be >= 1")
         check_first_octave(self.sift_first_octave, "sift_first_octave")
         if self.format not in FORMATS:
             raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {self.format!r}")
@@ -262,6 +267,10 @@ class _Extractor:
 
     def __call__(self, path: Path):
         """``(features, (H, W), resize)`` or the reason (a string) why ``path`` is skipped."""
+        return self.batch([path])[0]
+
+    def _read(self, path: Path):
+        """``(image, (H, W), resize)``, the image shrunk to ``max_side``, or the reason it is skipped."""
         import cv2
 
         try:  # unreadable (ImageReadError is a ValueError), under 16 px a side, or blank: skipped with the reason
@@ -273,13 +282,33 @@ class _Extractor:
         if self.cfg.max_side and max(H, W) > self.cfg.max_side:
             resize = self.cfg.max_side / max(H, W)
             img = cv2.resize(img, (max(1, round(W * resize)), max(1, round(H * resize))), interpolation=cv2.INTER_AREA)
+        return img, (H, W), resize
+
+    def _describe(self, imgs: list) -> list:
+        """Features of the images ``(H, W)`` or, per image, the reason it cannot be described."""
         try:
-            feats = self.pipe.extract(img)
-        except ValueError as e:  # e.g. an image smaller than the pipeline's patches
-            return str(e)
-        if resize != 1.0:  # back to original pixels (pixel centres at integers)
-            feats = replace(feats, keypoints=(feats.keypoints + 0.5) / resize - 0.5, scales=feats.scales / resize)
-        return feats, (H, W), resize
+            return list(self.pipe.extract_batch(imgs, image_batch=len(imgs)))
+        except ValueError as e:  # e.g. an image smaller than the pipeline's patches: find which, one at a time
+            if len(imgs) == 1:
+                return [str(e)]
+        return [self._describe([im])[0] for im in imgs]
+
+    def batch(self, paths: list[Path]) -> list:
+        """The result of each of ``paths`` (as for ``__call__``), the readable images described
+        together (:meth:`~ssfeat.pipeline.Pipeline.extract_batch`)."""
+        read = [self._read(p) for p in paths]
+        ok = [r for r in read if not isinstance(r, str)]
+        feats = iter(self._describe([r[0] for r in ok]) if ok else [])
+        out = []
+        for r in read:
+            if isinstance(r, str):
+                out.append(r)
+                continue
+            f, size, resize = next(feats), r[1], r[2]
+            if not isinstance(f, str) and resize != 1.0:  # back to original pixels (pixel centres at integers)
+                f = replace(f, keypoints=(f.keypoints + 0.5) / resize - 0.5, scales=f.scales / resize)
+            out.append(f if isinstance(f, str) else (f, size, resize))
+        return out
 
 
 _WORKER: _Extractor | None = None
@@ -294,8 +323,8 @@ def _worker_init(cfg: ExtractConfig) -> None:
     _WORKER = _Extractor(cfg)
 
 
-def _worker_run(path: Path):
-    return _WORKER(path)
+def _worker_run(paths: list[Path]) -> list:
+    return _WORKER.batch(paths)
 
 
 class _PartWriter:
@@ -386,14 +415,17 @@ def extract_folder(
         if key != _relative(p, images):  # image_key escaped bytes that are not UTF-8
             writer.add(key, NOT_UTF8)
     mine = [(k, p) for k, p in mine if k == _relative(p, images)]
+    chunks = [mine[i : i + cfg.batch_size] for i in range(0, len(mine), cfg.batch_size)]
     if workers > 1 and world == 1:
         with mp.get_context("spawn").Pool(workers, _worker_init, (cfg,)) as pool:
-            for (key, _), res in zip(mine, pool.imap(_worker_run, [p for _, p in mine], chunksize=1)):
-                writer.add(key, res)
+            for chunk, res in zip(chunks, pool.imap(_worker_run, [[p for _, p in c] for c in chunks], chunksize=1)):
+                for (key, _), r in zip(chunk, res):
+                    writer.add(key, r)
     else:
         run = _Extractor(cfg)
-        for key, p in mine:
-            writer.add(key, run(p))
+        for chunk in chunks:
+            for (key, _), r in zip(chunk, run.batch([p for _, p in chunk])):
+                writer.add(key, r)
     writer.flush()
     if bar is not None:
         bar.close()

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..inference.pose import check_device
 from ..inference.retrieval import GlobalDescriptor, WarpReranker, retrieve
+from ..models.weights import load_descriptor_model, load_warp_model
 from .extract import done_images
 from .h5io import write_pairs
 
@@ -58,22 +60,24 @@ def unique_pairs(pairs) -> list[tuple[str, str]]:
 
 
 def retrieval_pairs(
-    images: str | Path, names: list[str], k: int, rerank: int = 0, progress: bool = False
+    images: str | Path, names: list[str], k: int, rerank: int = 0, progress: bool = False, device: str = "cpu"
 ) -> list[tuple[str, str]]:
     """Pairs of every image with its ``k`` nearest others by the GeM global descriptor
     (:class:`~ssfeat.inference.GlobalDescriptor`), the first ``rerank`` of each list re-ordered by
-    :class:`~ssfeat.inference.WarpReranker`; unique in either order."""
+    :class:`~ssfeat.inference.WarpReranker` (both networks on ``device``); unique in either order."""
     paths = [Path(images) / n for n in names]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise ValueError(f"{missing[0]} (an image of the feature file) is missing under {images}")
-    desc = GlobalDescriptor().describe_paths(paths, progress=progress)
+    dev = check_device(device)
+    desc = GlobalDescriptor(load_descriptor_model().to(dev)).describe_paths(paths, progress=progress)
     idx, _ = retrieve(desc, desc, k + 1)
     rows = [[j for j in row if j != i][:k] for i, row in enumerate(idx)]  # drop the image itself
     width = max((len(r) for r in rows), default=0)
     pred = np.array([r + [r[-1]] * (width - len(r)) for r in rows], np.int64) if width else np.zeros((len(rows), 0))
     if rerank and width:
-        pred = WarpReranker().rerank(paths, paths, pred, n=min(rerank, width), progress=progress)
+        rr = WarpReranker(load_warp_model().to(dev))
+        pred = rr.rerank(paths, paths, pred, n=min(rerank, width), progress=progress)
     return unique_pairs((names[i], names[j]) for i, row in enumerate(pred) for j in row)
 
 
@@ -83,15 +87,16 @@ def make_pairs(
     cfg: PairsConfig | None = None,
     images: str | Path | None = None,
     progress: bool = False,
+    device: str = "cpu",
 ) -> list[tuple[str, str]]:
     """Write the pairs file ``out`` for the images of a feature file (``images``: their folder, needed
-    for retrieval) and return the pairs."""
+    for retrieval; its networks run on ``device``) and return the pairs."""
     cfg = cfg or PairsConfig()
     names = feature_names(features)
     if cfg.retrieval:
         if images is None:
             raise ValueError("retrieval computes global descriptors of the images: give their folder")
-        pairs = retrieval_pairs(images, names, cfg.retrieval, cfg.rerank, progress)
+        pairs = retrieval_pairs(images, names, cfg.retrieval, cfg.rerank, progress, device)
     else:
         pairs = exhaustive_pairs(names)
     write_pairs(out, pairs)

@@ -25,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .. import distributed as du
 from ..files import remove_stale_temps, write_text_atomic
+from ..inference.pose import check_device
 from ..models.registry import MODEL_KINDS
 from ..models.weights import check_state_shapes
 from ..version import __version__
@@ -269,6 +270,7 @@ def fit(
     resume: bool = False,
     progress: bool = True,
     total_steps: int | None = None,
+    device: str | None = None,
 ) -> Path:
     """Train (or resume) the model of ``cfg``'s task (:data:`ssfeat.training.tasks.TASKS`: a
     :class:`PoseTrainConfig` trains a PatchPoseNet, and so on); returns the path of the final
@@ -277,9 +279,13 @@ def fit(
     With ``resume``, the run continues from ``out_dir/last.pt`` with the configuration and schedule
     stored there (``cfg`` is ignored); ``total_steps`` changes the run's length. Under ``torchrun``
     each of the ``W`` processes draws ``batch_size / W`` pairs per step.
+
+    ``device``: where to train (``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"`` or ``"auto"``; under
+    ``torchrun`` ``"cuda"`` is each process's local GPU); ``None``: the local GPU if CUDA is available,
+    else the CPU. Not part of the run's configuration: a run may resume on another device.
     """
     out_dir = Path(out_dir)
-    device = du.init_from_env()
+    device = du.init_from_env(None if device is None else check_device(device))
     world, rank = du.world_size(), du.rank()
     last = out_dir / "last.pt"
     cfg, ckpt = _stored_run(cfg, last, resume, total_steps)
