@@ -2,6 +2,8 @@
 
 import dataclasses
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -10,6 +12,7 @@ import numpy as np
 import pytest
 
 from ssfeat.cli import main
+from ssfeat.files import OutputLock, OutputLockedError
 from ssfeat.pipeline import build_pipeline
 from ssfeat.pipeline import extract as ex
 from ssfeat.pipeline.extract import ExtractConfig, done_images, extract_folder, read_features
@@ -266,3 +269,30 @@ def test_a_full_disk_in_the_merge_is_one_error_and_leaves_no_temporary_file(fold
     monkeypatch.undo()
     st = extract_folder(folder, out, dataclasses.replace(CFG, part_size=100), progress=False)  # the parts are kept
     assert st["n_new"] == 0 and "new.png" in _keys(out)
+
+
+def test_a_second_extract_on_one_output_stops_with_one_line(folder, tmp_path, capsys):
+    out = tmp_path / "o" / "f.h5"
+    args = ["extract", "--images", str(folder), "--out", str(out), "--pipeline", "sift", "--max-keypoints", "50"]
+    args += ["--no-progress"]
+    with OutputLock(out):  # another run is writing it
+        assert main(args) == 2
+        assert capsys.readouterr().err == f"ssfeat: error: another ssfeat process is writing {out}\n"
+        assert not out.exists() and not ex._parts_dir(out).exists()
+        with pytest.raises(OutputLockedError):
+            extract_folder(folder, out, CFG, progress=False)
+    assert main(args) == 0 and out.is_file()  # the lock is released with its holder
+    extract_folder(folder, out, CFG, progress=False)  # and by every call
+
+
+@pytest.mark.slow
+def test_torchrun_extract_on_a_locked_output_stops_every_process(folder, tmp_path):
+    out = tmp_path / "f.h5"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "ssfeat"]
+    cmd += ["extract", "--images", str(folder), "--out", str(out), "--pipeline", "sift", "--no-progress"]
+    with OutputLock(out):
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0
+    assert r.stderr.count(f"ssfeat: error: another ssfeat process is writing {out}") == 2  # both ranks
+    assert not out.exists() and not ex._parts_dir(out).exists()

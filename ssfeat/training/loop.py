@@ -24,7 +24,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from .. import distributed as du
-from ..files import remove_stale_temps, write_text_atomic
+from ..files import OutputLock, remove_stale_temps, write_text_atomic
 from ..models.registry import MODEL_KINDS
 from ..models.weights import check_state_shapes
 from ..version import __version__
@@ -131,8 +131,9 @@ def _stored_run(cfg: LoopConfig, last: Path, resume: bool, total_steps: int | No
     return cfg, None
 
 
-def _start(cfg: LoopConfig, out_dir: Path, ckpt: dict | None, total_steps: int | None, device) -> _Run:
-    """Model, optimiser and weight average of a new run, or of a resumed one at its stored step."""
+def _start(cfg: LoopConfig, out_dir: Path, ckpt: dict | None, total_steps: int | None, device, lock) -> _Run:
+    """Model, optimiser and weight average of a new run, or of a resumed one at its stored step
+    (taking the run folder's ``lock`` on rank 0 before anything is written)."""
     if not 0.0 <= cfg.ema_decay < 1.0:
         raise ValueError(f"ema_decay must be in [0, 1), got {cfg.ema_decay}")
     if cfg.batch_size % du.world_size():
@@ -145,8 +146,8 @@ def _start(cfg: LoopConfig, out_dir: Path, ckpt: dict | None, total_steps: int |
     if cfg.init_weights and ckpt is None:
         model.load_state_dict(task.init_state(cfg.init_weights))
     last = out_dir / "last.pt"
+    du.on_main(lock.acquire)  # one lock for all processes of a torchrun
     if du.is_main():
-        out_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(out_dir)  # checkpoints a killed run was writing
         if ckpt is None and (last.exists() or (out_dir / "log.jsonl").exists()):
             logger.warning("%s holds an earlier run: starting a new one replaces its checkpoints and log", out_dir)
@@ -277,13 +278,23 @@ def fit(
     With ``resume``, the run continues from ``out_dir/last.pt`` with the configuration and schedule
     stored there (``cfg`` is ignored); ``total_steps`` changes the run's length. Under ``torchrun``
     each of the ``W`` processes draws ``batch_size / W`` pairs per step.
+
+    Raises:
+        OutputLockedError: another process is writing ``out_dir`` (``out_dir/.ssfeat.lock``).
     """
-    out_dir = Path(out_dir)
+    lock = OutputLock(out_dir, folder=True)
+    try:
+        return _fit(cfg, Path(out_dir), resume, progress, total_steps, lock)
+    finally:
+        lock.release()
+
+
+def _fit(cfg: LoopConfig, out_dir: Path, resume: bool, progress: bool, total_steps: int | None, lock) -> Path:
     device = du.init_from_env()
     world, rank = du.world_size(), du.rank()
     last = out_dir / "last.pt"
     cfg, ckpt = _stored_run(cfg, last, resume, total_steps)
-    run = _start(cfg, out_dir, ckpt, total_steps, device)
+    run = _start(cfg, out_dir, ckpt, total_steps, device, lock)
     train_synth, val_synth = run.task.synthesizers()
     val_batches = to_device(run.task.val_batch(val_synth), device)
     net = DistributedDataParallel(run.model) if world > 1 else run.model
