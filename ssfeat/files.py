@@ -235,7 +235,10 @@ class OutputLock:
         self.release()
 
     def __del__(self) -> None:
-        self.release()
+        try:
+            self.release()
+        except Exception:  # at interpreter exit; the system releases the lock anyway
+            pass
 
 
 __all__ = [
