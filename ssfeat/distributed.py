@@ -76,6 +76,23 @@ def any_true(flag: bool) -> bool:
     return bool(t.item())
 
 
+def on_main(fn) -> None:
+    """Call ``fn()`` on rank 0 only (e.g. taking the lock of a shared output); if it raised, every
+    process raises the same error (so no process runs on alone). Single process: ``fn()``."""
+    if not is_dist():
+        fn()
+        return
+    err = [None]
+    if is_main():
+        try:
+            fn()
+        except Exception as e:  # sent to every process, raised everywhere below
+            err = [e]
+    dist.broadcast_object_list(err, 0)
+    if err[0] is not None:
+        raise err[0]
+
+
 class _AllGatherRows(torch.autograd.Function):
     """``(m, ...)`` -> ``(W, m, ...)``: every process's tensor; the backward sums the gradients of
     all processes (all-reduce) and returns this process's slice."""

@@ -8,6 +8,12 @@ a quota) is raised as one :class:`OSError` naming the target. Temporary files of
 killed mid-write are removed by the next write of the same target and by :func:`remove_stale_temps`.
 
 Temporary names: ``.{target name}.{pid}.{random}.tmp`` next to the target.
+
+:class:`OutputLock` keeps two ssfeat processes from writing one output: an exclusive, non-blocking
+``flock`` on a lock file (``.{target name}.lock`` next to a file, ``.ssfeat.lock`` inside a folder),
+which the system releases when the holder exits or is killed. The holder removes the lock file when
+it is done; one a killed process left is empty and unlocked (holding it, not its existence, is the
+lock), and taken over by the next writer.
 """
 
 from __future__ import annotations
@@ -19,6 +25,11 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: outputs are not locked
+    fcntl = None
 
 TEMP_SUFFIX = ".tmp"
 # .NAME.PID.RANDOM.tmp (this module), or .NAME.tmpPID (written by earlier versions)
@@ -151,4 +162,91 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     return write_bytes_atomic(path, text.encode("utf-8"))
 
 
-__all__ = ["AtomicFile", "atomic_write", "remove_stale_temps", "write_bytes_atomic", "write_text_atomic"]
+class OutputLockedError(OSError):
+    """Another process holds the lock of an output (:class:`OutputLock`)."""
+
+
+class OutputLock:
+    """An exclusive lock on an output, held between :meth:`acquire` and :meth:`release` (or over a
+    ``with`` block). ``target`` is a file (the lock file ``.NAME.lock`` is put next to it) or, with
+    ``folder=True``, a folder (the lock file ``.ssfeat.lock`` is put inside it). :meth:`acquire`
+    creates the folder holding the lock file if needed.
+
+    The lock is an ``flock`` on the lock file: released by the system when the process ends, however
+    it ends, so a killed run never leaves a stale lock. Without ``fcntl`` (Windows) nothing is locked.
+    """
+
+    def __init__(self, target: str | Path, folder: bool = False) -> None:
+        self.target = Path(target)
+        full = self.target.absolute()  # "." has no name
+        self.path = full / ".ssfeat.lock" if folder else full.parent / f".{full.name}.lock"
+        self.fd: int | None = None
+
+    def acquire(self) -> OutputLock:
+        """Take the lock (a no-op if this object holds it already).
+
+        Raises:
+            OutputLockedError: ``"another ssfeat process is writing TARGET"``.
+            OSError: the lock file could not be created.
+        """
+        if self.fd is not None:
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # O_NOFOLLOW: a link planted at the lock's name is never followed
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        while True:
+            fd = os.open(self.path, flags, 0o666)
+            if fcntl is None:
+                break
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise OutputLockedError(f"another ssfeat process is writing {self.target}") from None
+            if self._is_current(fd):
+                break
+            os.close(fd)  # locked a file its holder removed on release: lock the new one
+        self.fd = fd
+        return self
+
+    def _is_current(self, fd: int) -> bool:
+        """True if ``fd`` is still the file at the lock's path (not one removed meanwhile)."""
+        try:
+            st = os.stat(self.path, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        own = os.fstat(fd)
+        return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
+
+    def release(self) -> None:
+        """Give the lock up and remove the lock file (a no-op if the lock is not held)."""
+        if self.fd is not None:
+            try:
+                os.unlink(self.path)  # while still locked: a process that opened it retries
+            except FileNotFoundError:
+                pass
+            os.close(self.fd)  # closing the only descriptor releases the flock
+            self.fd = None
+
+    def __enter__(self) -> OutputLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def __del__(self) -> None:
+        try:
+            self.release()
+        except Exception:  # at interpreter exit; the system releases the lock anyway
+            pass
+
+
+__all__ = [
+    "AtomicFile",
+    "OutputLock",
+    "OutputLockedError",
+    "atomic_write",
+    "remove_stale_temps",
+    "write_bytes_atomic",
+    "write_text_atomic",
+]

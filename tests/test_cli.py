@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from ssfeat.cli import build_parser, figures, main
+from ssfeat.cli import train as cli_train
 from ssfeat.models.weights import load_pose_model, model_from_checkpoint
 from ssfeat.training import load_checkpoint
 
@@ -387,3 +388,14 @@ def test_detector_train_export_benchmark(image_dir, oxford_dir, tmp_path, capsys
         main(["show", str(oxford_dir / "toy" / "img1.png"), "--weights", str(run), "--out", str(tmp_path / "s.png")])
         == 2
     )
+
+
+@pytest.mark.parametrize("task", ["pose", "scalepose", "detector", "descriptor", "warp"])
+def test_every_train_task_sets_the_checkpoint_interval(task, image_dir, tmp_path, monkeypatch):
+    got = []
+    monkeypatch.setattr(cli_train, "fit", lambda cfg, *a, **kw: got.append(cfg) or tmp_path / "last.pt")
+    args = ["train", task, "--images", str(image_dir), "--out", str(tmp_path / "r"), "--no-progress"]
+    assert main([*args, "--ckpt-every", "7"]) == 0 and main(args) == 0
+    assert got[0].ckpt_every == 7 and got[1].ckpt_every == type(got[1]).ckpt_every
+    with pytest.raises(SystemExit):
+        main([*args, "--ckpt-every", "0"])

@@ -374,3 +374,18 @@ def test_synthesizer_from_folder_skips_blank_images_by_name(image_dir, tmp_path,
         s = PairSynthesizer.from_folder(folder, PairConfig(n_random=20))
     assert "zz_blank.png" in caplog.text and "blank" in caplog.text
     assert len(s) == len(list(image_dir.rglob("img*")))
+
+
+def test_links_that_lead_to_no_file_are_listed_and_refused_by_name(tmp_path, caplog):
+    cv2.imwrite(str(tmp_path / "a.png"), textured_image(40, 40, seed=1))
+    (tmp_path / "loop.jpg").symlink_to("loop.jpg")
+    (tmp_path / "gone.png").symlink_to("missing.png")
+    (tmp_path / "dir").symlink_to(".")  # a link to a folder is not followed
+    assert [p.name for p in list_images(tmp_path)] == ["a.png", "gone.png", "loop.jpg"]
+    with pytest.raises(ImageReadError, match="loop.jpg: a symbolic link loop$"):
+        read_image(tmp_path / "loop.jpg")
+    with pytest.raises(ImageReadError, match="gone.png: a symbolic link to a missing file$"):
+        read_image(tmp_path / "gone.png")
+    with caplog.at_level(logging.WARNING):
+        paths, _, skipped = load_folder(tmp_path)
+    assert [p.name for p in paths] == ["a.png"] and len(skipped) == 2 and "symbolic link loop" in caplog.text

@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from ssfeat.cli import main
+from ssfeat.data.outputs import finish_output, start_output
 from ssfeat.data.sequences import find_sequences
 from ssfeat.data.synthetic_sequences import SyntheticSequenceConfig, make_sequence, make_synthetic_sequences
+from ssfeat.files import OutputLock, OutputLockedError
 from ssfeat.geometry import local_rotation_scale
 
 from .conftest import textured_image
@@ -147,3 +149,21 @@ def test_max_rotation_gives_the_same_pairs_up_to_their_rotation():
     assert max(abs(math.remainder(_pose_at_centre(h, img.shape)[0], 2 * math.pi)) for h in H_full) > math.pi / 2
     with pytest.raises(ValueError, match="max_rotation_deg"):
         SyntheticSequenceConfig(max_rotation_deg=200)
+
+
+def test_a_second_run_making_one_dataset_stops_with_one_line(image_dir, tmp_path, capsys):
+    out = tmp_path / "seq"
+    out.mkdir()
+    args = ["data", "make-sequences", "--images", str(image_dir), "--out", str(out), "--limit", "1"]
+    with OutputLock(out):  # another run is making it
+        assert main(args) == 2
+        assert capsys.readouterr().err == f"ssfeat: error: another ssfeat process is writing {out}\n"
+        assert not any(out.iterdir())
+        with pytest.raises(OutputLockedError):  # also once the folder was checked
+            start_output(out, {"command": "x"})
+    assert main(args) == 0 and (out / "sequences.json").is_file()
+    start_output(tmp_path / "ds", {"command": "x"})  # held by this process until it is finished
+    with pytest.raises(OutputLockedError):
+        OutputLock(tmp_path / "ds").acquire()
+    finish_output(tmp_path / "ds", "d.json", {})
+    OutputLock(tmp_path / "ds").acquire().release()

@@ -353,3 +353,36 @@ def test_descriptor_benchmark_skips_a_tiny_pair_and_times_on_a_scored_one(tmp_pa
     assert res["describe_2000_640x480_s"] is None and "timing unavailable" in caplog.text
     why = res["describe_2000_640x480_unavailable"]
     assert str(root / "v_a" / "1.png") in why and "no SIFT keypoint" in why
+
+
+def test_descriptor_inputs_are_converted_or_refused_in_one_line():
+    net = load_descriptor_model().eval()
+    img = torch.from_numpy(textured_image(64, 80, seed=3)).float()[None, None] / 255
+    with torch.no_grad():
+        ref = net(img)
+        assert torch.allclose(net(img.double()), ref, atol=1e-5)  # float64 is cast
+        assert torch.allclose(net(img.expand(1, 3, 64, 80)), ref, atol=1e-5)  # RGB of a gray image
+        bad = {
+            "images must be a floating-point tensor": (img * 255).to(torch.uint8),
+            "images contain NaN or Inf": img.clone().index_put_((torch.tensor([0]),) * 4, torch.tensor(float("nan"))),
+            r"image values must be in \[0, 1\], found": img * 2 + 0.1,
+            r"images must be a \(B, 1 or 3, H, W\) tensor, got \(1, 2, 64, 80\)": img.expand(1, 2, 64, 80),
+            r"images must be a \(B, 1 or 3, H, W\) tensor, got \(64, 80\)": img[0, 0],
+        }
+        for msg, x in bad.items():
+            with pytest.raises(ValueError, match=msg):
+                net(x)
+        inside = torch.tensor([[[0.0, 0.0], [79.4, 63.4], [-0.5, 30.0]]])
+        assert sample_descriptors(ref, inside, (64, 80)).shape == (1, 3, net.config.dim)
+        for kp, msg in (([[500.0, 10.0]], "1 keypoints lie outside the 80x64 image"), ([[float("nan"), 1]], "NaN")):
+            with pytest.raises(ValueError, match=msg):
+                sample_descriptors(ref, torch.tensor([kp]), (64, 80))
+    u8 = textured_image(64, 80, seed=3)
+    for mode in ("dense", "patch"):
+        desc = LearnedDescriptor(mode=mode, net=net)
+        kp = np.array([[10.0, 10.0], [1000.0, 10.0]], np.float32)
+        far = Features(kp, np.full(2, 8.0, np.float32), np.zeros(2, np.float32), np.ones(2, np.float32), (64, 80))
+        with pytest.raises(ValueError, match="1 keypoints lie outside the 80x64 image"):
+            desc(u8, far)
+        with pytest.raises(ValueError, match="NaN"):
+            desc(np.full((64, 80), np.nan, np.float32), far)

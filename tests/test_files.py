@@ -89,3 +89,52 @@ def test_stale_temporary_files_of_dead_writers_are_removed_live_ones_kept(tmp_pa
     assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)
     assert remove_stale_temps(tmp_path) == [tmp_path / f".best.pt.{dead}.q.tmp"]  # the whole folder
     assert all(p.exists() for p in kept[0::2])
+
+
+def test_an_output_lock_is_exclusive_and_dies_with_its_holder(tmp_path):
+    out = tmp_path / "sub" / "f.h5"
+    with files.OutputLock(out) as held:
+        assert held.path == tmp_path / "sub" / ".f.h5.lock"
+        with pytest.raises(files.OutputLockedError, match=f"^another ssfeat process is writing {out}$"):
+            files.OutputLock(out).acquire()
+        files.OutputLock(tmp_path / "sub" / "g.h5").acquire().release()  # other outputs are free
+    files.OutputLock(out).acquire().release()  # released at the end of the block
+    run = files.OutputLock(tmp_path / "run", folder=True)
+    assert run.path == tmp_path / "run" / ".ssfeat.lock"
+    # another process holds it; killed, it leaves no stale lock behind
+    code = "import sys; from ssfeat.files import OutputLock; lock = OutputLock(sys.argv[1]).acquire()\n"
+    code += "print(1, flush=True); input()"
+    holder = subprocess.Popen([sys.executable, "-c", code, str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline().strip() == b"1"
+        with pytest.raises(files.OutputLockedError):
+            files.OutputLock(out).acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    files.OutputLock(out).acquire().release()
+    assert not out.parent.joinpath(".f.h5.lock").exists()  # removed by its holder
+    stale = files.OutputLock(out)  # a killed holder's file is taken over
+    stale.path.write_bytes(b"")
+    stale.acquire()
+    assert stale._is_current(stale.fd)
+    stale.release()
+
+
+def test_an_output_lock_opened_just_before_its_holder_removed_it_locks_the_new_file(tmp_path, monkeypatch):
+    real_open, calls = os.open, []
+
+    def open_then_removed(path, flags, mode=0o777):
+        fd = real_open(path, flags, mode)
+        if not calls:  # the holder releases (removes the file) between this open and the flock
+            calls.append(path)
+            os.unlink(path)
+        return fd
+
+    monkeypatch.setattr(files.os, "open", open_then_removed)
+    lock = files.OutputLock(tmp_path / "f.h5").acquire()
+    monkeypatch.undo()
+    assert calls and lock._is_current(lock.fd)  # holds the file at the path, so others see the lock
+    with pytest.raises(files.OutputLockedError):
+        files.OutputLock(tmp_path / "f.h5").acquire()
+    lock.release()

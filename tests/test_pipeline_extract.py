@@ -2,6 +2,8 @@
 
 import dataclasses
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -10,9 +12,10 @@ import numpy as np
 import pytest
 
 from ssfeat.cli import main
+from ssfeat.files import OutputLock, OutputLockedError
 from ssfeat.pipeline import build_pipeline
 from ssfeat.pipeline import extract as ex
-from ssfeat.pipeline.extract import ExtractConfig, done_images, extract_folder, read_features
+from ssfeat.pipeline.extract import FORMATS, ExtractConfig, done_images, extract_folder, read_features
 
 from .conftest import run_torchrun, textured_image
 from .test_files import dead_pid, full_disk
@@ -288,3 +291,59 @@ def test_a_full_disk_in_the_merge_is_one_error_and_leaves_no_temporary_file(fold
     monkeypatch.undo()
     st = extract_folder(folder, out, dataclasses.replace(CFG, part_size=100), progress=False)  # the parts are kept
     assert st["n_new"] == 0 and "new.png" in _keys(out)
+
+
+def test_a_second_extract_on_one_output_stops_with_one_line(folder, tmp_path, capsys):
+    out = tmp_path / "o" / "f.h5"
+    args = ["extract", "--images", str(folder), "--out", str(out), "--pipeline", "sift", "--max-keypoints", "50"]
+    args += ["--no-progress"]
+    with OutputLock(out):  # another run is writing it
+        assert main(args) == 2
+        assert capsys.readouterr().err == f"ssfeat: error: another ssfeat process is writing {out}\n"
+        assert not out.exists() and not ex._parts_dir(out).exists()
+        with pytest.raises(OutputLockedError):
+            extract_folder(folder, out, CFG, progress=False)
+    assert main(args) == 0 and out.is_file()  # the lock is released with its holder
+    extract_folder(folder, out, CFG, progress=False)  # and by every call
+
+
+@pytest.mark.slow
+def test_torchrun_extract_on_a_locked_output_stops_every_process(folder, tmp_path):
+    out = tmp_path / "f.h5"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "ssfeat"]
+    cmd += ["extract", "--images", str(folder), "--out", str(out), "--pipeline", "sift", "--no-progress"]
+    with OutputLock(out):
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0
+    assert r.stderr.count(f"ssfeat: error: another ssfeat process is writing {out}") == 2  # both ranks
+    assert not out.exists() and not ex._parts_dir(out).exists()
+
+
+def test_symbolic_link_loops_and_broken_links_are_skipped_by_name(tmp_path):
+    d = tmp_path / "l"
+    d.mkdir()
+    cv2.imwrite(str(d / "a.png"), textured_image(120, 160, seed=1))
+    (d / "loop.jpg").symlink_to("loop.jpg")
+    (d / "gone.png").symlink_to("missing.png")
+    (d / "ok.png").symlink_to("a.png")
+    out = tmp_path / "l.h5"
+    st = extract_folder(d, out, CFG, progress=False)
+    assert st["n_images"] == 4 and st["n_done"] == 2 and st["n_skipped"] == 2
+    _, skipped = done_images(out)
+    assert dict(skipped) == {"loop.jpg": "a symbolic link loop", "gone.png": "a symbolic link to a missing file"}
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_an_image_without_keypoints_is_stored_as_empty_arrays_not_skipped(tmp_path, fmt):
+    d = tmp_path / "flat"
+    d.mkdir()
+    ramp = np.tile(np.linspace(100, 110, 160), (120, 1)).astype(np.uint8)  # not blank, but no SIFT keypoint
+    cv2.imwrite(str(d / "ramp.png"), ramp)
+    out = tmp_path / "f.h5"
+    st = extract_folder(d, out, dataclasses.replace(CFG, format=fmt), progress=False)
+    assert (st["n_done"], st["n_skipped"]) == (1, 0) and done_images(out) == ({"ramp.png"}, [])
+    f = read_features(out, "ramp.png")
+    assert f.keypoints.shape == (0, 2) and f.descriptors.shape == (0, 128) and f.image_size == (120, 160)
+    with h5py.File(out) as h:
+        assert h["ramp.png/descriptors"].shape == ((0, 128) if fmt == "ssfeat" else (128, 0))

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from ssfeat.cli import main
+from ssfeat.files import OutputLock, OutputLockedError
 from ssfeat.pipeline import match_pairs as mp
 from ssfeat.pipeline import matching_stages
 from ssfeat.pipeline.extract import ExtractConfig, extract_folder, read_features
@@ -210,3 +211,12 @@ def test_extract_pairs_match_pairs_cli(oxford_dir, tmp_path, capsys):
     assert all(len(hloc_get_matches(m, a, b)[0]) > 20 for a, b in read_pairs(p))
     assert main(["pairs", "--features", str(tmp_path / "none.h5"), "--out", str(p)]) == 2
     assert "ssfeat: error:" in capsys.readouterr().err
+
+
+def test_a_second_match_pairs_on_one_output_stops(hloc_features, tmp_path):
+    pairs, out = tmp_path / "p.txt", tmp_path / "m.h5"
+    pairs.write_text("img1.png img2.png\n")
+    with OutputLock(out), pytest.raises(OutputLockedError, match="another ssfeat process is writing"):
+        match_pairs(hloc_features, pairs, out)
+    assert not out.exists()
+    assert match_pairs(hloc_features, pairs, out)["n_new"] == 1

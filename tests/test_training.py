@@ -13,6 +13,7 @@ import torch
 from ssfeat.cli import main
 from ssfeat.data.images import load_textured
 from ssfeat.data.synthesis import PairConfig, PairSynthesizer
+from ssfeat.files import OutputLock, OutputLockedError
 from ssfeat.models import PatchPoseConfig, PatchPoseNet
 from ssfeat.models.weights import load_pose_model
 from ssfeat.training import PoseTrainConfig, fit, load_checkpoint
@@ -409,3 +410,16 @@ def test_the_device_is_no_stored_setting(image_dir, tmp_path):
     assert "device" not in json.dumps(load_checkpoint(last)["config"])
     fit(tiny_cfg(image_dir), tmp_path / "run", resume=True, progress=False, total_steps=2, device="auto")
     assert load_checkpoint(last)["step"] == 2
+
+
+def test_a_second_run_in_one_folder_stops_with_one_line(image_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["train", "pose", "--images", str(image_dir), "--out", str(run), "--steps", "1", "--workers", "0"]
+    with OutputLock(run, folder=True):  # another run is training there
+        assert main([*args, "--no-progress"]) == 2
+        assert capsys.readouterr().err == f"ssfeat: error: another ssfeat process is writing {run}\n"
+        with pytest.raises(OutputLockedError):
+            fit(tiny_cfg(image_dir, steps=1), run, progress=False)
+    assert not (run / "last.pt").exists() and not (run / "log.jsonl").exists()
+    fit(tiny_cfg(image_dir, steps=1), run, progress=False)  # released with its holder
+    assert (run / "last.pt").is_file()

@@ -31,6 +31,7 @@ LOOP_FIELDS = {
     "workers": (None, {}),
     "init_weights": ("start from these weights / run (fine-tuning)", {"aliases": ("--init",)}),
     "val_every": (None, {"type": positive}),
+    "ckpt_every": ("write RUN/last.pt every N steps (and at the end)", {"type": positive}),
     "seed": (None, {"type": non_negative}),
     "ema_decay": ("keep a weight average (e.g. 0.999; 0: off)", {"aliases": ("--ema",)}),
 }

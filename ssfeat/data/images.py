@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import math
@@ -142,7 +143,7 @@ def read_image(path: str | Path) -> np.ndarray:
     if path.is_dir():
         raise ImageReadError(f"{path}: a folder, not an image file")
     if not path.is_file():
-        raise ImageReadError(f"{path}: no such file")
+        raise ImageReadError(f"{path}: {broken_link(path) or 'no such file'}")
     data = np.fromfile(str(path), dtype=np.uint8)
     if data.size:
         check_pixels(data, path)
@@ -201,8 +202,24 @@ def sample_images() -> list[Path]:
     return sorted(samples_dir().glob("*.jpg"))
 
 
+def broken_link(path: str | Path) -> str | None:
+    """Why ``path`` is a symbolic link that leads to no file (``"a symbolic link loop"`` or ``"a
+    symbolic link to a missing file"``), or None."""
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "a symbolic link loop"
+        if os.path.islink(path):
+            return "a symbolic link to a missing file"
+    return None
+
+
 def list_images(root: str | Path) -> list[Path]:
     """Image files below ``root`` (recursive, sorted), chosen by extension (case-insensitive).
+    Symbolic links with such a name that lead to no file (loops, missing targets) are listed too,
+    so that readers report them (:func:`read_image` names the reason) instead of leaving them out
+    silently; links to folders are not followed.
 
     Raises:
         FileNotFoundError: ``root`` does not exist.
@@ -211,8 +228,12 @@ def list_images(root: str | Path) -> list[Path]:
     if root.is_file():
         return [root]
     if not root.is_dir():
-        raise FileNotFoundError(f"{root}: no such file or directory")
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        raise FileNotFoundError(f"{root}: {broken_link(root) or 'no such file or directory'}")
+    return sorted(
+        p
+        for p in root.rglob("*")
+        if p.suffix.lower() in IMAGE_EXTENSIONS and (p.is_file() or broken_link(p) is not None)
+    )
 
 
 def load_folder(

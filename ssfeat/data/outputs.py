@@ -4,7 +4,9 @@ folder an interrupted run left behind completed by running the same command agai
 While a dataset is being made its folder holds ``.ssfeat-progress.json``, the settings it is made
 with; the last step writes the dataset's own description (``dataset.json``, ``sequences.json``)
 and removes that marker. A rerun into a folder with the marker and the same settings resumes;
-any other non-empty folder is refused.
+any other non-empty folder is refused. One process makes a dataset at a time: from
+:func:`start_output` to :func:`finish_output` it holds the folder's lock (``.OUT.lock`` next to it,
+:class:`ssfeat.files.OutputLock`), and a second run stops with "another ssfeat process is writing OUT".
 """
 
 from __future__ import annotations
@@ -15,9 +17,19 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..files import remove_stale_temps, write_bytes_atomic, write_text_atomic
+from ..files import OutputLock, remove_stale_temps, write_bytes_atomic, write_text_atomic
 
 PROGRESS = ".ssfeat-progress.json"
+_LOCKS: dict[Path, OutputLock] = {}  # the dataset folders this process is making
+
+
+def _lock(out: Path) -> OutputLock:
+    """Take (or keep) this process's lock of the dataset folder ``out``."""
+    key = out.absolute()
+    lock = _LOCKS.get(key) or OutputLock(out)
+    lock.acquire()
+    _LOCKS[key] = lock
+    return lock
 
 
 def start_output(out: str | Path, settings: dict, check_only: bool = False) -> bool:
@@ -27,8 +39,14 @@ def start_output(out: str | Path, settings: dict, check_only: bool = False) -> b
 
     Raises:
         ValueError: ``out`` is a file, holds something else, or was started with other settings.
+        OutputLockedError: another process is making a dataset in ``out``.
     """
     out = Path(out)
+    if not check_only:
+        _lock(out)  # held until finish_output (or the end of the process)
+    elif out.is_dir() and out.absolute() not in _LOCKS:
+        with OutputLock(out):  # refuse a folder another process is making before any work
+            pass
     marker = out / PROGRESS
     settings = json.loads(json.dumps(settings))  # tuples as lists, as they are read back
     if out.exists() and not out.is_dir():
@@ -61,6 +79,9 @@ def finish_output(out: str | Path, name: str, meta: dict) -> Path:
     out = Path(out)
     path = write_text_atomic(out / name, json.dumps(meta, indent=1))
     (out / PROGRESS).unlink(missing_ok=True)
+    lock = _LOCKS.pop(out.absolute(), None)
+    if lock is not None:
+        lock.release()
     return path
 
 

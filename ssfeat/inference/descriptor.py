@@ -14,6 +14,7 @@ from ..features import Features, check_first_octave
 from ..models.descriptor import sample_descriptors
 from ..models.weights import load_descriptor_model
 from ..patches import feature_affines, sample_patches
+from .pose import image_points
 
 
 class SIFTDescriptor:
@@ -99,6 +100,7 @@ class LearnedDescriptor:
         for im, f in zip(images, feats):
             if len(f) and min(im.shape) < 8:
                 raise ValueError(f"the {im.shape[1]}x{im.shape[0]} image is too small to describe (< 8 px)")
+            image_points(f.keypoints, im.shape)  # finite and inside the image, as the pose estimator checks
         out = [self._describe(im, f) if self.mode == "patch" or not len(f) else None for im, f in zip(images, feats)]
         todo: dict[tuple[int, int], list[int]] = {}
         for i, r in enumerate(out):

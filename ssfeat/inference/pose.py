@@ -18,16 +18,11 @@ from ..data.images import as_image, to_uint8
 from ..features import strongest_distinct
 from ..geometry import angle_to_cv2, inside_image, laf_from_pose
 from ..logpolar import sample_logpolar
-from ..models.layers import fuse_batchnorm
+from ..models.layers import check_unit_images, fuse_batchnorm, gray_channels
 from ..models.patch_pose import PatchPoseConfig, PatchPoseNet, decode_pose
 from ..models.scale_pose import LogPolarScaleNet
 from ..models.weights import load_pose_model, load_scale_model
 from ..patches import sample_patches
-
-# patches are float in [0, 1]; values further than this outside are refused. The margin leaves room
-# for the overshoot of bicubic / Lanczos resampling (up to about 0.15 on real photos) and still
-# catches 8-bit data (0..255) and mean/std-normalised inputs
-RANGE_TOLERANCE = 0.5
 
 
 @dataclass
@@ -193,24 +188,9 @@ class PatchPoseEstimator(nn.Module):
         shape = tuple(patches.shape)
         if patches.ndim != 4 or shape[1] not in (1, 3) or shape[2] != shape[3] or shape[2] < 1:
             raise ValueError(f"patches must have shape (B, 1 or 3, P, P) with P >= 1, got {shape}")
-        if not patches.is_floating_point():
-            raise ValueError(
-                f"patches must be a floating-point tensor with values in [0, 1], got dtype {patches.dtype} "
-                "(8-bit data: patches.float() / 255)"
-            )
-        if patches.numel():
-            lo, hi = torch.stack(torch.aminmax(patches)).tolist()  # one pass; NaN propagates to both
-            if not (math.isfinite(lo) and math.isfinite(hi)):
-                raise ValueError("patches contain NaN or Inf values")
-            if lo < -RANGE_TOLERANCE or hi > 1.0 + RANGE_TOLERANCE:
-                raise ValueError(
-                    f"patch values must be in [0, 1], found [{lo:g}, {hi:g}] "
-                    "(divide 0..255 data by 255; undo any mean/std normalisation)"
-                )
+        check_unit_images(patches, "patches", "patch")
         # resampled in at least float32 (float16 resizing is not implemented on every device)
-        x = patches.to(self.device, torch.promote_types(self.dtype, torch.float32))
-        if x.shape[1] == 3:
-            x = 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
+        x = gray_channels(patches.to(self.device, torch.promote_types(self.dtype, torch.float32)))
         P = self.config.patch_size
         if x.shape[-1] != P and x.shape[0] > 0:
             x = F.interpolate(x, size=(P, P), mode="bilinear", align_corners=False, antialias=x.shape[-1] > P)

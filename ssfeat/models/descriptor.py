@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .detector import local_normalize
-from .layers import conv_bn_relu
+from .layers import check_positions, check_unit_images, conv_bn_relu, gray_channels
 
 
 @dataclass(frozen=True)
@@ -65,9 +65,26 @@ class DescriptorNet(nn.Module):
         self.fuse = nn.Sequential(conv_bn_relu(c3 + c2, d, 1), conv_bn_relu(d, d, 3))
         self.head = nn.Conv2d(d, cfg.dim, 1)
 
+    def prepare(self, image: torch.Tensor) -> torch.Tensor:
+        """Check ``(B, 1|3, H, W)`` float images in ``[0, 1]`` and return them gray ``(B, 1, H, W)``
+        in the network's dtype (RGB is converted as OpenCV does; float64 is cast).
+
+        Raises:
+            ValueError: not a tensor, wrong shape or dtype, NaN/Inf, values outside ``[0, 1]``.
+        """
+        if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[1] not in (1, 3):
+            shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+            raise ValueError(f"images must be a (B, 1 or 3, H, W) tensor, got {shape}")
+        check_unit_images(image, "images", "image")
+        return gray_channels(image.to(self.head.weight.dtype))
+
     def encode(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Encoder features of ``(B, 1, H, W)`` images in ``[0, 1]`` (padded to a multiple of 8):
-        stride 4 ``(B, c2, H'/4, W'/4)`` and stride 8 ``(B, c3, H'/8, W'/8)`` (non-negative)."""
+        """Encoder features of ``(B, 1|3, H, W)`` images in ``[0, 1]`` (:meth:`prepare`; padded to a
+        multiple of 8): stride 4 ``(B, c2, H'/4, W'/4)`` and stride 8 ``(B, c3, H'/8, W'/8)``
+        (non-negative)."""
+        return self._encode(self.prepare(image))
+
+    def _encode(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         H, W = image.shape[-2:]
         Hp, Wp = -H % 8, -W % 8
         x = local_normalize(image, self.config.norm_window)
@@ -77,10 +94,12 @@ class DescriptorNet(nn.Module):
         return f2, self.enc3(f2)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        """``(B, 1, H, W)`` in ``[0, 1]`` -> raw dense descriptors ``(B, dim, ceil(H/4), ceil(W/4))``
-        (not normalised; :func:`sample_descriptors` normalises after interpolation)."""
+        """``(B, 1|3, H, W)`` in ``[0, 1]`` (:meth:`prepare`) -> raw dense descriptors
+        ``(B, dim, ceil(H/4), ceil(W/4))`` (not normalised; :func:`sample_descriptors` normalises
+        after interpolation)."""
+        image = self.prepare(image)
         H, W = image.shape[-2:]
-        f2, f3 = self.encode(image)  # padded to a multiple of 8, cropped again at stride 4
+        f2, f3 = self._encode(image)  # padded to a multiple of 8, cropped again at stride 4
         up = F.interpolate(f3, size=f2.shape[-2:], mode="bilinear", align_corners=False)
         out = self.head(self.fuse(torch.cat([up, f2], 1)))
         return out[..., : -(-H // STRIDE), : -(-W // STRIDE)]
@@ -103,7 +122,11 @@ def sample_descriptors(dense: torch.Tensor, keypoints: torch.Tensor, image_size:
 
     Returns:
         ``(B, K, D)`` unit descriptors.
+
+    Raises:
+        ValueError: a keypoint is NaN/Inf or outside the image (``[-0.5, W - 0.5] x [-0.5, H - 0.5]``).
     """
+    check_positions(keypoints, image_size)
     h, w = dense.shape[-2:]
     # input coordinate x sits at output coordinate (x - 1.5) / 4 (cell centres, see module docstring)
     pos = (keypoints - (STRIDE - 1) / 2.0) / STRIDE

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
+import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
@@ -91,3 +93,54 @@ BACKBONES: dict[str, tuple[Callable[[], nn.Module], int, int]] = {
     "fast": (lambda: fast_cnn(16), 64 * 16, 128),
     "small": (lambda: fast_cnn(32), 128 * 16, 256),
 }
+
+
+# images and patches are float in [0, 1]; values further than this outside are refused. The margin
+# leaves room for the overshoot of bicubic / Lanczos resampling (up to about 0.15 on real photos)
+# and still catches 8-bit data (0..255) and mean/std-normalised inputs
+RANGE_TOLERANCE = 0.5
+
+
+def check_unit_images(x, plural: str, singular: str) -> None:
+    """Raise a one-line ``ValueError`` unless ``x`` is a floating-point tensor of finite values in
+    ``[0, 1]`` (up to :data:`RANGE_TOLERANCE`); ``plural`` / ``singular`` name it in the message
+    (``"images"``, ``"image"``)."""
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{plural} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise ValueError(
+            f"{plural} must be a floating-point tensor with values in [0, 1], got dtype {x.dtype} "
+            f"(8-bit data: {plural}.float() / 255)"
+        )
+    if x.numel():
+        lo, hi = torch.stack(torch.aminmax(x.detach())).tolist()  # one pass; NaN propagates to both
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise ValueError(f"{plural} contain NaN or Inf values")
+        if lo < -RANGE_TOLERANCE or hi > 1.0 + RANGE_TOLERANCE:
+            raise ValueError(
+                f"{singular} values must be in [0, 1], found [{lo:g}, {hi:g}] "
+                "(divide 0..255 data by 255; undo any mean/std normalisation)"
+            )
+
+
+def gray_channels(x: torch.Tensor) -> torch.Tensor:
+    """``(B, 1|3, H, W)`` -> ``(B, 1, H, W)``: RGB to gray with the weights OpenCV uses."""
+    if x.shape[1] == 3:
+        return 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
+    return x
+
+
+def check_positions(xy: torch.Tensor, shape: tuple[int, int]) -> None:
+    """Raise a one-line ``ValueError`` unless every ``(..., 2)`` pixel position ``(x, y)`` is finite
+    and inside an image of ``shape`` ``(H, W)`` (pixel centres at integers: ``[-0.5, W - 0.5]``)."""
+    if not xy.numel():
+        return
+    xy = xy.detach()
+    if not torch.isfinite(xy).all():
+        raise ValueError("keypoint coordinates contain NaN or Inf")
+    H, W = shape
+    x, y = xy[..., 0], xy[..., 1]
+    outside = (x < -0.5) | (y < -0.5) | (x > W - 0.5) | (y > H - 0.5)
+    n = int(outside.sum())
+    if n:
+        raise ValueError(f"{n} keypoints lie outside the {W}x{H} image")

@@ -37,6 +37,9 @@ the part being written; run the same command again and it skips every image foun
 previous output are merged into a temporary file that atomically replaces ``FEATURES.h5``, and the
 parts are deleted. ``FEATURES.h5`` is therefore always either absent or a complete, readable file,
 and readers that opened it keep a consistent view while a new version is written.
+One run writes an output at a time: a second one stops at once with "another ssfeat process is
+writing FEATURES.h5" (:class:`ssfeat.files.OutputLock` on ``.FEATURES.h5.lock`` next to it; under
+``torchrun`` rank 0 holds it for all processes).
 
 Sharding: ``workers=N`` runs the pipeline in ``N`` processes (one torch thread each, images handed
 out in order); under ``torchrun`` every process takes every ``W``-th remaining image and writes its
@@ -60,7 +63,7 @@ import torch
 from .. import distributed as du
 from ..data.images import list_images, read_usable
 from ..features import Features, check_first_octave
-from ..files import remove_stale_temps
+from ..files import OutputLock, remove_stale_temps
 from ..version import __version__
 from .build import build_pipeline, check_pipeline_name
 from .h5io import write_h5_atomic
@@ -369,9 +372,9 @@ class _PartWriter:
             self.bar.update(self.world)
 
 
-def _todo(images: Path, out: Path, cfg: ExtractConfig) -> tuple[list[Path], list[tuple[str, Path]]]:
+def _todo(images: Path, out: Path, cfg: ExtractConfig, lock: OutputLock) -> tuple[list[Path], list[tuple[str, Path]]]:
     """All image paths under ``images`` and the ``(key, path)`` pairs not yet in ``out`` (after
-    clearing the temporary files of a killed run)."""
+    taking ``lock`` on rank 0 and clearing the temporary files of a killed run)."""
     paths = list_images(images)
     if not paths:
         raise ValueError(f"no image files under {images}")
@@ -379,6 +382,7 @@ def _todo(images: Path, out: Path, cfg: ExtractConfig) -> tuple[list[Path], list
     if len(set(keys)) != len(keys):
         raise ValueError(f"duplicate image names under {images}")
     check_existing(out, cfg)
+    du.on_main(lock.acquire)  # one lock for all processes of a torchrun
     if du.is_main():
         _parts_dir(out).mkdir(parents=True, exist_ok=True)
         remove_stale_temps(_parts_dir(out))  # parts a killed run was writing
@@ -398,11 +402,20 @@ def extract_folder(
     Returns statistics: ``n_images`` (found), ``n_done`` (in the output), ``n_new`` (extracted by
     this call in this process), ``n_skipped``, ``seconds``, ``images_per_s`` (new images per second
     of this call; under ``torchrun``, of all processes together).
+
+    Raises:
+        OutputLockedError: another process is writing ``out`` (``.OUT.lock``, held by rank 0).
     """
-    cfg = cfg or ExtractConfig()
-    images, out = Path(images), Path(out)
+    lock = OutputLock(out)
+    try:
+        return _extract(Path(images), Path(out), cfg or ExtractConfig(), workers, progress, lock)
+    finally:
+        lock.release()
+
+
+def _extract(images: Path, out: Path, cfg: ExtractConfig, workers: int, progress: bool, lock: OutputLock) -> dict:
     world, rank = du.world_size(), du.rank()
-    paths, todo = _todo(images, out, cfg)
+    paths, todo = _todo(images, out, cfg, lock)
     mine = todo[rank::world]
     t0 = time.perf_counter()
     bar = None

@@ -25,6 +25,7 @@ import h5py
 import numpy as np
 
 from ..features import Features
+from ..files import OutputLock
 from ..version import __version__
 from .build import matching_stages
 from .extract import read_features
@@ -158,9 +159,16 @@ def match_pairs(
 
     Raises:
         ValueError: a pair names an image without features, or ``out`` holds other settings.
+        OutputLockedError: another process is writing ``out`` (``.OUT.lock`` next to it).
     """
-    cfg = cfg or MatchPairsConfig()
-    features, out = Path(features), Path(out)
+    lock = OutputLock(out)
+    try:
+        return _match_pairs(Path(features), pairs, Path(out), cfg or MatchPairsConfig(), progress, lock)
+    finally:
+        lock.release()
+
+
+def _match_pairs(features: Path, pairs, out: Path, cfg: MatchPairsConfig, progress, lock: OutputLock) -> dict:
     names = set(feature_names(features))
     todo_all = unique_pairs(read_pairs(pairs))
     missing = sorted({n for p in todo_all for n in p} - names)
@@ -173,6 +181,7 @@ def match_pairs(
     want = _settings(cfg, pipeline)
     done = _done(out, want)
     todo = [p for p in todo_all if not any(k in done for k, _ in pair_keys(*p))]
+    lock.acquire()
     _parts_dir(out).mkdir(parents=True, exist_ok=True)
     seq = len(list(_parts_dir(out).glob("part-*.h5")))
     get = _feature_cache(features)

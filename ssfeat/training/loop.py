@@ -24,7 +24,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from .. import distributed as du
-from ..files import remove_stale_temps, write_text_atomic
+from ..files import OutputLock, remove_stale_temps, write_text_atomic
 from ..inference.pose import check_device
 from ..models.registry import MODEL_KINDS
 from ..models.weights import check_state_shapes
@@ -132,8 +132,9 @@ def _stored_run(cfg: LoopConfig, last: Path, resume: bool, total_steps: int | No
     return cfg, None
 
 
-def _start(cfg: LoopConfig, out_dir: Path, ckpt: dict | None, total_steps: int | None, device) -> _Run:
-    """Model, optimiser and weight average of a new run, or of a resumed one at its stored step."""
+def _start(cfg: LoopConfig, out_dir: Path, ckpt: dict | None, total_steps: int | None, device, lock) -> _Run:
+    """Model, optimiser and weight average of a new run, or of a resumed one at its stored step
+    (taking the run folder's ``lock`` on rank 0 before anything is written)."""
     if not 0.0 <= cfg.ema_decay < 1.0:
         raise ValueError(f"ema_decay must be in [0, 1), got {cfg.ema_decay}")
     if cfg.batch_size % du.world_size():
@@ -146,8 +147,8 @@ def _start(cfg: LoopConfig, out_dir: Path, ckpt: dict | None, total_steps: int |
     if cfg.init_weights and ckpt is None:
         model.load_state_dict(task.init_state(cfg.init_weights))
     last = out_dir / "last.pt"
+    du.on_main(lock.acquire)  # one lock for all processes of a torchrun
     if du.is_main():
-        out_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(out_dir)  # checkpoints a killed run was writing
         if ckpt is None and (last.exists() or (out_dir / "log.jsonl").exists()):
             logger.warning("%s holds an earlier run: starting a new one replaces its checkpoints and log", out_dir)
@@ -283,13 +284,26 @@ def fit(
     ``device``: where to train (``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"`` or ``"auto"``; under
     ``torchrun`` ``"cuda"`` is each process's local GPU); ``None``: the local GPU if CUDA is available,
     else the CPU. Not part of the run's configuration: a run may resume on another device.
+
+    Raises:
+        OutputLockedError: another process is writing ``out_dir`` (``out_dir/.ssfeat.lock``).
     """
-    out_dir = Path(out_dir)
-    device = du.init_from_env(None if device is None else check_device(device))
+    device = None if device is None else check_device(device)
+    lock = OutputLock(out_dir, folder=True)
+    try:
+        return _fit(cfg, Path(out_dir), resume, progress, total_steps, lock, device)
+    finally:
+        lock.release()
+
+
+def _fit(
+    cfg: LoopConfig, out_dir: Path, resume: bool, progress: bool, total_steps: int | None, lock, device
+) -> Path:
+    device = du.init_from_env(device)
     world, rank = du.world_size(), du.rank()
     last = out_dir / "last.pt"
     cfg, ckpt = _stored_run(cfg, last, resume, total_steps)
-    run = _start(cfg, out_dir, ckpt, total_steps, device)
+    run = _start(cfg, out_dir, ckpt, total_steps, device, lock)
     train_synth, val_synth = run.task.synthesizers()
     val_batches = to_device(run.task.val_batch(val_synth), device)
     net = DistributedDataParallel(run.model) if world > 1 else run.model
