@@ -142,6 +142,8 @@ def read_image(path: str | Path) -> np.ndarray:
     if path.is_dir():
         raise ImageReadError(f"{path}: a folder, not an image file")
     if not path.is_file():
+        if path.is_symlink():
+            raise ImageReadError(f"{path}: a symbolic link to nothing readable (a link loop, or its target is gone)")
         raise ImageReadError(f"{path}: no such file")
     data = np.fromfile(str(path), dtype=np.uint8)
     if data.size:
