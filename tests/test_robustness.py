@@ -223,8 +223,24 @@ def test_extract_skips_and_records_bad_files(case, folders, tmp_path, caplog, ca
 
 
 def tiny_train(task: str, folder: Path, out: Path, *extra: str) -> list[str]:
-    return ["train", task, "--images", str(folder), "--out", str(out), "--steps", "1", "--batch-size", "2",
-            "--workers", "0", "--no-progress", "--val-every", "1", *extra]  # fmt: skip
+    return [
+        "train",
+        task,
+        "--images",
+        str(folder),
+        "--out",
+        str(out),
+        "--steps",
+        "1",
+        "--batch-size",
+        "2",
+        "--workers",
+        "0",
+        "--no-progress",
+        "--val-every",
+        "1",
+        *extra,
+    ]
 
 
 FOLDER = {
@@ -233,16 +249,64 @@ FOLDER = {
     "train detector": lambda f, o: tiny_train("detector", f, o, "--size", "64"),
     "train descriptor": lambda f, o: tiny_train("descriptor", f, o, "--size", "64", "--keypoints", "random"),
     "train warp": lambda f, o: tiny_train("warp", f, o, "--size", "64"),
-    "benchmark patchpose": lambda f, o: ["benchmark", "patchpose", "--images", str(f), "--n-pairs", "8",
-                                         "--json", str(o / "r.json")],  # fmt: skip
-    "benchmark keypoints": lambda f, o: ["benchmark", "keypoints", "--images", str(f), "--limit", "8",
-                                         "--max-keypoints", "64", "--json", str(o / "r.json"), "--no-progress"],  # fmt: skip
-    "benchmark warp": lambda f, o: ["benchmark", "warp", "--images", str(f), "--pairs", "4", "--json",
-                                    str(o / "r.json"), "--no-progress"],  # fmt: skip
-    "data make-sequences": lambda f, o: ["data", "make-sequences", "--images", str(f), "--out", str(o / "s"),
-                                         "--n-targets", "1"],  # fmt: skip
-    "data make-geoloc": lambda f, o: ["data", "make-geoloc", "--images", str(f), "--out", str(o / "g"),
-                                      "--n-gallery", "2", "--n-queries", "1", "--k", "1"],  # fmt: skip
+    "benchmark patchpose": lambda f, o: [
+        "benchmark",
+        "patchpose",
+        "--images",
+        str(f),
+        "--n-pairs",
+        "8",
+        "--json",
+        str(o / "r.json"),
+    ],
+    "benchmark keypoints": lambda f, o: [
+        "benchmark",
+        "keypoints",
+        "--images",
+        str(f),
+        "--limit",
+        "8",
+        "--max-keypoints",
+        "64",
+        "--json",
+        str(o / "r.json"),
+        "--no-progress",
+    ],
+    "benchmark warp": lambda f, o: [
+        "benchmark",
+        "warp",
+        "--images",
+        str(f),
+        "--pairs",
+        "4",
+        "--json",
+        str(o / "r.json"),
+        "--no-progress",
+    ],
+    "data make-sequences": lambda f, o: [
+        "data",
+        "make-sequences",
+        "--images",
+        str(f),
+        "--out",
+        str(o / "s"),
+        "--n-targets",
+        "1",
+    ],
+    "data make-geoloc": lambda f, o: [
+        "data",
+        "make-geoloc",
+        "--images",
+        str(f),
+        "--out",
+        str(o / "g"),
+        "--n-gallery",
+        "2",
+        "--n-queries",
+        "1",
+        "--k",
+        "1",
+    ],
 }
 HEAVY = {"train pose", "train scalepose", "train detector", "train descriptor", "train warp", "benchmark warp"}
 
@@ -266,14 +330,53 @@ def test_folder_commands_skip_bad_files(command, case, folders, tmp_path, caplog
 
 
 SEQUENCE = {
-    "benchmark sequences": lambda r, o: ["benchmark", "sequences", "--root", str(r), "--max-keypoints", "64",
-                                         "--json", str(o / "r.json")],  # fmt: skip
-    "benchmark matching": lambda r, o: ["benchmark", "matching", "--root", str(r), "--pipelines", "sift",
-                                        "--max-keypoints", "200", "--json", str(o / "r.json"), "--no-progress"],  # fmt: skip
-    "benchmark detector": lambda r, o: ["benchmark", "detector", "--root", str(r), "--pipelines", "sift",
-                                        "--max-keypoints", "200", "--json", str(o / "r.json"), "--no-progress"],  # fmt: skip
-    "benchmark keypoints": lambda r, o: ["benchmark", "keypoints", "--root", str(r), "--max-keypoints", "64",
-                                         "--json", str(o / "r.json"), "--no-progress"],  # fmt: skip
+    "benchmark sequences": lambda r, o: [
+        "benchmark",
+        "sequences",
+        "--root",
+        str(r),
+        "--max-keypoints",
+        "64",
+        "--json",
+        str(o / "r.json"),
+    ],
+    "benchmark matching": lambda r, o: [
+        "benchmark",
+        "matching",
+        "--root",
+        str(r),
+        "--pipelines",
+        "sift",
+        "--max-keypoints",
+        "200",
+        "--json",
+        str(o / "r.json"),
+        "--no-progress",
+    ],
+    "benchmark detector": lambda r, o: [
+        "benchmark",
+        "detector",
+        "--root",
+        str(r),
+        "--pipelines",
+        "sift",
+        "--max-keypoints",
+        "200",
+        "--json",
+        str(o / "r.json"),
+        "--no-progress",
+    ],
+    "benchmark keypoints": lambda r, o: [
+        "benchmark",
+        "keypoints",
+        "--root",
+        str(r),
+        "--max-keypoints",
+        "64",
+        "--json",
+        str(o / "r.json"),
+        "--no-progress",
+    ],
 }
 
 
