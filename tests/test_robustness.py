@@ -105,7 +105,7 @@ def folders(tmp_path_factory) -> dict[str, Path]:
         d = root / case
         d.mkdir()
         for i in range(3):
-            cv2.imwrite(str(d / f"good{i}.{'jpg' if i % 2 else 'png'}"), textured_image(200, 240, seed=20 + i))
+            cv2.imwrite(str(d / f"good{i}.{'jpg' if i % 2 else 'png'}"), textured_image(300, 320, seed=20 + i))
         make_input(case, d / name)
         out[case] = d
     return out

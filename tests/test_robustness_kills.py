@@ -104,7 +104,7 @@ def test_training_survives_random_kills(tmp_path):
     photos = tmp_path / "photos"
     photos.mkdir()
     for i in range(6):
-        cv2.imwrite(str(photos / f"p{i}.png"), textured_image(160, 160, seed=60 + i))
+        cv2.imwrite(str(photos / f"p{i}.png"), textured_image(300, 300, seed=60 + i))
     argv = [sys.executable, "-c", TRAIN, str(photos)]
     reference, resumed = tmp_path / "ref", tmp_path / "killed"
     full = timed([*argv, str(reference)])
