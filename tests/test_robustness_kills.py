@@ -59,7 +59,8 @@ def h5_contents(path: Path) -> dict[str, np.ndarray]:
 
 
 def temp_files(folder: Path) -> list[Path]:
-    return [p for p in folder.rglob("*") if p.name.endswith(".tmp") or ".tmp" in p.name or p.suffix == ".lock"]
+    """Temporary files left below ``folder`` (``.NAME.PID.RANDOM.tmp``, or ``.NAME.tmpPID`` of earlier versions)."""
+    return [p for p in folder.rglob("*") if ".tmp" in p.name]
 
 
 @pytest.mark.slow
