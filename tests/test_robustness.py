@@ -384,7 +384,6 @@ def sequence_params():
     for command in SEQUENCE:
         for case in BAD_INPUTS:
             marks = [] if command == "benchmark matching" and case in ("zero-byte", "cmyk") else [pytest.mark.slow]
-            marks += [LOOP] if case == "symlink-loop" else []
             yield pytest.param(command, case, marks=marks, id=f"{command}-{case}")
 
 
