@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 import torch
 
-from ..data.images import ImageReadError, list_images, read_image, to_uint8
+from ..data.images import ImageReadError, list_images, read_image, read_usable, to_uint8
 from ..data.sequences import find_sequences
 from ..data.view_pairs import similarity_view
 from ..features import Features, strongest_distinct
@@ -67,14 +67,14 @@ def sequence_pairs(root: str | Path):
     ``root`` (images as float arrays in [0, 1])."""
     for seq in find_sequences(root):
         try:
-            im0 = read_image(seq.reference)
-        except ImageReadError as e:
+            im0 = read_usable(seq.reference)
+        except ValueError as e:  # unreadable (ImageReadError is one), tiny or blank
             logger.warning("skipped sequence %s: %s", seq.name, e)
             continue
         for t, H in zip(seq.targets, seq.H):
             try:
-                im1 = read_image(t)
-            except ImageReadError as e:
+                im1 = read_usable(t)
+            except ValueError as e:
                 logger.warning("skipped pair %s/%s: %s", seq.name, Path(t).name, e)
                 continue
             yield Path(root).name, f"{seq.name}/{Path(t).stem}", im0, im1, H
