@@ -58,7 +58,7 @@ def read_homography(path: Path) -> np.ndarray:
 def _find_image(folder: Path, stem: str) -> Path | None:
     for ext in IMAGE_EXTENSIONS:
         for cand in (folder / f"{stem}{ext}", folder / f"{stem}{ext.upper()}"):
-            if cand.is_file():
+            if cand.is_file() or cand.is_symlink():  # a broken link is reported when it is read
                 return cand
     return None
 

@@ -13,6 +13,7 @@ neighbours within ``match_px`` pixels. For a pair of keypoints the relative orie
 from __future__ import annotations
 
 import functools
+import logging
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ import cv2
 import numpy as np
 import torch
 
-from ..data.images import ImageReadError, list_images, read_image, to_uint8
+from ..data.images import ImageReadError, list_images, read_image, read_usable, to_uint8
 from ..data.sequences import find_sequences
 from ..data.view_pairs import similarity_view
 from ..features import Features, strongest_distinct
@@ -31,6 +32,8 @@ from ..inference.pose import PatchPoseEstimator
 from ..logpolar import sample_logpolar
 from ..patches import sample_patches
 from .timing import interleaved_seconds
+
+logger = logging.getLogger(__name__)
 
 # the ``ssfeat`` pipeline's orienter reads this many times the detector's size (PatchPoseOrienter)
 ORIENTER_WINDOW = 12.0
@@ -63,9 +66,18 @@ def sequence_pairs(root: str | Path):
     """``(dataset, name, image0, image1, H_0to1)`` of every Oxford / HPatches / EVD pair under
     ``root`` (images as float arrays in [0, 1])."""
     for seq in find_sequences(root):
-        im0 = read_image(seq.reference)
+        try:
+            im0 = read_usable(seq.reference)
+        except ValueError as e:  # unreadable (ImageReadError is one), tiny or blank
+            logger.warning("skipped sequence %s: %s", seq.name, e)
+            continue
         for t, H in zip(seq.targets, seq.H):
-            yield Path(root).name, f"{seq.name}/{Path(t).stem}", im0, read_image(t), H
+            try:
+                im1 = read_usable(t)
+            except ValueError as e:
+                logger.warning("skipped pair %s/%s: %s", seq.name, Path(t).name, e)
+                continue
+            yield Path(root).name, f"{seq.name}/{Path(t).stem}", im0, im1, H
 
 
 def similarity_pairs(images: str | Path, cfg: KeypointBenchmarkConfig):
@@ -75,8 +87,9 @@ def similarity_pairs(images: str | Path, cfg: KeypointBenchmarkConfig):
             photo = read_image(path)
             rng = np.random.default_rng([cfg.seed, idx])
             ref, view, H = similarity_view(photo, cfg.max_log2_zoom, 0.01, cfg.max_side, rng)
-        except (ImageReadError, ValueError):
-            continue  # unreadable, tiny or blank photos make no pair
+        except (ImageReadError, ValueError) as e:  # unreadable, tiny or blank photos make no pair
+            logger.warning("skipped %s: %s", path.name, str(e).removeprefix(f"{path}: "))
+            continue
         yield f"similarity:{Path(images).name}", path.name, ref / 255.0, view / 255.0, H
 
 
