@@ -300,7 +300,7 @@ def test_a_second_extract_on_one_output_stops_with_one_line(folder, tmp_path, ca
     with OutputLock(out):  # another run is writing it
         assert main(args) == 2
         assert capsys.readouterr().err == f"ssfeat: error: another ssfeat process is writing {out}\n"
-        assert not out.exists() and not ex._parts_dir(out).exists()
+        assert not out.exists() and not ex.parts_dir(out).exists()
         with pytest.raises(OutputLockedError):
             extract_folder(folder, out, CFG, progress=False)
     assert main(args) == 0 and out.is_file()  # the lock is released with its holder
@@ -317,7 +317,7 @@ def test_torchrun_extract_on_a_locked_output_stops_every_process(folder, tmp_pat
         r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode != 0
     assert r.stderr.count(f"ssfeat: error: another ssfeat process is writing {out}") == 2  # both ranks
-    assert not out.exists() and not ex._parts_dir(out).exists()
+    assert not out.exists() and not ex.parts_dir(out).exists()
 
 
 def test_symbolic_link_loops_and_broken_links_are_skipped_by_name(tmp_path):

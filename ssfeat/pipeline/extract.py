@@ -66,7 +66,7 @@ from ..features import Features, check_first_octave
 from ..files import OutputLock, remove_stale_temps
 from ..version import __version__
 from .build import build_pipeline, check_pipeline_name
-from .h5io import write_h5_atomic
+from .h5io import parts_dir, remove_parts, write_h5_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -112,10 +112,6 @@ def _relative(path: Path, root: Path) -> str:
 
 
 NOT_UTF8 = "the file name is not valid UTF-8 (rename the file to extract it)"
-
-
-def _parts_dir(out: Path) -> Path:
-    return out.with_name(out.name + ".parts")
 
 
 def _h5():
@@ -185,7 +181,7 @@ def done_images(out: Path, known: set[str] = frozenset()) -> tuple[set[str], lis
     entries so far (``known``: the image keys, to read the skipped lists of earlier versions)."""
     done: set[str] = set()
     skipped: list[tuple[str, str]] = []
-    files = ([out] if out.is_file() else []) + sorted(_parts_dir(out).glob("part-*.h5"))
+    files = ([out] if out.is_file() else []) + sorted(parts_dir(out).glob("part-*.h5"))
     for p in files:
         try:
             k, s = _keys_in(p, known)
@@ -215,7 +211,7 @@ def check_existing(out: Path, cfg: ExtractConfig) -> None:
     if out.is_dir():
         raise ValueError(f"{out} is a folder; give the .h5 file to write")
     want = _settings(cfg)
-    for p in ([out] if out.exists() else []) + sorted(_parts_dir(out).glob("part-*.h5")):
+    for p in ([out] if out.exists() else []) + sorted(parts_dir(out).glob("part-*.h5")):
         try:
             with _h5().File(p, "r") as f:
                 have = {k: f.attrs.get(k) for k in want}
@@ -336,7 +332,7 @@ class _PartWriter:
 
     def __init__(self, out: Path, cfg: ExtractConfig, rank: int, world: int, bar) -> None:
         self.out, self.cfg, self.rank, self.world, self.bar = out, cfg, rank, world, bar
-        self.seq = len(list(_parts_dir(out).glob(f"part-r{rank}-*.h5")))
+        self.seq = len(list(parts_dir(out).glob(f"part-r{rank}-*.h5")))
         self.pending: list[tuple[str, object]] = []
         self.n_new = self.n_skip = 0
 
@@ -355,7 +351,7 @@ class _PartWriter:
             _write_skipped(f, bad, self.cfg.format)
             f.attrs.update(settings)
 
-        write_h5_atomic(_parts_dir(self.out) / f"part-r{self.rank}-{self.seq:06d}.h5", fill, _libver(self.cfg))
+        write_h5_atomic(parts_dir(self.out) / f"part-r{self.rank}-{self.seq:06d}.h5", fill, _libver(self.cfg))
         self.seq += 1
         self.pending = []
 
@@ -384,8 +380,8 @@ def _todo(images: Path, out: Path, cfg: ExtractConfig, lock: OutputLock) -> tupl
     check_existing(out, cfg)
     du.on_main(lock.acquire)  # one lock for all processes of a torchrun
     if du.is_main():
-        _parts_dir(out).mkdir(parents=True, exist_ok=True)
-        remove_stale_temps(_parts_dir(out))  # parts a killed run was writing
+        parts_dir(out).mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(parts_dir(out))  # parts a killed run was writing
         remove_stale_temps(out.parent, out.name)
     du.barrier()
     done, skipped = done_images(out, set(keys))
@@ -459,7 +455,7 @@ def merge(out: Path, cfg: ExtractConfig, known: set[str] = frozenset()) -> Path:
     """Merge ``out`` (if any) and its complete parts into a new ``out`` (atomic), then delete the
     parts (``known``: the image keys, to read the skipped lists of earlier versions)."""
     h5py = _h5()
-    parts = sorted(_parts_dir(out).glob("part-*.h5"))
+    parts = sorted(parts_dir(out).glob("part-*.h5"))
     sources = ([out] if out.is_file() else []) + parts
 
     def fill(f):
@@ -476,12 +472,7 @@ def merge(out: Path, cfg: ExtractConfig, known: set[str] = frozenset()) -> Path:
         f.attrs["ssfeat_version"] = __version__
 
     write_h5_atomic(out, fill, _libver(cfg))
-    for p in parts:
-        p.unlink()
-    try:
-        _parts_dir(out).rmdir()
-    except OSError:
-        pass
+    remove_parts(out, parts)
     return out
 
 

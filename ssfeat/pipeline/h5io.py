@@ -32,6 +32,21 @@ def write_h5_atomic(path: Path, fill: Callable[[h5py.File], None], libver: str |
         fill(f)
 
 
+def parts_dir(out: Path) -> Path:
+    """The folder of the part files an output is assembled from while it is written (``OUT.parts``)."""
+    return out.with_name(out.name + ".parts")
+
+
+def remove_parts(out: Path, parts: list[Path]) -> None:
+    """Delete ``parts`` once merged into ``out``, and their folder if nothing else is left in it."""
+    for p in parts:
+        p.unlink()
+    try:
+        parts_dir(out).rmdir()
+    except OSError:
+        pass
+
+
 def names_to_pair(name0: str, name1: str, separator: str = "/") -> str:
     """hloc's group name of the pair ``(name0, name1)`` in a match file (``separator="_"``: the key of
     hloc's older files)."""

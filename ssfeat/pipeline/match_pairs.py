@@ -25,11 +25,11 @@ import h5py
 import numpy as np
 
 from ..features import Features
-from ..files import OutputLock
+from ..files import OutputLock, remove_stale_temps
 from ..version import __version__
 from .build import matching_stages
 from .extract import read_features
-from .h5io import pair_keys, read_pairs, write_h5_atomic, write_match_group
+from .h5io import pair_keys, parts_dir, read_pairs, remove_parts, write_h5_atomic, write_match_group
 from .matchers import OrientationFilter
 from .pairs import feature_names, unique_pairs
 
@@ -60,10 +60,6 @@ def _pipeline_of(features: Path, cfg: MatchPairsConfig) -> str:
     return name.decode() if isinstance(name, bytes) else str(name)
 
 
-def _parts_dir(out: Path) -> Path:
-    return out.with_name(out.name + ".parts")
-
-
 def _stored(path: Path, want: dict | None = None) -> set[str]:
     """Group names of the pairs in a match or part file (checking its settings against ``want``)."""
     keys: set[str] = set()
@@ -87,15 +83,15 @@ def _done(out: Path, want: dict) -> set[str]:
     """Pair group names already in ``out`` and its complete parts (temporary files of a killed run removed)."""
     if out.is_dir():
         raise ValueError(f"{out} is a folder; give the .h5 file to write")
-    for stale in list(_parts_dir(out).glob(".*.tmp*")) + list(out.parent.glob(f".{out.name}.tmp*")):
-        stale.unlink()
+    remove_stale_temps(parts_dir(out))
+    remove_stale_temps(out.parent, out.name)
     done: set[str] = set()
     if out.exists():
         try:
             done |= _stored(out, want)
         except OSError as e:
             raise ValueError(f"{out} exists and is not an HDF5 match file; choose another output") from e
-    for p in sorted(_parts_dir(out).glob("part-*.h5")):
+    for p in sorted(parts_dir(out).glob("part-*.h5")):
         done |= _stored(p, want)
     return done
 
@@ -112,7 +108,7 @@ def _match_one(matcher, filters, f0: Features, f1: Features) -> tuple[np.ndarray
 
 
 def _merge(out: Path, want: dict) -> None:
-    parts = sorted(_parts_dir(out).glob("part-*.h5"))
+    parts = sorted(parts_dir(out).glob("part-*.h5"))
     sources = ([out] if out.is_file() else []) + parts
 
     def fill(f):
@@ -127,12 +123,7 @@ def _merge(out: Path, want: dict) -> None:
         f.attrs["ssfeat_version"] = __version__
 
     write_h5_atomic(out, fill)
-    for p in parts:
-        p.unlink()
-    try:
-        _parts_dir(out).rmdir()
-    except OSError:
-        pass
+    remove_parts(out, parts)
 
 
 def _feature_cache(features: Path, size: int = 64):
@@ -182,8 +173,8 @@ def _match_pairs(features: Path, pairs, out: Path, cfg: MatchPairsConfig, progre
     done = _done(out, want)
     todo = [p for p in todo_all if not any(k in done for k, _ in pair_keys(*p))]
     lock.acquire()
-    _parts_dir(out).mkdir(parents=True, exist_ok=True)
-    seq = len(list(_parts_dir(out).glob("part-*.h5")))
+    parts_dir(out).mkdir(parents=True, exist_ok=True)
+    seq = len(list(parts_dir(out).glob("part-*.h5")))
     get = _feature_cache(features)
     t0, n_matches, pending = time.perf_counter(), [], []
     it = todo
@@ -201,7 +192,7 @@ def _match_pairs(features: Path, pairs, out: Path, cfg: MatchPairsConfig, progre
                 write_match_group(f, a, b, m0, s0)
             f.attrs.update(want)
 
-        write_h5_atomic(_parts_dir(out) / f"part-{seq:06d}.h5", fill)
+        write_h5_atomic(parts_dir(out) / f"part-{seq:06d}.h5", fill)
         seq, pending = seq + 1, []
 
     for a, b in it:

@@ -296,9 +296,7 @@ def fit(
         lock.release()
 
 
-def _fit(
-    cfg: LoopConfig, out_dir: Path, resume: bool, progress: bool, total_steps: int | None, lock, device
-) -> Path:
+def _fit(cfg: LoopConfig, out_dir: Path, resume: bool, progress: bool, total_steps: int | None, lock, device) -> Path:
     device = du.init_from_env(device)
     world, rank = du.world_size(), du.rank()
     last = out_dir / "last.pt"
