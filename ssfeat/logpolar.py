@@ -96,7 +96,13 @@ def ring_levels(grid: LogPolarGrid) -> np.ndarray:
     return np.round(np.log2(np.maximum(grid.steps(), 1.0)) * grid.rings_per_octave).astype(int)
 
 
-def sample_logpolar(image: np.ndarray | ScaleSpace, xy: np.ndarray, grid: LogPolarGrid) -> torch.Tensor:
+def sample_logpolar(
+    image: np.ndarray | ScaleSpace,
+    xy: np.ndarray,
+    grid: LogPolarGrid,
+    first_ring: np.ndarray | None = None,
+    n_rings: int | None = None,
+) -> torch.Tensor:
     """Log-polar patches of a gray image around keypoints.
 
     Samples that fall outside the image take the mean of their ring's samples inside it (or, for a
@@ -108,28 +114,45 @@ def sample_logpolar(image: np.ndarray | ScaleSpace, xy: np.ndarray, grid: LogPol
         image: ``(H, W)`` float image (or a :class:`ScaleSpace` of it, to share it across calls).
         xy: ``(N, 2)`` keypoint positions ``(x, y)`` in pixels.
         grid: the ring and angle layout.
+        first_ring, n_rings: a window of the grid's rings per keypoint: keypoint ``i`` gets rings
+            ``first_ring[i] .. first_ring[i] + n_rings - 1`` of ``grid`` (``(N,)`` ints; default: all
+            rings), read exactly as in the whole patch.
 
     Returns:
-        ``(N, n_rings, n_angles)`` float32 tensor.
+        ``(N, n_rings, n_angles)`` float32 tensor (``n_rings`` defaults to ``grid.n_rings``).
     """
     ss = image if isinstance(image, ScaleSpace) else ScaleSpace(image, grid.rings_per_octave)
     xy_t = torch.as_tensor(np.asarray(xy, np.float64).reshape(-1, 2), dtype=torch.float32)
-    N, R, T = len(xy_t), grid.n_rings, grid.n_angles
+    N, T = len(xy_t), grid.n_angles
+    R = grid.n_rings if n_rings is None else n_rings
+    first = np.zeros(N, np.int64) if first_ring is None else np.asarray(first_ring, np.int64).reshape(-1)
+    if len(first) != N or not 1 <= R <= grid.n_rings or (N and (first.min() < 0 or first.max() + R > grid.n_rings)):
+        raise ValueError(f"ring windows must lie within the grid's {grid.n_rings} rings")
     out = torch.empty(N, R, T)
     if N == 0:
         return out
     a = 2 * math.pi * np.arange(T) / T
     unit = torch.from_numpy(np.stack([np.cos(a), -np.sin(a)], -1).astype(np.float32))  # (T, 2), CCW as displayed
-    pos = xy_t[:, None, None, :] + torch.from_numpy(grid.radii().astype(np.float32))[None, :, None, None] * unit
-    levels = ring_levels(grid)
+    ring = first[:, None] + np.arange(R)  # (N, R) ring index in the grid
+    radii = grid.radii().astype(np.float32)
+    r = torch.from_numpy(radii if first_ring is None else radii[ring])  # (R,) or (N, R)
+    pos = xy_t[:, None, None, :] + r[..., None, None] * unit  # (N, R, T, 2)
+    levels = ring_levels(grid)[ring[:1] if first_ring is None else ring]  # (1 or N, R)
     for k in np.unique(levels):
         img, f = ss.level(int(k))
         h, w = img.shape[-2:]
-        r_idx = torch.from_numpy(np.flatnonzero(levels == k))
+        scale = torch.tensor([2.0 / max(w - 1, 1) / f, 2.0 / max(h - 1, 1) / f])
         # grid_sample's -1 and 1 are the centres of the level's first and last pixels
-        g = pos[:, r_idx] * torch.tensor([2.0 / max(w - 1, 1) / f, 2.0 / max(h - 1, 1) / f]) - 1.0
-        s = F.grid_sample(img, g.reshape(1, -1, T, 2), mode="bilinear", padding_mode="border", align_corners=True)
-        out[:, r_idx] = s.reshape(N, len(r_idx), T)
+        if first_ring is None:  # whole patches: the level's rings are the same for every keypoint
+            sel = torch.from_numpy(np.flatnonzero(levels[0] == k))
+            g = pos[:, sel] * scale - 1.0
+            s = F.grid_sample(img, g.reshape(1, -1, T, 2), mode="bilinear", padding_mode="border", align_corners=True)
+            out[:, sel] = s.reshape(N, len(sel), T)
+        else:
+            sel = torch.from_numpy(levels == k)
+            g = pos[sel] * scale - 1.0  # (M, T, 2)
+            s = F.grid_sample(img, g[None], mode="bilinear", padding_mode="border", align_corners=True)
+            out[sel] = s[0, 0]
     H, W = ss.shape
     inside = (
         (pos[..., 0] >= -0.5) & (pos[..., 0] <= W - 0.5) & (pos[..., 1] >= -0.5) & (pos[..., 1] <= H - 0.5)

@@ -23,12 +23,13 @@ from ssfeat.evaluation.keypoints import (
     score_pairs,
 )
 from ssfeat.features import Features
-from ssfeat.inference.pose import PatchPoseEstimator
+from ssfeat.inference.pose import PRIOR_WINDOW_RINGS, SIZE_PRIOR_OCTAVES, PatchPoseEstimator
 from ssfeat.logpolar import sample_logpolar
 from ssfeat.models import PatchPoseConfig, PatchPoseNet
 from ssfeat.models.scale_pose import LogPolarScaleNet, ScalePoseConfig
+from ssfeat.patches import sample_patches
 from ssfeat.training import ScalePoseTrainConfig
-from ssfeat.training.tasks.scalepose import ScalePoseTask, evaluate_scale_pairs
+from ssfeat.training.tasks.scalepose import ScalePoseTask, evaluate_scale_pairs, mean_octave
 
 from .conftest import textured_image
 
@@ -94,6 +95,27 @@ def test_scale_network_overfits_a_batch(photos):
     assert before < 60 and after >= 85, (before, after)
 
 
+def test_locality_term_pulls_the_histograms_to_smaller_rings(photos):
+    """With ``locality`` the loss adds the histograms' mean ring in octaves (logged as
+    ``mean_octave``); its gradient moves histogram mass towards the small rings."""
+    s = ViewPairSynthesizer(photos, TINY_SCALE.grid, ViewPairConfig(keypoints=4, max_side=160))
+    batch = s.batch(range(2))
+    torch.manual_seed(0)
+    net = LogPolarScaleNet(TINY_SCALE)
+    plain, logs = ScalePoseTask(ScalePoseTrainConfig(model=TINY_SCALE)).loss(net, batch, 0)
+    assert "mean_octave" not in logs
+    local, logs = ScalePoseTask(ScalePoseTrainConfig(model=TINY_SCALE, locality=0.5)).loss(net, batch, 0)
+    z = net(torch.cat([batch["lp0"], batch["lp1"]]))
+    expected = (F.softmax(z, -1) * torch.arange(z.shape[1]) / TINY_SCALE.rings_per_octave).sum(-1).mean()
+    assert math.isclose(logs["mean_octave"], expected.item(), rel_tol=1e-5)
+    assert math.isclose(local.item(), plain.item() + 0.5 * expected.item(), rel_tol=1e-5)
+    logits = torch.zeros(3, 9, requires_grad=True)
+    mean_octave(logits, 4).backward()
+    assert (logits.grad[:, :4] < 0).all() and (logits.grad[:, 5:] > 0).all()  # descent raises small rings
+    with pytest.raises(ValueError, match="locality"):
+        ScalePoseTrainConfig(locality=-0.1)
+
+
 @pytest.fixture(scope="module")
 def estimator():
     torch.manual_seed(0)
@@ -104,8 +126,16 @@ def test_keypoint_poses_shapes_prior_and_errors(estimator):
     img = textured_image(200, 240, seed=3)
     xy = np.array([[10.0, 20.0], [120.0, 100.0], [239.0, 199.0]])
     p = estimator.keypoint_poses(img, xy, k=2)
-    for t in (p.orientation, p.size, p.ori_score, p.size_score):
+    for t in (p.orientation, p.size, p.ori_score, p.size_score, p.ori_at_size):
         assert t.shape == (3, 2) and torch.isfinite(t).all()
+    # the orientation that goes with each size is the one read at that size
+    assert torch.equal(p.ori_at_size[:, 0], p.orientation[:, 0])
+    c_window = estimator.scale_model.config.ori_window
+    for j in range(2):
+        P = estimator.config.patch_size
+        side = (c_window * p.size[:, j]).numpy()
+        patches = sample_patches(img.astype(np.float32) / 255, xy, (side / P)[:, None, None] * np.eye(2), P)[:, None]
+        assert torch.allclose(estimator(patches).orientation, p.ori_at_size[:, j], atol=1e-5)
     assert ((p.orientation >= 0) & (p.orientation < 2 * math.pi)).all() and (p.size > 0).all()
     # a tight prior pulls every size towards the given one
     c = estimator.scale_model.config
@@ -127,6 +157,28 @@ def test_keypoint_poses_shapes_prior_and_errors(estimator):
     no_scale = PatchPoseEstimator(estimator.model)
     with pytest.raises(ValueError, match="no scale model"):
         no_scale.keypoint_poses(img, xy)
+
+
+def test_size_prior_reads_only_the_rings_near_the_prior(bundled, photos):
+    """With sizes given, only the histogram rings around each prior are computed (the logits' norm
+    extrapolated from them): the sizes stay those of the whole histogram with the same prior."""
+    est = PatchPoseEstimator(bundled.model, scale_model=bundled.scale_model)
+    sm, c = est.scale_model, est.scale_model.config
+    img = photos[0]
+    kps = cv2.SIFT_create(200).detect((img * 255).astype(np.uint8), None)
+    xy, sizes = np.array([k.pt for k in kps]), np.array([k.size for k in kps])
+    sizes[:3] = [0.1, 500.0, 2000.0]  # priors beyond either end of the histogram
+    got = est.keypoint_poses(img, xy, sizes)
+    with torch.inference_mode():
+        logits = sm(sample_logpolar(img, xy, c.grid))
+    ring = torch.arange(c.n_rings) / c.rings_per_octave
+    prior = torch.from_numpy(np.log2(sizes / (c.size_factor * c.min_radius))).float()
+    logp = F.log_softmax(logits - 0.5 * ((ring - prior[:, None]) / SIZE_PRIOR_OCTAVES) ** 2, -1)
+    whole = sm.sizes(logp)[0][:, 0]
+    err = torch.log2(got.size[:, 0] / whole).abs()
+    assert (err <= 1 / 6).float().mean() >= 0.97 and err.median() < 0.05, err
+    assert torch.allclose(got.size_hist.sum(1), torch.ones(len(xy)), atol=1e-5)
+    assert (got.size_hist > 0).sum(1).max() <= 2 * PRIOR_WINDOW_RINGS + 1
 
 
 def test_pair_keypoints_is_mutual_and_within_the_radius():

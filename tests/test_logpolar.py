@@ -50,6 +50,20 @@ def test_zoom_is_a_shift_along_rings():
     assert err < 0.03 and (lb[4:] - la[4:]).abs().max() > 0.1
 
 
+def test_ring_windows_read_the_whole_patch_rings():
+    a, _ = blobs(129)
+    xy = np.random.default_rng(0).uniform(10, 118, (6, 2))
+    whole = sample_logpolar(a, xy, GRID)
+    first = np.array([0, 3, 7, 10, 12, 12])
+    win = sample_logpolar(a, xy, GRID, first, 8)
+    assert win.shape == (6, 8, 32)
+    for i, f in enumerate(first):  # rings that reach past the border take the window's means instead
+        inner = GRID.radii()[f : f + 8] < 10
+        assert torch.equal(win[i][inner], whole[i, f : f + 8][inner])
+    with pytest.raises(ValueError, match="ring windows"):
+        sample_logpolar(a, xy[:1], GRID, np.array([13]), 8)
+
+
 def test_sampling_edge_cases():
     a, _ = blobs(65)
     assert sample_logpolar(a, np.zeros((0, 2)), GRID).shape == (0, 20, 32)

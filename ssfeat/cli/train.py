@@ -81,11 +81,14 @@ SCALEPOSE_FIELDS = {
     "pairs.keypoints": ("keypoint pairs per view pair", {"type": positive}),
     "pairs.max_log2_zoom": ("views zoom the photo by 2**U(-max, max)", {}),
     "pairs.crop": ("cut both images of a pair to random rectangles (--no-crop: whole images)", {}),
+    "model.n_angles": ("angles of the log-polar patch (even; at least 4 per harmonic)", {"type": positive}),
     "model.channels": ("channels of the log-polar convolution", {"type": positive}),
     "model.hidden": ("channels of the convolutions along the rings", {"type": positive}),
     "model.ring_layers": ("dilated convolutions along the rings after the first", {}),
     "model.min_radius": ("radius (px) of the histogram's first ring", {}),
     "pairs.jitter": ("std (px) of a random offset of each keypoint in both images", {}),
+    "pairs.sift_fraction": ("fraction of the keypoints at SIFT keypoints (the others uniformly random)", {}),
+    "locality": ("weight of the histograms' mean log2 radius (octaves) in the loss", {}),
 }
 
 DETECTOR_FIELDS = {

@@ -20,7 +20,7 @@ from ..geometry import angle_to_cv2, inside_image, laf_from_pose
 from ..logpolar import sample_logpolar
 from ..models.layers import check_unit_images, fuse_batchnorm, gray_channels
 from ..models.patch_pose import PatchPoseConfig, PatchPoseNet, decode_pose
-from ..models.scale_pose import LogPolarScaleNet
+from ..models.scale_pose import NORM_RINGS, LogPolarScaleNet
 from ..models.weights import load_pose_model, load_scale_model
 from ..patches import sample_patches
 
@@ -53,7 +53,8 @@ class KeypointPoses:
     ``orientation`` ``(N, k)`` radians CCW in ``[0, 2pi)``, ``size`` ``(N, k)`` pixels
     (``cv2.KeyPoint.size``'s meaning), ``ori_score`` and ``size_score`` ``(N, k)`` histogram mass;
     the histograms ``ori_hist`` ``(N, n_ori_bins)`` (at the strongest size) and ``size_hist``
-    ``(N, n_rings)`` (over the scale network's ring radii)."""
+    ``(N, n_rings)`` (over the scale network's ring radii); ``ori_at_size`` ``(N, k)``: the
+    strongest orientation read at each of the ``k`` sizes (column 0 is ``orientation[:, 0]``)."""
 
     orientation: torch.Tensor
     size: torch.Tensor
@@ -61,12 +62,16 @@ class KeypointPoses:
     size_score: torch.Tensor
     ori_hist: torch.Tensor
     size_hist: torch.Tensor
+    ori_at_size: torch.Tensor
 
 
 # width (octaves) of the Gaussian prior that ``size_prior`` puts on the log2 size around the given size:
 # on SIFT keypoints of similarity views, 0.5 / 0.25 / 0.15 / 0.1 gave size within 1/3 octave for
 # 80.8 / 87.8 / 93.6 / 94.1 % of keypoint pairs and orientation within 10 degrees for 78.7 / 84.3 / 87.6 / 88.1 %
 SIZE_PRIOR_OCTAVES = 0.15
+# with a size prior only the histogram rings within this many of the prior's are computed: 1 octave
+# at 4 rings per octave, where the prior's weight has fallen to exp(-22)
+PRIOR_WINDOW_RINGS = 4
 
 
 class PatchPoseEstimator(nn.Module):
@@ -262,9 +267,9 @@ class PatchPoseEstimator(nn.Module):
             sizes: optional ``(N,)`` sizes in pixels (e.g. a detector's) that the estimate refines:
                 a Gaussian prior of ``SIZE_PRIOR_OCTAVES`` octaves around each; ``None``: from the
                 positions alone.
-            k: the ``k`` strongest sizes (with the strongest orientation at each) when ``k`` is
-                not above the number of scale modes wanted; orientations ``1..k`` are the
-                strongest orientation modes at the strongest size.
+            k: the ``k`` strongest sizes; orientations ``1..k`` are the strongest orientation
+                modes at the strongest size, and ``ori_at_size`` the strongest orientation at
+                each size (``k - 1`` more orientation passes).
 
         Returns:
             :class:`KeypointPoses` with ``(N, k)`` tensors on the CPU.
@@ -284,35 +289,74 @@ class PatchPoseEstimator(nn.Module):
             sizes = np.asarray(sizes.detach().cpu() if isinstance(sizes, torch.Tensor) else sizes, np.float64)
             if sizes.shape != (n,) or not (np.isfinite(sizes).all() and (sizes > 0).all()):
                 raise ValueError(f"sizes must be {n} finite positive sizes in pixels, got shape {sizes.shape}")
-        sm, c = self.scale_model, self.scale_model.config
+        c = self.scale_model.config
         if n == 0:
             z = torch.zeros(0, k)
-            return KeypointPoses(z, z, z, z, torch.zeros(0, self.config.n_ori_bins), torch.zeros(0, c.n_rings))
-        lp = sample_logpolar(img, pts, c.grid).to(self.device, next(sm.parameters()).dtype)
-        logits = torch.cat([sm(lp[i : i + 4 * self.batch_size]) for i in range(0, n, 4 * self.batch_size)])
-        logp = logits.float()
-        if sizes is not None:  # log-Gaussian prior around the given sizes, in octaves
-            ring = torch.arange(c.n_rings, device=logp.device) / c.rings_per_octave
-            prior = torch.from_numpy(np.log2(sizes / (c.size_factor * c.min_radius))).to(logp)
-            logp = logp - 0.5 * ((ring[None] - prior[:, None]) / SIZE_PRIOR_OCTAVES) ** 2
-        logp = F.log_softmax(logp, -1)  # the histogram (with the prior, if any)
-        size, size_score = sm.sizes(logp, k)
-        P = self.config.patch_size
-        side = (c.ori_window * size[:, 0]).cpu().numpy()
-        patches = sample_patches(img, pts, (side / P)[:, None, None] * np.eye(2), P)[:, None]
-        d = decode_pose(*self._logits(patches), self.config, k=k)
+            return KeypointPoses(z, z, z, z, torch.zeros(0, self.config.n_ori_bins), torch.zeros(0, c.n_rings), z)
+        size, size_score, size_hist = self._sizes(img, pts, sizes, k)
         if size.shape[1] < k:  # fewer scale modes than asked: repeat the strongest
             pad = k - size.shape[1]
             size = torch.cat([size, size[:, :1].expand(-1, pad)], 1)
             size_score = torch.cat([size_score, size_score[:, :1].expand(-1, pad)], 1)
+        d = decode_pose(*self._logits(self._ori_patches(img, pts, size[:, 0])), self.config, k=k)
+        ori_at_size = [d["orientation"][:, 0]]
+        for j in range(1, k):  # the orientation that goes with each further size mode
+            ori_at_size.append(self(self._ori_patches(img, pts, size[:, j])).orientation)
         return KeypointPoses(
             d["orientation"].cpu(),
             size.cpu(),
             d["ori_score"].cpu(),
             size_score.cpu(),
             d["ori_hist"].cpu(),
-            logp.exp().cpu(),
+            size_hist.cpu(),
+            torch.stack(ori_at_size, 1).cpu(),
         )
+
+    def _sizes(
+        self, img: np.ndarray, pts: np.ndarray, sizes: np.ndarray | None, k: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The ``k`` strongest sizes ``(N, k)`` px, their mass ``(N, k)`` and the scale histograms
+        ``(N, n_rings)`` at ``pts`` (with the prior around ``sizes``, if given: then only the
+        histogram rings within ``PRIOR_WINDOW_RINGS`` of each prior are computed)."""
+        sm, c = self.scale_model, self.scale_model.config
+        n = len(pts)
+        first, n_hist, first_in, n_in = None, c.n_rings, None, c.grid.n_rings
+        if sizes is not None:  # only the rings the prior leaves any weight need be read
+            prior = np.log2(sizes / (c.size_factor * c.min_radius))  # octaves above the first ring
+            n_hist = min(c.n_rings, 2 * PRIOR_WINDOW_RINGS + 1)
+            centre = np.round(prior * c.rings_per_octave).astype(np.int64)
+            first = np.clip(centre - PRIOR_WINDOW_RINGS, 0, c.n_rings - n_hist)
+            # the patch window: the rings these histogram rings read, and the NORM_RINGS more either
+            # side that their standardisation reads (fewer at the ends of the patch, as there)
+            n_in = min(c.grid.n_rings, n_hist + 2 * (c.context_rings + NORM_RINGS))
+            first_in = np.clip(first - NORM_RINGS, 0, c.grid.n_rings - n_in)
+        lp = sample_logpolar(img, pts, c.grid, first_in, n_in).to(self.device, next(sm.parameters()).dtype)
+        chunks = range(0, n, 4 * self.batch_size)
+        logits = torch.cat([sm.raw_logits(lp[i : i + 4 * self.batch_size]) for i in chunks])
+        if first is not None:  # (N, n_in - 2 m) outputs from histogram ring first_in: keep the window's
+            logits = sm.normalize_logits(logits, c.n_rings)
+            at = torch.from_numpy(first - first_in)[:, None] + torch.arange(n_hist)
+            logits = logits.gather(1, at.to(logits.device))
+        else:
+            logits = sm.normalize_logits(logits)
+        logp = logits.float()
+        if sizes is not None:  # log-Gaussian prior around the given sizes, in octaves
+            ring = (torch.from_numpy(first)[:, None] + torch.arange(n_hist)).to(logp) / c.rings_per_octave
+            logp = logp - 0.5 * ((ring - torch.from_numpy(prior).to(logp)[:, None]) / SIZE_PRIOR_OCTAVES) ** 2
+            first = torch.from_numpy(first).to(logp.device)
+        logp = F.log_softmax(logp, -1)  # the histogram (with the prior, if any)
+        size, size_score = sm.sizes(logp, k, first)
+        size_hist = logp.exp()
+        if first is not None:  # the window's rings in the whole histogram
+            full = size_hist.new_zeros(n, c.n_rings)
+            size_hist = full.scatter_(1, first[:, None] + torch.arange(n_hist, device=full.device), size_hist)
+        return size, size_score, size_hist
+
+    def _ori_patches(self, img: np.ndarray, pts: np.ndarray, size: torch.Tensor) -> torch.Tensor:
+        """``(N, 1, P, P)`` orientation-network windows of ``ori_window`` times ``size`` ``(N,)`` px."""
+        P = self.config.patch_size
+        side = (self.scale_model.config.ori_window * size).cpu().numpy()
+        return sample_patches(img, pts, (side / P)[:, None, None] * np.eye(2), P)[:, None]
 
     @torch.inference_mode()
     def estimate(

@@ -1,5 +1,6 @@
 """LogPolarScaleNet: a keypoint's characteristic scale from a log-polar patch, equivariant to zoom
-and invariant to rotation by construction.
+and invariant to rotation by construction (exactly for turns by an even number of angle steps: the
+first convolution has stride 2 along the angles).
 
 The input is an antialiased log-polar patch (:mod:`ssfeat.logpolar`): rings at log-spaced radii,
 angles all round. A zoom of the image by ``2**u`` shifts the patch by ``u * rings_per_octave`` rings
@@ -190,16 +191,22 @@ class LogPolarScaleNet(nn.Module):
             self.conv.fuse()
         return self
 
-    def sizes(self, logits: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-        """The ``k`` strongest modes of the scale histograms of ``(B, n_rings)`` logits: sizes
-        ``(B, k)`` in pixels (``size_factor`` times the ring radius, sub-ring refined) and their
-        histogram mass ``(B, k)``."""
+    def sizes(
+        self, logits: torch.Tensor, k: int = 1, first_ring: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``k`` strongest modes of the scale histograms of ``(B, K)`` logits: sizes ``(B, k)``
+        in pixels (``size_factor`` times the ring radius, sub-ring refined) and their histogram mass
+        ``(B, k)``. The logits are of the histogram's rings ``first_ring .. first_ring + K - 1``
+        (``(B,)``; default: all ``n_rings`` from the first)."""
         c = self.config
-        pos, score = histogram_peaks(F.softmax(logits, -1), min(k, c.n_rings), circular=False)
+        pos, score = histogram_peaks(F.softmax(logits, -1), min(k, logits.shape[-1]), circular=False)
+        if first_ring is not None:
+            pos = pos + first_ring.to(pos)[:, None]
         return c.size_factor * c.min_radius * torch.exp2(pos / c.rings_per_octave), score
 
     def features(self, patches: torch.Tensor) -> torch.Tensor:
-        """Rotation-invariant per-ring features ``(B, n_feat, n_rings)``."""
+        """Per-ring features ``(B, n_feat, n_rings)``, unchanged by a circular shift of the patch
+        by an even number of angles (the stride-2 convolution aliases odd shifts)."""
         c = self.config
         x = patches if patches.ndim == 4 else patches[:, None]
         m = c.context_rings
@@ -217,12 +224,23 @@ class LogPolarScaleNet(nn.Module):
             mags = torch.cat([z[..., :1], mags[..., 1:]], -1)
         return torch.cat([mags.permute(0, 1, 3, 2).flatten(1, 2), y.amax(-1)], 1)  # (B, n_feat, R - 2)
 
+    def raw_logits(self, patches: torch.Tensor) -> torch.Tensor:
+        """``(B, R - 2 * context_rings)`` logits before the norm :meth:`forward` gives them: each
+        depends on its own ``2 * (context_rings + NORM_RINGS) + 1`` rings of the patch only."""
+        return self.rings(self.features(patches))[:, 0]
+
+    def normalize_logits(self, z: torch.Tensor, n_rings: int | None = None) -> torch.Tensor:
+        """Centre ``(B, K)`` raw logits and scale them to an L2 norm of ``logit_norm`` (0: as they
+        are). ``n_rings``: ``z`` holds a window of the logits of that many rings; the norm is
+        extrapolated from the window's (the histogram's shape within the window is kept)."""
+        if self.config.logit_norm <= 0:
+            return z
+        z = z - z.mean(-1, keepdim=True)
+        gain = 1.0 if n_rings is None else math.sqrt(z.shape[-1] / n_rings)
+        return self.config.logit_norm * gain * F.normalize(z, dim=-1, eps=1e-6)
+
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
-        z = self.rings(self.features(patches))[:, 0]
-        if self.config.logit_norm > 0:
-            z = z - z.mean(-1, keepdim=True)
-            z = self.config.logit_norm * F.normalize(z, dim=-1, eps=1e-6)
-        return z
+        return self.normalize_logits(self.raw_logits(patches))
 
 
 __all__ = ["LogPolarScaleNet", "ScalePoseConfig"]

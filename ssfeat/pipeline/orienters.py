@@ -95,8 +95,9 @@ class PatchPoseOrienter:
         scale: also set the feature size (see above); ``support`` and ``support_factor`` then do not
             apply.
         size_prior: with ``scale``, refine the detector's size instead of ignoring it.
-        k_ori, k_scale: multi-pose: one feature per combination of the ``k_ori`` strongest orientation
-            modes and (with ``scale``) the ``k_scale`` strongest size modes (paper Table 2).
+        k_ori, k_scale: multi-pose (paper Table 2): one feature per each of the ``k_ori`` strongest
+            orientation modes at the strongest size, and (with ``scale``) one per each further of
+            the ``k_scale`` strongest size modes, with the strongest orientation read at that size.
         min_ratio: a secondary mode is emitted only if its histogram peak is at least this fraction of
             the strongest one (SIFT uses 0.8 for its secondary orientations).
     """
@@ -139,6 +140,7 @@ class PatchPoseOrienter:
         if self.scale:
             p = self.estimator.keypoint_poses(image, feats.keypoints, feats.scales if self.size_prior else None, k)
             ori, ori_s, size, size_s = (t.numpy() for t in (p.orientation, p.ori_score, p.size, p.size_score))
+            ori_at_size = p.ori_at_size.numpy()
         else:
             t = self.estimator.topk(self.patches(image, feats), k)
             ori, ori_s = t.orientation.cpu().numpy(), t.ori_score.cpu().numpy()
@@ -146,10 +148,12 @@ class PatchPoseOrienter:
         parts = []
         for i in range(self.k_ori):
             for j in range(self.k_scale):
+                if i and j:  # further sizes carry the strongest orientation read at their own size
+                    continue
                 ok = (ori_s[:, i] >= self.min_ratio * ori_s[:, 0]) & (size_s[:, j] >= self.min_ratio * size_s[:, 0])
                 idx = np.flatnonzero(ok) if i or j else np.arange(len(feats))
                 f = feats.subset(idx)
-                f.orientations = ori[idx, i].astype(np.float32)
+                f.orientations = (ori[idx, i] if j == 0 else ori_at_size[idx, j]).astype(np.float32)
                 if size is not None:
                     f.scales = size[idx, j].astype(np.float32)
                 parts.append(f)

@@ -94,8 +94,16 @@ class ScalePoseTrainConfig(LoopConfig):
     val_pairs: int = 64
     lr: float = 3e-3
     temperature: float = 1.0  # of the loss softmax (the model already fixes the logit norm)
+    # weight of the histograms' mean log2 radius (octaves) in the loss: alignment alone leaves free
+    # where on the rings the peak sits, and then the network reads far context (image borders,
+    # other objects) that real pairs do not share; this term makes it the smallest consistent scale
+    locality: float = 0.0
     model: ScalePoseConfig = field(default_factory=ScalePoseConfig)
     pairs: ViewPairConfig = field(default_factory=ViewPairConfig)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_fields(self, ("locality",), ("temperature",))
 
     @classmethod
     def from_dict(cls, d: dict) -> ScalePoseTrainConfig:

@@ -37,6 +37,13 @@ def evaluate_scale_pairs(model: LogPolarScaleNet, val: dict, chunk: int = 1024) 
     }
 
 
+def mean_octave(logits: torch.Tensor, rings_per_octave: int) -> torch.Tensor:
+    """Mean over the batch of the histograms' expected ring index in octaves (``(B, n_rings)``
+    logits -> scalar; 0 is the first ring)."""
+    ring = torch.arange(logits.shape[-1], device=logits.device, dtype=logits.dtype) / rings_per_octave
+    return (F.softmax(logits, -1) * ring).sum(-1).mean()
+
+
 class ScalePoseTask:
     """Scale-covariant keypoint scale by histogram alignment along the log-polar rings."""
 
@@ -68,8 +75,14 @@ class ScalePoseTask:
     def loss(self, net, batch: dict, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         z0, z1 = net(torch.cat([batch["lp0"], batch["lp1"]])).chunk(2)
         shift = batch["log2_zoom"] * self.cfg.model.rings_per_octave
-        loss = histogram_alignment_loss(z0, z1, shift, circular=False, temperature=self.cfg.temperature)
-        return loss, {"loss_scale": loss.item()}
+        align = histogram_alignment_loss(z0, z1, shift, circular=False, temperature=self.cfg.temperature)
+        logs = {"loss_scale": align.item()}
+        loss = align
+        if self.cfg.locality > 0:
+            octave = mean_octave(torch.cat([z0, z1]), self.cfg.model.rings_per_octave)
+            loss = loss + self.cfg.locality * octave
+            logs["mean_octave"] = octave.item()
+        return loss, logs
 
     def evaluate(self, model, val: dict) -> dict[str, float]:
         return evaluate_scale_pairs(model, val)
@@ -79,4 +92,4 @@ class ScalePoseTask:
         return m["scale_acc@0.333"]
 
 
-__all__ = ["ScalePoseTask", "evaluate_scale_pairs"]
+__all__ = ["ScalePoseTask", "evaluate_scale_pairs", "mean_octave"]
