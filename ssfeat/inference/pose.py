@@ -16,9 +16,9 @@ from torch import nn
 
 from ..data.images import as_image, to_uint8
 from ..features import strongest_distinct
-from ..geometry import angle_to_cv2, inside_image, laf_from_pose
+from ..geometry import angle_to_cv2, laf_from_pose
 from ..logpolar import sample_logpolar
-from ..models.layers import check_unit_images, fuse_batchnorm, gray_channels
+from ..models.layers import check_positions, check_unit_images, fuse_batchnorm, gray_channels
 from ..models.patch_pose import PatchPoseConfig, PatchPoseNet, decode_pose
 from ..models.scale_pose import NORM_RINGS, LogPolarScaleNet
 from ..models.weights import load_pose_model, load_scale_model
@@ -476,12 +476,7 @@ def image_points(xy, shape: tuple[int, int] | None = None) -> np.ndarray:
     if a.ndim < 2 or a.shape[-1] != 2:
         raise ValueError(f"keypoint positions must be an (N, 2) array of (x, y) (or (1, N, 2)), got shape {a.shape}")
     a = a.reshape(-1, 2)
-    if not np.isfinite(a).all():
-        raise ValueError("keypoint coordinates contain NaN or Inf")
-    if shape is not None:
-        outside = ~inside_image(a, shape, margin=-0.5)
-        if outside.any():
-            raise ValueError(f"{int(outside.sum())} keypoints lie outside the {shape[1]}x{shape[0]} image")
+    check_positions(torch.from_numpy(a), shape)
     return a
 
 

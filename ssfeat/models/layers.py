@@ -130,14 +130,17 @@ def gray_channels(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def check_positions(xy: torch.Tensor, shape: tuple[int, int]) -> None:
+def check_positions(xy: torch.Tensor, shape: tuple[int, int] | None) -> None:
     """Raise a one-line ``ValueError`` unless every ``(..., 2)`` pixel position ``(x, y)`` is finite
-    and inside an image of ``shape`` ``(H, W)`` (pixel centres at integers: ``[-0.5, W - 0.5]``)."""
+    and, given ``shape`` ``(H, W)``, inside an image of that shape (pixel centres at integers:
+    ``[-0.5, W - 0.5]``)."""
     if not xy.numel():
         return
     xy = xy.detach()
     if not torch.isfinite(xy).all():
         raise ValueError("keypoint coordinates contain NaN or Inf")
+    if shape is None:
+        return
     H, W = shape
     x, y = xy[..., 0], xy[..., 1]
     outside = (x < -0.5) | (y < -0.5) | (x > W - 0.5) | (y > H - 0.5)
