@@ -308,21 +308,28 @@ FOLDER = {
 HEAVY = {"train pose", "train scalepose", "train detector", "train descriptor", "train warp", "benchmark warp"}
 
 
-def folder_params():
-    for command in FOLDER:
+def command_cases(commands, fast_commands, fast=("zero-byte", "cmyk")):
+    """``(command, case)`` parameters, all but the ``fast`` cases of ``fast_commands`` marked slow."""
+    for command in commands:
         for case in BAD_INPUTS:
-            marks = [pytest.mark.slow] if command in HEAVY or case not in ("zero-byte", "cmyk") else []
+            marks = [] if command in fast_commands and case in fast else [pytest.mark.slow]
             yield pytest.param(command, case, marks=marks, id=f"{command}-{case}")
 
 
-@pytest.mark.parametrize(("command", "case"), list(folder_params()))
-def test_folder_commands_skip_bad_files(command, case, folders, tmp_path, caplog, capsys):
+def run_logged(argv: list[str], caplog, capsys) -> tuple[int, str]:
+    """Run the command line ``argv``: its exit code, and its warnings and printed output together."""
     caplog.set_level(logging.WARNING)
+    rc = main(argv)
+    printed = capsys.readouterr()
+    return rc, caplog.text + printed.out + printed.err
+
+
+@pytest.mark.parametrize(("command", "case"), list(command_cases(FOLDER, set(FOLDER) - HEAVY)))
+def test_folder_commands_skip_bad_files(command, case, folders, tmp_path, caplog, capsys):
     out = tmp_path / "o"
     out.mkdir()
-    rc = main(FOLDER[command](folders[case], out))
-    printed = capsys.readouterr()
-    check_folder_result(case, folders[case], rc, caplog.text + printed.out + printed.err)
+    rc, log = run_logged(FOLDER[command](folders[case], out), caplog, capsys)
+    check_folder_result(case, folders[case], rc, log)
 
 
 SEQUENCE = {
@@ -376,21 +383,11 @@ SEQUENCE = {
 }
 
 
-def sequence_params():
-    for command in SEQUENCE:
-        for case in BAD_INPUTS:
-            marks = [] if command == "benchmark matching" and case in ("zero-byte", "cmyk") else [pytest.mark.slow]
-            yield pytest.param(command, case, marks=marks, id=f"{command}-{case}")
-
-
-@pytest.mark.parametrize(("command", "case"), list(sequence_params()))
+@pytest.mark.parametrize(("command", "case"), list(command_cases(SEQUENCE, {"benchmark matching"})))
 def test_sequence_benchmarks_skip_bad_images(command, case, sequence_roots, tmp_path, caplog, capsys):
-    caplog.set_level(logging.WARNING)
     out = tmp_path / "o"
     out.mkdir()
-    rc = main(SEQUENCE[command](sequence_roots[case], out))
-    printed = capsys.readouterr()
-    log = caplog.text + printed.out + printed.err
+    rc, log = run_logged(SEQUENCE[command](sequence_roots[case], out), caplog, capsys)
     assert rc == 0 and "Traceback" not in log, log
     name, works = BAD_INPUTS[case]
     if not works and case != "folder":

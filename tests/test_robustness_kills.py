@@ -58,6 +58,14 @@ def h5_contents(path: Path) -> dict[str, np.ndarray]:
     return out
 
 
+def write_photos(folder: Path, n: int, shape: tuple[int, int], seed: int) -> Path:
+    """``folder`` with ``n`` textured photos of ``shape`` ``(H, W)``, ``p00.png``, ``p01.png``, ..."""
+    folder.mkdir()
+    for i in range(n):
+        cv2.imwrite(str(folder / f"p{i:02d}.png"), textured_image(*shape, seed=seed + i))
+    return folder
+
+
 def temp_files(folder: Path) -> list[Path]:
     """Temporary files left below ``folder`` (``.NAME.PID.RANDOM.tmp``, or ``.NAME.tmpPID`` of earlier versions)."""
     return [p for p in folder.rglob("*") if ".tmp" in p.name]
@@ -65,10 +73,7 @@ def temp_files(folder: Path) -> list[Path]:
 
 @pytest.mark.slow
 def test_extract_survives_random_kills(tmp_path):
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    for i in range(12):
-        cv2.imwrite(str(photos / f"p{i:02d}.png"), textured_image(240, 320, seed=40 + i))
+    photos = write_photos(tmp_path / "photos", 12, (240, 320), seed=40)
     (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff")  # recorded as skipped, once
     argv = [sys.executable, "-m", "ssfeat", "extract", "--images", str(photos), "--pipeline", "sift",
             "--max-keypoints", "200", "--part-size", "1"]  # fmt: skip
@@ -102,10 +107,7 @@ def test_training_survives_random_kills(tmp_path):
     """A checkpoint every step, so many kills land in a checkpoint write."""
     import torch
 
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    for i in range(6):
-        cv2.imwrite(str(photos / f"p{i}.png"), textured_image(300, 300, seed=60 + i))
+    photos = write_photos(tmp_path / "photos", 6, (300, 300), seed=60)
     argv = [sys.executable, "-c", TRAIN, str(photos)]
     reference, resumed = tmp_path / "ref", tmp_path / "killed"
     full = timed([*argv, str(reference)])
