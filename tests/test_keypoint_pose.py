@@ -29,6 +29,7 @@ from ssfeat.models import PatchPoseConfig, PatchPoseNet
 from ssfeat.models.scale_pose import LogPolarScaleNet, ScalePoseConfig
 from ssfeat.patches import sample_patches
 from ssfeat.training import ScalePoseTrainConfig
+from ssfeat.training.losses import mode_agreement_loss
 from ssfeat.training.tasks.scalepose import ScalePoseTask, evaluate_scale_pairs, mean_octave
 
 from .conftest import textured_image
@@ -95,25 +96,34 @@ def test_scale_network_overfits_a_batch(photos):
     assert before < 60 and after >= 85, (before, after)
 
 
-def test_locality_term_pulls_the_histograms_to_smaller_rings(photos):
-    """With ``locality`` the loss adds the histograms' mean ring in octaves (logged as
-    ``mean_octave``); its gradient moves histogram mass towards the small rings."""
+@pytest.mark.parametrize("field, log_key", [("locality", "mean_octave"), ("mode_weight", "loss_mode")])
+def test_weighted_scale_loss_terms(photos, field, log_key):
+    """``locality`` adds the histograms' mean ring in octaves (logged as ``mean_octave``),
+    ``mode_weight`` the mode-agreement cross-entropy (``loss_mode``): each is logged, added to the
+    alignment loss with its weight, and off by default; negative weights are refused."""
     s = ViewPairSynthesizer(photos, TINY_SCALE.grid, ViewPairConfig(keypoints=4, max_side=160))
     batch = s.batch(range(2))
     torch.manual_seed(0)
     net = LogPolarScaleNet(TINY_SCALE)
     plain, logs = ScalePoseTask(ScalePoseTrainConfig(model=TINY_SCALE)).loss(net, batch, 0)
-    assert "mean_octave" not in logs
-    local, logs = ScalePoseTask(ScalePoseTrainConfig(model=TINY_SCALE, locality=0.5)).loss(net, batch, 0)
+    assert log_key not in logs
+    both, logs = ScalePoseTask(ScalePoseTrainConfig(model=TINY_SCALE, **{field: 0.5})).loss(net, batch, 0)
     z = net(torch.cat([batch["lp0"], batch["lp1"]]))
-    expected = (F.softmax(z, -1) * torch.arange(z.shape[1]) / TINY_SCALE.rings_per_octave).sum(-1).mean()
-    assert math.isclose(logs["mean_octave"], expected.item(), rel_tol=1e-5)
-    assert math.isclose(local.item(), plain.item() + 0.5 * expected.item(), rel_tol=1e-5)
+    if field == "locality":
+        expected = (F.softmax(z, -1) * torch.arange(z.shape[1]) / TINY_SCALE.rings_per_octave).sum(-1).mean()
+    else:
+        shift = batch["log2_zoom"] * TINY_SCALE.rings_per_octave
+        expected = mode_agreement_loss(*z.chunk(2), shift, circular=False)
+    assert logs[log_key] > 0 and math.isclose(logs[log_key], expected.item(), rel_tol=1e-5)
+    assert math.isclose(both.item(), plain.item() + 0.5 * expected.item(), rel_tol=1e-5)
+    with pytest.raises(ValueError, match=field):
+        ScalePoseTrainConfig(**{field: -0.1})
+
+
+def test_locality_term_pulls_the_histograms_to_smaller_rings():
     logits = torch.zeros(3, 9, requires_grad=True)
     mean_octave(logits, 4).backward()
     assert (logits.grad[:, :4] < 0).all() and (logits.grad[:, 5:] > 0).all()  # descent raises small rings
-    with pytest.raises(ValueError, match="locality"):
-        ScalePoseTrainConfig(locality=-0.1)
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from ssfeat.training.losses import histogram_alignment_loss, shared_bins, shift_histogram
+from ssfeat.training.losses import histogram_alignment_loss, mode_agreement_loss, shared_bins, shift_histogram
 
 
 def test_shift_integer_equals_roll_and_full_turn_is_identity():
@@ -46,6 +46,26 @@ def test_loss_is_zero_for_perfectly_shifted_histograms_and_large_otherwise():
     s0, s1 = _sharp(torch.tensor([6]), 13), _sharp(torch.tensor([9]), 13)
     assert histogram_alignment_loss(s0, s1, torch.tensor([3.0]), circular=False) < 1e-4
     assert histogram_alignment_loss(s0, s1, torch.tensor([-3.0]), circular=False) > 5
+
+
+def test_mode_agreement_targets_the_other_views_strongest_bin():
+    """Histogram alignment barely tells apart two views whose two near-equal modes swap rank; the
+    mode term doubles, and its gradient raises the other view's shifted strongest bin."""
+    two = torch.full((1, 13), -40.0)
+    two[0, [3, 8]] = 40.0
+    a, b = two.clone(), two.clone()
+    a[0, 3] += 0.5  # view 0 prefers bin 3, view 1 (shifted by 2) prefers bin 10
+    b[0, 8] += 0.5
+    shift = torch.tensor([2.0])
+    b = torch.roll(b, 2, -1)
+    aligned = torch.roll(a, 2, -1)
+    swapped, agreed = (histogram_alignment_loss(a, z, shift, circular=False) for z in (b, aligned))
+    assert swapped < 1.25 * agreed
+    assert mode_agreement_loss(a, b, shift, circular=False) > 1.8 * mode_agreement_loss(a, aligned, shift, False)
+    assert mode_agreement_loss(_sharp(torch.tensor([4]), 13), _sharp(torch.tensor([6]), 13), shift, False) < 1e-4
+    z1 = torch.zeros(1, 13, requires_grad=True)
+    mode_agreement_loss(_sharp(torch.tensor([4]), 13), z1, torch.tensor([2.5]), circular=False).backward()
+    assert z1.grad[0, 6] < 0 and z1.grad[0, 7] < 0 and (z1.grad[0, [0, 1, 2, 3, 4, 5, 8, 9]] > 0).all()
 
 
 @pytest.mark.slow

@@ -89,6 +89,7 @@ SCALEPOSE_FIELDS = {
     "pairs.jitter": ("std (px) of a random offset of each keypoint in both images", {}),
     "pairs.sift_fraction": ("fraction of the keypoints at SIFT keypoints (the others uniformly random)", {}),
     "locality": ("weight of the histograms' mean log2 radius (octaves) in the loss", {}),
+    "mode_weight": ("weight of the cross-entropy against the other view's strongest ring", {}),
 }
 
 DETECTOR_FIELDS = {

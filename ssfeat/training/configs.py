@@ -98,12 +98,15 @@ class ScalePoseTrainConfig(LoopConfig):
     # where on the rings the peak sits, and then the network reads far context (image borders,
     # other objects) that real pairs do not share; this term makes it the smallest consistent scale
     locality: float = 0.0
+    # weight of a cross-entropy of each view against the other view's strongest ring, shifted by the
+    # zoom (losses.mode_agreement_loss): alignment alone lets two near-equal modes swap between views
+    mode_weight: float = 0.0
     model: ScalePoseConfig = field(default_factory=ScalePoseConfig)
     pairs: ViewPairConfig = field(default_factory=ViewPairConfig)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_fields(self, ("locality",), ("temperature",))
+        check_fields(self, ("locality", "mode_weight"), ("temperature",))
 
     @classmethod
     def from_dict(cls, d: dict) -> ScalePoseTrainConfig:

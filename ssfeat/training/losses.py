@@ -91,6 +91,34 @@ def histogram_alignment_loss(
     return terms.sum(-1).mean()
 
 
+def mode_agreement_loss(
+    logits0: torch.Tensor, logits1: torch.Tensor, shift: torch.Tensor, circular: bool
+) -> torch.Tensor:
+    """Cross-entropy of each view's histogram against the other view's strongest bin, shifted.
+
+    Histogram alignment matches whole histograms; two modes of nearly equal mass then satisfy it
+    while the strongest one differs between the views. Here each view's argmax, one-hot and moved by
+    ``shift`` (fractional shifts split over two bins; scale: bins shifted past either end are dropped),
+    is a fixed target for the other view (no gradient through the argmax).
+
+    Args:
+        logits0, logits1: ``(B, K)`` logits of the two views.
+        shift: ``(B,)`` shift in bins (view 1 = view 0 shifted right by ``shift``).
+
+    Returns:
+        scalar, the mean over the batch and both directions; ~0 when each view puts all its mass on
+        the other's shifted mode.
+    """
+    with torch.no_grad():
+        hard0 = F.one_hot(logits0.argmax(-1), logits0.shape[-1]).to(logits0.dtype)
+        hard1 = F.one_hot(logits1.argmax(-1), logits1.shape[-1]).to(logits1.dtype)
+        target1 = shift_histogram(hard0, shift, circular)
+        target0 = shift_histogram(hard1, -shift, circular)
+    ce1 = -(target1 * F.log_softmax(logits1, -1)).sum(-1)
+    ce0 = -(target0 * F.log_softmax(logits0, -1)).sum(-1)
+    return 0.5 * (ce0 + ce1).mean()
+
+
 # ------------------------------------------------------------------------------------------------
 # dense losses of the keypoint detector (ReKD)
 

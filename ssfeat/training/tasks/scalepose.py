@@ -14,7 +14,7 @@ from ...models.scale_pose import LogPolarScaleNet
 from ...models.weights import load_scale_model
 from ..configs import ScalePoseTrainConfig
 from ..inputs import init_state_from, split_images
-from ..losses import histogram_alignment_loss
+from ..losses import histogram_alignment_loss, mode_agreement_loss
 
 
 @torch.no_grad()
@@ -78,6 +78,10 @@ class ScalePoseTask:
         align = histogram_alignment_loss(z0, z1, shift, circular=False, temperature=self.cfg.temperature)
         logs = {"loss_scale": align.item()}
         loss = align
+        if self.cfg.mode_weight > 0:
+            mode = mode_agreement_loss(z0, z1, shift, circular=False)
+            loss = loss + self.cfg.mode_weight * mode
+            logs["loss_mode"] = mode.item()
         if self.cfg.locality > 0:
             octave = mean_octave(torch.cat([z0, z1]), self.cfg.model.rings_per_octave)
             loss = loss + self.cfg.locality * octave
