@@ -143,7 +143,7 @@ def sample_logpolar(
         h, w = img.shape[-2:]
         scale = torch.tensor([2.0 / max(w - 1, 1) / f, 2.0 / max(h - 1, 1) / f])
         # grid_sample's -1 and 1 are the centres of the level's first and last pixels
-        if first_ring is None:  # whole patches: the level's rings are the same for every keypoint
+        if first_ring is None:  # whole patches: the same rings for every keypoint (faster than the mask)
             sel = torch.from_numpy(np.flatnonzero(levels[0] == k))
             g = pos[:, sel] * scale - 1.0
             s = F.grid_sample(img, g.reshape(1, -1, T, 2), mode="bilinear", padding_mode="border", align_corners=True)

@@ -109,14 +109,13 @@ def mode_agreement_loss(
         scalar, the mean over the batch and both directions; ~0 when each view puts all its mass on
         the other's shifted mode.
     """
-    with torch.no_grad():
-        hard0 = F.one_hot(logits0.argmax(-1), logits0.shape[-1]).to(logits0.dtype)
-        hard1 = F.one_hot(logits1.argmax(-1), logits1.shape[-1]).to(logits1.dtype)
-        target1 = shift_histogram(hard0, shift, circular)
-        target0 = shift_histogram(hard1, -shift, circular)
-    ce1 = -(target1 * F.log_softmax(logits1, -1)).sum(-1)
-    ce0 = -(target0 * F.log_softmax(logits0, -1)).sum(-1)
-    return 0.5 * (ce0 + ce1).mean()
+
+    def toward(src: torch.Tensor, dst: torch.Tensor, s: torch.Tensor) -> torch.Tensor:  # (B,)
+        with torch.no_grad():
+            target = shift_histogram(F.one_hot(src.argmax(-1), src.shape[-1]).to(src.dtype), s, circular)
+        return -(target * F.log_softmax(dst, -1)).sum(-1)
+
+    return 0.5 * (toward(logits0, logits1, shift) + toward(logits1, logits0, -shift)).mean()
 
 
 # ------------------------------------------------------------------------------------------------
